@@ -1,0 +1,20 @@
+"""tokenformer-mm: Tokenformer (Pattention) models for vision and language.
+
+The shared core: the Pattention layer, the Tokenformer block and the growth utility.
+"""
+
+from .block import TokenformerBlock
+from .growth import GrownLayer, GrowthReport, grow_model, grow_optimizer_state, load_grown
+from .pattention import Pattention, pattention_theta
+
+__all__ = [
+    "GrownLayer",
+    "GrowthReport",
+    "Pattention",
+    "TokenformerBlock",
+    "grow_model",
+    "grow_optimizer_state",
+    "load_grown",
+    "pattention_theta",
+]
+__version__ = "0.1.0"

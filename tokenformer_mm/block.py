@@ -1,0 +1,200 @@
+"""The Tokenformer block shared by the image and the text tower (DESIGN §3).
+
+Pre-norm residual block without biases, every projection a Pattention::
+
+    h = x + proj(attention(q(ln1(x)), k(ln1(x)), v(ln1(x))))
+    y = h + ffn(ln2(h))
+
+Token-token attention is ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on
+GPU), causal for language and bidirectional for vision. Tensors are ``[batch, seq, dim]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+from .pattention import Pattention
+
+
+def rotary_cos_sin(
+    positions: torch.Tensor, rotary_dims: int, base: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NeoX rotary tables for integer ``positions`` (T,): cos and sin of shape (T, rotary_dims)."""
+    inv_freq = 1.0 / (
+        base ** (torch.arange(0, rotary_dims, 2, device=positions.device).float() / rotary_dims)
+    )
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, rotary_dims / 2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, rotary_dims): NeoX halves, not interleaved
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` dims of ``x`` (B, nh, T, hs); the rest pass through."""
+    rotary_dims = cos.shape[-1]
+    x_rot, x_pass = x[..., :rotary_dims], x[..., rotary_dims:]
+    half = rotary_dims // 2
+    rotated_half = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
+    return torch.cat([x_rot * cos + rotated_half * sin, x_pass], dim=-1)
+
+
+class TokenformerBlock(nn.Module):
+    """One Tokenformer layer: Pattention q/k/v/proj around SDPA, then one FFN Pattention.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads; ``dim`` must be divisible by it.
+        qkv_tokens: parameter tokens of each of the q, k and v Pattentions.
+        proj_tokens: parameter tokens of the output projection.
+        ffn_tokens: parameter tokens of the FFN (one Pattention; theta is its nonlinearity).
+        causal: causal token-token attention (language) or bidirectional (vision).
+        rotary_pct: fraction of each head's dims that get NeoX rotary embeddings (0 disables).
+        rotary_base: rotary frequency base.
+        norm: the Pattention ``theta`` (see ``pattention.NORMS``).
+        token_dropout: dropout on every Pattention's ``theta(s)``.
+        attn_dropout: dropout on the token-token attention weights.
+        drop_path: stochastic depth on both residual branches.
+        depth: number of blocks in the model, for the "wang init" of the value tokens.
+        eps: epsilon of the non-parametric LayerNorms.
+
+    ``block(x)`` maps (B, T, dim) to (B, T, dim), so blocks compose in ``nn.Sequential``;
+    ``forward_cached`` adds incremental decoding for the language tower.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_tokens: int,
+        proj_tokens: int,
+        ffn_tokens: int,
+        causal: bool = False,
+        rotary_pct: float = 0.0,
+        rotary_base: float = 10000.0,
+        norm: str = "l2_norm_gelu",
+        token_dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        drop_path: float = 0.0,
+        depth: int = 1,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if num_heads <= 0 or dim % num_heads != 0:
+            raise ValueError(
+                f"dim={dim} must be divisible by a positive num_heads, got {num_heads}"
+            )
+        head_dim = dim // num_heads
+        if not 0.0 <= rotary_pct <= 1.0:
+            raise ValueError(f"rotary_pct must be in [0, 1], got {rotary_pct}")
+        rotary_dims = int(head_dim * rotary_pct)
+        rotary_dims -= rotary_dims % 2  # rotary rotates pairs of dims
+        if rotary_pct > 0 and rotary_dims == 0:
+            raise ValueError(
+                f"rotary_pct={rotary_pct} of head_dim={head_dim} rotates no dims; raise it or use 0"
+            )
+        self.dim = dim
+        self.num_heads = num_heads
+        self.causal = causal
+        self.rotary_dims = rotary_dims
+        self.rotary_base = rotary_base
+        self.attn_dropout = attn_dropout
+
+        def pattention(n_in: int, n_out: int, tokens: int, kind: str) -> Pattention:
+            return Pattention(
+                n_in, n_out, tokens, norm=norm, dropout=token_dropout, depth=depth, kind=kind
+            )
+
+        self.ln1 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.q = pattention(dim, dim, qkv_tokens, "qkv")
+        self.k = pattention(dim, dim, qkv_tokens, "qkv")
+        self.v = pattention(dim, dim, qkv_tokens, "qkv")
+        self.proj = pattention(dim, dim, proj_tokens, "proj")
+        self.ln2 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.ffn = pattention(dim, dim, ffn_tokens, "ffn")
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, dim) -> (B, T, dim). ``key_padding_mask`` (B, T) is True where a token is real."""
+        return self._forward(x, key_padding_mask, None)[0]
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Incremental decoding: ``x`` (B, T, dim) continues the sequence cached in ``past``.
+
+        ``past`` is the ``present`` returned by the previous call (keys and values, each
+        (B, nh, P, hs), rotary already applied) or None at the start. ``key_padding_mask``, if
+        given, covers all P + T keys. Returns ``(y, present)``.
+        """
+        y, k, v = self._forward(x, key_padding_mask, past)
+        return y, (k, v)
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        key_padding_mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        past_len = 0 if past is None else past[0].shape[2]
+        h = self.ln1(x)
+        q = (
+            self.q(h).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        )  # (B, nh, T, hs)
+        k = self.k(h).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        v = self.v(h).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        if self.rotary_dims > 0:
+            positions = torch.arange(past_len, past_len + T, device=x.device)
+            cos, sin = rotary_cos_sin(positions, self.rotary_dims, self.rotary_base, q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, nh, P + T, hs)
+            v = torch.cat([past[1], v], dim=2)
+        attn_mask = self._attention_mask(T, past_len, key_padding_mask, x.device)
+        # A causal block without a mask and without past keys can use SDPA's own causal kernel.
+        is_causal = self.causal and attn_mask is None and past_len == 0
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        x = x + self.drop_path(self.proj(y))
+        x = x + self.drop_path(self.ffn(self.ln2(x)))
+        return x, k, v
+
+    def _attention_mask(
+        self,
+        num_queries: int,
+        past_len: int,
+        key_padding_mask: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """Boolean SDPA mask (B or 1, 1, T, P + T), True = may attend; None if nothing is masked."""
+        num_keys = past_len + num_queries
+        needs_causal_mask = self.causal and past_len > 0 and num_queries > 1
+        if key_padding_mask is None and not needs_causal_mask:
+            return None
+        query_pos = torch.arange(past_len, num_keys, device=device)[:, None]  # (T, 1)
+        key_pos = torch.arange(num_keys, device=device)[None, :]  # (1, P + T)
+        mask = key_pos <= query_pos if self.causal else torch.ones_like(key_pos, dtype=torch.bool)
+        mask = mask.expand(num_queries, num_keys)[None, None]  # (1, 1, T, P + T)
+        if key_padding_mask is not None:
+            if key_padding_mask.shape[-1] != num_keys:
+                got = key_padding_mask.shape[-1]
+                raise ValueError(f"key_padding_mask covers {got} keys, expected {num_keys}")
+            mask = mask & key_padding_mask.bool()[:, None, None, :]
+            # A padded query whose every key is padded would get NaN from SDPA; letting it see
+            # itself keeps it finite and changes no real token (a real query always sees itself).
+            mask = mask | (key_pos == query_pos)[None, None]
+        return mask

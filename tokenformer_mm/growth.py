@@ -1,0 +1,294 @@
+"""Growth: scale a Tokenformer by appending parameter tokens (DESIGN §2).
+
+Growing a Pattention from ``n`` to ``n + m`` tokens appends ``m`` rows to its keys and values.
+
+``init="exact"`` (default): new key rows are zero, new value rows get the layer's value init and
+τ stays at ``sqrt(n)``. The new scores are 0, ``gelu(0) = 0`` and ``‖s‖`` is unchanged, so the
+grown model computes exactly what the small one did, yet the new tokens train: their keys get a
+gradient at the first step (``gelu'(0) = 1/2``), their values once the keys have moved.
+
+``init="official"``: new rows randomly initialised and τ recomputed as ``sqrt(n + m)``, as the
+official code does; the output changes, which reproduces the paper's runs.
+
+Everything here works on any module tree holding Pattention layers: either tower, a CLIP model,
+a model wrapped in DDP.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .pattention import KEY_INIT_STD, KINDS, Pattention
+
+logger = logging.getLogger(__name__)
+
+INITS = ("exact", "official")
+
+
+@dataclass(frozen=True)
+class GrownLayer:
+    """One Pattention layer that grew."""
+
+    name: str
+    kind: str
+    old_tokens: int
+    new_tokens: int
+    added_params: int
+
+
+@dataclass
+class GrowthReport:
+    """What ``grow_model`` / ``load_grown`` changed: the layers that grew, the parameter counts."""
+
+    init: str
+    params_before: int
+    params_after: int
+    layers: list[GrownLayer] = field(default_factory=list)
+
+    @property
+    def added_params(self) -> int:
+        return self.params_after - self.params_before
+
+    def __str__(self) -> str:
+        tokens = sorted({(layer.kind, layer.old_tokens, layer.new_tokens) for layer in self.layers})
+        per_kind = ", ".join(f"{kind} {old}->{new}" for kind, old, new in tokens)
+        return (
+            f"grew {len(self.layers)} Pattention layers ({per_kind}) with init={self.init}: "
+            f"{self.params_before:,} -> {self.params_after:,} parameters (+{self.added_params:,})"
+        )
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"unknown growth init {init!r}; expected one of {INITS}")
+
+
+def _pattention_layers(model: nn.Module) -> list[tuple[str, Pattention]]:
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, Pattention)]
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} contains no Pattention layers, so it has no parameter tokens "
+            "to grow; grow a Tokenformer model"
+        )
+    return layers
+
+
+def _count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def _fill_new_rows(layer: Pattention, start: int, init: str) -> None:
+    """Initialise the token rows ``start:`` of a layer that has just grown (keys, values and τ)."""
+    layer.value_tokens[start:].normal_(std=layer.value_init_std)
+    if init == "exact":
+        layer.key_tokens[start:].zero_()
+    else:
+        layer.key_tokens[start:].normal_(std=KEY_INIT_STD)
+        layer.tau.fill_(math.sqrt(layer.num_tokens))
+
+
+@torch.no_grad()
+def _resize_tokens(layer: Pattention, num_tokens: int) -> None:
+    """Resize the token tensors in place, keeping the Parameter objects (and so optimizer refs)."""
+    for param in (layer.key_tokens, layer.value_tokens):
+        grown = param.new_empty(num_tokens, param.shape[1])
+        grown[: param.shape[0]] = param
+        param.data = grown
+        param.grad = None  # a gradient of the old shape is meaningless now
+
+
+def _target_tokens(
+    layer: Pattention, factor: float | None, num_tokens: int | Mapping[str, int] | None
+) -> int:
+    if factor is not None:
+        return round(layer.num_tokens * factor)
+    if isinstance(num_tokens, Mapping):
+        return num_tokens.get(layer.kind, layer.num_tokens)
+    return int(num_tokens)
+
+
+def _check_growth_args(
+    factor: float | None, num_tokens: int | Mapping[str, int] | None, kinds: Iterable[str]
+) -> tuple[str, ...]:
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
+    if (factor is None) == (num_tokens is None):
+        raise ValueError(
+            "give exactly one of factor= (e.g. 2.0) or num_tokens= (int or per-kind dict)"
+        )
+    if factor is not None and (not isinstance(factor, (int, float)) or factor <= 0):
+        raise ValueError(f"growth factor must be a positive number, got {factor!r}")
+    if isinstance(num_tokens, Mapping):
+        extra = [k for k in num_tokens if k not in kinds]
+        if extra:
+            raise ValueError(f"num_tokens names kinds {extra} that are not being grown {kinds}")
+        counts = list(num_tokens.values())
+    else:
+        counts = [] if num_tokens is None else [num_tokens]
+    for count in counts:
+        if not isinstance(count, int) or count <= 0:
+            raise ValueError(f"token counts must be positive ints, got {count!r}")
+    return kinds
+
+
+def grow_model(
+    model: nn.Module,
+    factor: float | None = None,
+    num_tokens: int | Mapping[str, int] | None = None,
+    kinds: Iterable[str] = KINDS,
+    init: str = "exact",
+    optimizer: torch.optim.Optimizer | None = None,
+) -> GrowthReport:
+    """Grow every Pattention layer of ``model`` whose ``kind`` is in ``kinds``, in place.
+
+    Args:
+        model: any module tree containing Pattention layers.
+        factor: multiply each selected layer's token count by this (rounded), e.g. 2.0.
+        num_tokens: alternatively the new count: one int for all selected layers, or a dict per
+            kind, e.g. ``{"qkv": 384, "ffn": 1536}``.
+        kinds: which layer kinds to grow (``qkv``, ``proj``, ``ffn``).
+        init: ``"exact"`` (output unchanged) or ``"official"`` (random rows, τ = sqrt(new n)).
+        optimizer: if given, its state is grown alongside (``grow_optimizer_state``).
+
+    Raises ``ValueError`` for a shrinking or non-positive size, or a model without Pattention
+    layers. ``softmax`` layers cannot grow exactly (``exp(0) != 0``) and grow with a warning.
+    """
+    _check_init(init)
+    kinds = _check_growth_args(factor, num_tokens, kinds)
+    selected = [(name, m) for name, m in _pattention_layers(model) if m.kind in kinds]
+    if not selected:
+        raise ValueError(f"{type(model).__name__} has no Pattention layers of kinds {kinds}")
+    targets = {name: _target_tokens(layer, factor, num_tokens) for name, layer in selected}
+    shrinking = [
+        f"{name} ({layer.num_tokens} -> {targets[name]})"
+        for name, layer in selected
+        if targets[name] < layer.num_tokens
+    ]
+    if shrinking:
+        raise ValueError(f"growth cannot shrink layers: {', '.join(shrinking)}")
+
+    report = GrowthReport(init=init, params_before=_count_params(model), params_after=0)
+    softmax_layers = []
+    for name, layer in selected:
+        old, new = layer.num_tokens, targets[name]
+        if new == old:
+            continue
+        _resize_tokens(layer, new)
+        _fill_new_rows(layer, old, init)
+        if layer.norm == "softmax":
+            softmax_layers.append(name)
+        added = (new - old) * (layer.in_features + layer.out_features)
+        report.layers.append(GrownLayer(name, layer.kind, old, new, added))
+    report.params_after = _count_params(model)
+    if softmax_layers and init == "exact":
+        warnings.warn(
+            f"{len(softmax_layers)} softmax Pattention layers (e.g. {softmax_layers[0]}) grew "
+            "approximately: softmax gives zero-key tokens weight exp(0) > 0, so their output "
+            "changes; use an l2_norm_gelu or gelu_l2_norm model for exact growth",
+            stacklevel=2,
+        )
+    if optimizer is not None:
+        grow_optimizer_state(optimizer)
+    logger.info("%s", report)
+    return report
+
+
+@torch.no_grad()
+def grow_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
+    """Grow the per-parameter optimizer state after ``grow_model`` resized parameters in place.
+
+    Every state tensor shaped like the parameter's old shape (Adam/AdamW ``exp_avg``,
+    ``exp_avg_sq``, ``max_exp_avg_sq``; SGD ``momentum_buffer``) keeps its old rows and gets zero
+    rows for the new tokens, so the optimizer continues without a restart. Returns the number of
+    state tensors grown.
+    """
+    grown = 0
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if not torch.is_tensor(value) or value.shape == param.shape or value.dim() == 0:
+                    continue
+                if (
+                    value.dim() != param.dim()
+                    or value.shape[1:] != param.shape[1:]
+                    or (value.shape[0] > param.shape[0])
+                ):
+                    raise ValueError(
+                        f"optimizer state {key!r} of shape {tuple(value.shape)} cannot grow to the "
+                        f"parameter shape {tuple(param.shape)}"
+                    )
+                padded = value.new_zeros(param.shape)
+                padded[: value.shape[0]] = value
+                optimizer.state[param][key] = padded
+                grown += 1
+    return grown
+
+
+@torch.no_grad()
+def load_grown(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], init: str = "exact"
+) -> GrowthReport:
+    """Load a smaller model's ``state_dict`` into a larger ``model`` with more parameter tokens.
+
+    Every parameter-token tensor is copied into the first rows of the model's; the remaining rows
+    follow ``init``: ``"exact"`` zeroes the new keys and keeps the checkpoint's τ, so the larger
+    model computes what the smaller one did; ``"official"`` keeps the model's own random rows and
+    τ = sqrt(n) of the larger size. Every other tensor must match in shape. All mismatches (missing
+    or unexpected keys, shapes) are reported in one ``ValueError``.
+    """
+    _check_init(init)
+    layers = {f"{name}." if name else "": m for name, m in _pattention_layers(model)}
+    token_keys = {prefix + t for prefix in layers for t in ("key_tokens", "value_tokens", "tau")}
+    target = model.state_dict()
+    problems = [f"missing from checkpoint: {k}" for k in target if k not in state_dict]
+    problems += [f"unexpected in checkpoint: {k}" for k in state_dict if k not in target]
+    for key, src in state_dict.items():
+        dst = target.get(key)
+        if dst is None or src.shape == dst.shape:
+            continue
+        if (
+            key in token_keys
+            and src.dim() == 2
+            and src.shape[1] == dst.shape[1]
+            and (src.shape[0] < dst.shape[0])
+        ):
+            continue  # a prefix of the larger model's tokens
+        problems.append(
+            f"{key}: checkpoint {tuple(src.shape)} does not fit model {tuple(dst.shape)}"
+        )
+    if problems:
+        raise ValueError(
+            f"cannot load the checkpoint into {type(model).__name__}:\n  " + "\n  ".join(problems)
+        )
+
+    for key, src in state_dict.items():
+        if key not in token_keys:
+            target[key].copy_(src)
+    report = GrowthReport(init=init, params_before=0, params_after=_count_params(model))
+    for prefix, layer in layers.items():
+        old = state_dict[prefix + "key_tokens"].shape[0]
+        layer.key_tokens[:old].copy_(state_dict[prefix + "key_tokens"])
+        layer.value_tokens[:old].copy_(state_dict[prefix + "value_tokens"])
+        if old == layer.num_tokens or init == "exact":
+            layer.key_tokens[old:].zero_()
+            layer.tau.copy_(state_dict[prefix + "tau"])
+        else:  # official: the model's own random rows, τ of the larger size
+            layer.tau.fill_(math.sqrt(layer.num_tokens))
+        if old < layer.num_tokens:
+            added = (layer.num_tokens - old) * (layer.in_features + layer.out_features)
+            report.layers.append(
+                GrownLayer(prefix.rstrip("."), layer.kind, old, layer.num_tokens, added)
+            )
+    report.params_before = report.params_after - sum(layer.added_params for layer in report.layers)
+    logger.info("%s", report)
+    return report

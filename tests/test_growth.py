@@ -1,0 +1,222 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from tokenformer_mm import GrowthReport, Pattention, grow_model, grow_optimizer_state, load_grown
+
+from .conftest import block_stack
+
+GELU_NORMS = ["l2_norm_gelu", "gelu_l2_norm"]
+
+
+def token_count(model, kind):
+    return {m.num_tokens for m in model.modules() if isinstance(m, Pattention) and m.kind == kind}
+
+
+def regression_task(dim=32, n=64, seq=8):
+    """A fixed, learnable target: a random non-linear map of the input tokens."""
+    x = torch.randn(n, seq, dim)
+    target = torch.tanh(x @ torch.randn(dim, dim) / dim**0.5)
+    return x, target
+
+
+@pytest.mark.parametrize("norm", GELU_NORMS)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_exact_growth_preserves_output(norm, mode):
+    small = block_stack(depth=3, norm=norm, causal=True, rotary_pct=0.25).train(mode == "train")
+    grown = copy.deepcopy(small)
+    report = grow_model(grown, factor=2)
+    assert token_count(grown, "ffn") == {128} and token_count(grown, "qkv") == {32}
+    assert len(report.layers) == 3 * 5 and report.init == "exact"
+    x = torch.randn(4, 11, 32)  # inputs never seen before growth
+    assert (grown(x) - small(x)).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("norm", GELU_NORMS)
+def test_new_key_rows_receive_gradient(norm):
+    model = block_stack(depth=2, norm=norm)
+    grow_model(model, factor=2)
+    model(torch.randn(2, 9, 32)).pow(2).mean().backward()
+    for layer in (m for m in model.modules() if isinstance(m, Pattention)):
+        old = layer.num_tokens // 2
+        new_key_grad = layer.key_tokens.grad[old:]
+        assert (new_key_grad.abs().sum(dim=1) > 0).all(), "a new key token got no gradient"
+
+
+def test_training_after_growth_lowers_real_loss():
+    x, target = regression_task()
+    model = block_stack(depth=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def step():
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), target)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    for _ in range(10):
+        step()
+    loss_before_growth = nn.functional.mse_loss(model(x), target).item()
+    grow_model(model, factor=2, optimizer=optimizer)
+    assert nn.functional.mse_loss(model(x), target).item() == pytest.approx(loss_before_growth)
+    losses = [step() for _ in range(10)]
+    assert losses[-1] < 0.9 * loss_before_growth
+
+
+def test_official_growth_changes_output():
+    """Official growth re-initialises τ = sqrt(2n) and draws random keys: the function moves."""
+    model = block_stack(depth=2)
+    x = torch.randn(2, 9, 32)
+    before = model(x)
+    report = grow_model(model, factor=2, init="official")
+    assert (model(x) - before).abs().max().item() > 1e-3
+    layer = model[0].ffn
+    assert layer.tau.item() == pytest.approx(128**0.5)
+    assert layer.key_tokens[64:].abs().sum() > 0 and report.init == "official"
+
+
+def test_softmax_grows_approximately_with_warning():
+    model = block_stack(depth=2, norm="softmax")
+    x = torch.randn(2, 9, 32)
+    before = model(x)
+    with pytest.warns(UserWarning, match="exp\\(0\\)"):
+        grow_model(model, factor=2)
+    assert not torch.allclose(model(x), before)
+
+
+def test_report_counts_layers_and_parameters():
+    model = block_stack(depth=2)
+    params = sum(p.numel() for p in model.parameters())
+    report = grow_model(model, num_tokens={"ffn": 100, "qkv": 20}, kinds=("qkv", "ffn"))
+    assert isinstance(report, GrowthReport)
+    assert report.params_before == params
+    assert report.params_after == sum(p.numel() for p in model.parameters())
+    assert report.added_params == sum(layer.added_params for layer in report.layers)
+    assert report.added_params == 2 * (3 * 4 * 64 + 36 * 64)
+    assert {layer.kind for layer in report.layers} == {"qkv", "ffn"}
+    assert len(report.layers) == 2 * 4
+    assert token_count(model, "proj") == {16} and "qkv 16->20" in str(report)
+
+
+def test_grow_only_selected_kinds():
+    model = block_stack(depth=2)
+    grow_model(model, factor=1.5, kinds=("ffn",))
+    assert token_count(model, "ffn") == {96}
+    assert token_count(model, "qkv") == {16} and token_count(model, "proj") == {16}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"factor": 0.5}, "cannot shrink"),
+        ({"factor": 0}, "positive"),
+        ({"factor": -2}, "positive"),
+        ({"num_tokens": 8}, "cannot shrink"),
+        ({}, "exactly one"),
+        ({"factor": 2, "num_tokens": 32}, "exactly one"),
+        ({"factor": 2, "kinds": ("mlp",)}, "subset"),
+        ({"factor": 2, "init": "zeros"}, "exact"),
+        ({"num_tokens": {"proj": 32}, "kinds": ("ffn",)}, "not being grown"),
+    ],
+)
+def test_bad_growth_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        grow_model(block_stack(depth=1), **kwargs)
+
+
+def test_model_without_pattention_is_an_error():
+    with pytest.raises(ValueError, match="no Pattention"):
+        grow_model(nn.Linear(4, 4), factor=2)
+
+
+@pytest.mark.parametrize("norm", GELU_NORMS)
+def test_load_grown_reproduces_small_model(norm):
+    small = block_stack(depth=2, norm=norm).eval()
+    big = block_stack(depth=2, norm=norm, tokens=32).eval()
+    report = load_grown(big, small.state_dict())
+    x = torch.randn(3, 7, 32)
+    assert (big(x) - small(x)).abs().max().item() <= 1e-6
+    assert len(report.layers) == 2 * 5 and report.added_params > 0
+    assert report.params_after == sum(p.numel() for p in big.parameters())
+
+
+def test_load_grown_official_uses_large_tau_and_changes_output():
+    small = block_stack(depth=2).eval()
+    big = block_stack(depth=2, tokens=32).eval()
+    load_grown(big, small.state_dict(), init="official")
+    assert big[0].ffn.tau.item() == pytest.approx(128**0.5)
+    torch.testing.assert_close(big[0].ffn.key_tokens[:64], small[0].ffn.key_tokens)
+    x = torch.randn(3, 7, 32)
+    assert not torch.allclose(big(x), small(x), atol=1e-3)
+
+
+def test_load_grown_lists_every_mismatch_in_one_error():
+    small = block_stack(depth=2)
+    state = small.state_dict()
+    state["extra.weight"] = torch.zeros(3)
+    del state["0.q.tau"]
+    bigger_than_model = block_stack(depth=2, tokens=8)  # the checkpoint has more tokens: shrinking
+    with pytest.raises(ValueError) as info:
+        load_grown(bigger_than_model, state)
+    message = str(info.value)
+    assert "missing from checkpoint: 0.q.tau" in message
+    assert "unexpected in checkpoint: extra.weight" in message
+    assert "0.q.key_tokens" in message and "1.ffn.value_tokens" in message
+
+
+def test_load_grown_other_tensors_must_match():
+    class Wrapped(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.blocks = block_stack(depth=1)
+            self.head = nn.Linear(32, width)
+
+    with pytest.raises(ValueError, match=r"head.weight: checkpoint \(10, 32\)"):
+        load_grown(Wrapped(5), Wrapped(10).state_dict())
+
+
+def adam_step(model, optimizer, x, target):
+    optimizer.zero_grad()
+    nn.functional.mse_loss(model(x), target).backward()
+    optimizer.step()
+
+
+def test_optimizer_state_grows_and_old_moments_continue():
+    x, target = regression_task(n=16)
+    model = block_stack(depth=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        adam_step(model, optimizer, x, target)
+    twin = copy.deepcopy(model)
+    twin_optimizer = torch.optim.AdamW(twin.parameters(), lr=1e-3)
+    # deepcopy: load_state_dict would otherwise share the "step" tensors between the optimizers
+    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+
+    layer = model[0].ffn
+    moments = {k: v.clone() for k, v in optimizer.state[layer.key_tokens].items()}
+    grow_model(model, factor=2)
+    assert grow_optimizer_state(optimizer) == 2 * 5 * 2 * 2  # layers x tensors x moments
+    state = optimizer.state[layer.key_tokens]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert state[key].shape == layer.key_tokens.shape
+        assert torch.equal(state[key][:64], moments[key]) and not state[key][64:].any()
+    assert torch.equal(state["step"], moments["step"])
+
+    # One more step: the old rows move exactly as in the twin that never grew.
+    adam_step(model, optimizer, x, target)
+    adam_step(twin, twin_optimizer, x, target)
+    twin_state = twin_optimizer.state[twin[0].ffn.key_tokens]
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(state[key][:64], twin_state[key], atol=1e-9, rtol=1e-5)
+    torch.testing.assert_close(layer.value_tokens[:64], twin[0].ffn.value_tokens)
+
+
+def test_grown_parameters_keep_identity():
+    """Growth resizes in place, so optimizers and hooks holding the parameters stay valid."""
+    model = block_stack(depth=1)
+    before = [id(p) for p in model.parameters()]
+    grow_model(model, factor=2)
+    assert [id(p) for p in model.parameters()] == before

@@ -93,3 +93,13 @@ def test_bad_heads_and_mask_are_clear_errors():
     block = TokenformerBlock(32, 4, 8, 8, 8)
     with pytest.raises(ValueError, match="covers 3 keys, expected 5"):
         block(torch.randn(1, 5, 32), torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_block_stack_scripts_and_traces():
+    """TorchScript and torch.fx work on blocks, as timm's tooling expects of a model."""
+    model = block_stack(depth=2, causal=True, rotary_pct=0.5).eval()
+    x = torch.randn(2, 5, 32)
+    with pytest.warns(FutureWarning):  # torch.jit.script is deprecated, yet still used by tools
+        scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted(x), model(x))
+    torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))

@@ -100,7 +100,7 @@ def test_param_count_and_repr():
 
 def test_wrong_last_dim_names_both_sizes():
     layer = Pattention(8, 8, 16)
-    with pytest.raises(ValueError, match=r"in_features=8.*\(2, 9\)"):
+    with pytest.raises(ValueError, match=r"in_features=8.*\[2, 9\]"):
         layer(torch.randn(2, 9))
 
 

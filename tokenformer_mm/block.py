@@ -193,7 +193,7 @@ class TokenformerBlock(nn.Module):
             if key_padding_mask.shape[-1] != num_keys:
                 got = key_padding_mask.shape[-1]
                 raise ValueError(f"key_padding_mask covers {got} keys, expected {num_keys}")
-            mask = mask & key_padding_mask.bool()[:, None, None, :]
+            mask = mask & key_padding_mask.to(torch.bool)[:, None, None, :]
             # A padded query whose every key is padded would get NaN from SDPA; letting it see
             # itself keeps it finite and changes no real token (a real query always sees itself).
             mask = mask | (key_pos == query_pos)[None, None]

@@ -40,12 +40,27 @@ def pattention_theta(
         return F.normalize(F.gelu(scores), dim=-1, eps=eps) * tau
     if norm == "softmax":
         return torch.softmax(scores, dim=-1) * (tau * tau)
-    raise ValueError(f"unknown Pattention norm {norm!r}; expected one of {NORMS}")
+    # a literal message: TorchScript cannot read the NORMS global
+    raise ValueError(
+        "unknown Pattention norm '" + norm + "'; expected l2_norm_gelu, gelu_l2_norm or softmax"
+    )
 
 
 def wang_init_std(dim: int, depth: int) -> float:
     """GPT-NeoX "wang init" std, ``2 / (L · sqrt(d))``: the official init of the value tokens."""
     return 2.0 / (depth * math.sqrt(dim))
+
+
+def _check_in_features(x: torch.Tensor, in_features: int) -> None:
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"Pattention expects inputs with last dim in_features={in_features}, "
+            f"got shape {list(x.shape)}"
+        )
+
+
+# A leaf for torch.fx: the shape check stays a call in traced graphs instead of breaking tracing.
+torch.fx.wrap("_check_in_features")
 
 
 class Pattention(nn.Module):
@@ -62,6 +77,8 @@ class Pattention(nn.Module):
             layers by it.
         eps: lower bound of the norms in ``theta``.
     """
+
+    __jit_unused_properties__ = ["num_tokens"]  # noqa: RUF012  (TorchScript reads this list)
 
     def __init__(
         self,
@@ -114,11 +131,7 @@ class Pattention(nn.Module):
         nn.init.normal_(self.value_tokens, std=self.value_init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"Pattention expects inputs with last dim in_features={self.in_features}, "
-                f"got shape {tuple(x.shape)}"
-            )
+        _check_in_features(x, self.in_features)
         scores = F.linear(x, self.key_tokens)  # (..., n)
         weights = self.dropout(pattention_theta(scores, self.norm, self.tau, self.eps))
         return weights @ self.value_tokens  # (..., d_out)

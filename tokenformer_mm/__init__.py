@@ -18,3 +18,7 @@ __all__ = [
     "pattention_theta",
 ]
 __version__ = "0.1.0"
+
+# Registers the tokenformer_* models with timm, so ``import tokenformer_mm`` is enough for
+# ``timm.create_model("tokenformer_base_patch16_224")``. Last, because the towers import the core.
+import vision  # noqa: F401

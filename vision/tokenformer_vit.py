@@ -1,0 +1,449 @@
+"""Image Tokenformer: a ViT whose every projection is a Pattention, registered with timm.
+
+ViT-style (DESIGN §4): conv patch embedding, class token, learned position embedding (resampled
+for other image sizes), Tokenformer blocks, learnable final LayerNorm, ``nn.Linear`` head.
+The model exposes timm's model API, so every timm tool (``create_model``, ``features_only``,
+``forward_intermediates``, optimizers with ``no_weight_decay``, layer decay) works unchanged.
+
+    import vision  # or: import tokenformer_mm
+    model = timm.create_model("tokenformer_base_patch16_224", num_classes=10)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import PatchEmbed, resample_abs_pos_embed, resample_patch_embed, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from tokenformer_mm.block import TokenformerBlock
+
+logger = logging.getLogger(__name__)
+
+GLOBAL_POOLS = ("token", "avg", "")
+
+
+class TokenformerViT(nn.Module):
+    """Vision Tokenformer (paper Table 9): a ViT with Pattention in place of every linear layer.
+
+    Args:
+        img_size: input image size.
+        patch_size: patch size of the conv patch embedding.
+        in_chans: input channels.
+        num_classes: classes of the head; 0 gives no head (``forward`` returns pooled features).
+        global_pool: ``"token"`` (class token), ``"avg"`` (mean of patch tokens) or ``""`` (none).
+        embed_dim: token width.
+        depth: number of Tokenformer blocks.
+        num_heads: attention heads.
+        qkv_tokens: parameter tokens of each q/k/v Pattention.
+        proj_tokens: parameter tokens of the attention output Pattention (default ``qkv_tokens``).
+        ffn_tokens: parameter tokens of the FFN Pattention.
+        norm: the Pattention ``theta`` (``l2_norm_gelu``, ``gelu_l2_norm`` or ``softmax``).
+        dynamic_img_size: accept any image size, resampling the position embedding on the fly.
+        drop_rate: dropout before the head.
+        pos_drop_rate: dropout after the position embedding.
+        attn_drop_rate: dropout on the token-token attention.
+        token_drop_rate: dropout on every Pattention's ``theta(s)``.
+        drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        qkv_tokens: int = 768,
+        proj_tokens: int | None = None,
+        ffn_tokens: int = 3072,
+        norm: str = "l2_norm_gelu",
+        dynamic_img_size: bool = False,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        token_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        _check_global_pool(global_pool)
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            strict_img_size=not dynamic_img_size,
+            output_fmt="NHWC" if dynamic_img_size else None,  # None: flattened (B, N, C)
+        )
+        num_patches = self.patch_embed.num_patches
+        reduction = self.patch_embed.feat_ratio()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim)
+        )
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(
+            *[
+                TokenformerBlock(
+                    embed_dim,
+                    num_heads,
+                    qkv_tokens,
+                    proj_tokens or qkv_tokens,
+                    ffn_tokens,
+                    norm=norm,
+                    token_dropout=token_drop_rate,
+                    attn_dropout=attn_drop_rate,
+                    drop_path=drop_path[i],
+                    depth=depth,
+                )
+                for i in range(depth)
+            ]
+        )
+        self.feature_info = [
+            dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)
+        ]
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """ViT inits for the embeddings and head; Pattentions keep their official init."""
+        trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    # --- timm model API -------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^cls_token|pos_embed|patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            _check_global_pool(global_pool)
+            self.global_pool = global_pool
+        device = self.pos_embed.device
+        self.head = (
+            nn.Linear(self.embed_dim, num_classes, device=device)
+            if num_classes > 0
+            else (nn.Identity())
+        )
+
+    @torch.jit.ignore
+    def set_input_size(
+        self,
+        img_size: int | tuple[int, int] | None = None,
+        patch_size: int | tuple[int, int] | None = None,
+    ) -> None:
+        """Change the input resolution (and patch size), resampling the position embedding."""
+        old_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        if self.patch_embed.grid_size != old_grid:
+            self.pos_embed = nn.Parameter(
+                resample_abs_pos_embed(
+                    self.pos_embed.detach(),
+                    new_size=list(self.patch_embed.grid_size),
+                    old_size=list(old_grid),
+                    num_prefix_tokens=self.num_prefix_tokens,
+                )
+            )
+
+    # --- forward --------------------------------------------------------------------------
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_img_size:
+            B, H, W, C = x.shape  # patch embedding output is NHWC in dynamic mode
+            pos_embed = resample_abs_pos_embed(
+                self.pos_embed,
+                new_size=[H, W],
+                old_size=list(self.patch_embed.grid_size),
+                num_prefix_tokens=self.num_prefix_tokens,
+            )
+            x = x.view(B, -1, C)
+        else:
+            pos_embed = self.pos_embed
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x + pos_embed)  # (B, 1 + H*W, C)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pos_embed(self.patch_embed(x))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if pool_type == "token":
+            return x[:, 0]
+        if pool_type == "avg":
+            return x[:, self.num_prefix_tokens :].mean(dim=1)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features of selected blocks, as timm's ViT returns them.
+
+        Args:
+            x: images (B, C, H, W).
+            indices: the last n blocks if int, all if None, else these block indices.
+            return_prefix_tokens: pair each map with its class token.
+            norm: apply the final norm to each intermediate.
+            stop_early: stop after the last requested block.
+            output_fmt: ``"NCHW"`` feature maps or ``"NLC"`` token sequences.
+            intermediates_only: return only the intermediates, not the final features.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B, _, height, width = x.shape
+        x = self._pos_embed(self.patch_embed(x))
+        blocks = (
+            self.blocks
+            if torch.jit.is_scripting() or not stop_early
+            else (self.blocks[: max_index + 1])
+        )
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = block(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix_tokens = [y[:, : self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens :] for y in intermediates]
+        if output_fmt == "NCHW":
+            H, W = self.patch_embed.dynamic_feat_size((height, width))
+            intermediates = [
+                y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates
+            ]
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens, strict=True))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks (and optionally norm and head) past the last requested intermediate."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+def _check_global_pool(global_pool: str) -> None:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+
+
+def checkpoint_filter_fn(
+    state_dict: dict[str, torch.Tensor], model: TokenformerViT
+) -> dict[str, torch.Tensor]:
+    """Adapt a checkpoint to ``model``: the one place foreign checkpoints are converted.
+
+    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` and ``module.`` (DDP) prefixes, resamples
+    the position embedding to the model's grid and the patch embedding to its patch size, and
+    drops the head when the class count differs (or the model has no head).
+    """
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+    model_state = model.state_dict()
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        if key == "pos_embed" and value.shape != model.pos_embed.shape:
+            value = resample_abs_pos_embed(
+                value,
+                new_size=list(model.patch_embed.grid_size),
+                num_prefix_tokens=model.num_prefix_tokens,
+            )
+        elif key == "patch_embed.proj.weight" and value.shape != model_state[key].shape:
+            value = resample_patch_embed(value, list(model.patch_embed.patch_size))
+        elif key.startswith("head.") and (
+            key not in model_state or value.shape != model_state[key].shape
+        ):
+            logger.info("dropping %s %s: the model's head differs", key, tuple(value.shape))
+            continue
+        out[key] = value
+    return out
+
+
+def _create_tokenformer(variant: str, pretrained: bool = False, **kwargs: Any) -> TokenformerViT:
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(
+        TokenformerViT,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2410.23168",
+        "paper_name": "TokenFormer: Rethinking Transformer Scaling with Tokenized Model Parameters",
+        **kwargs,
+    }
+
+
+# No released weights exist: load your own with pretrained_cfg_overlay=dict(file=...).
+default_cfgs = generate_default_cfgs(
+    {
+        "tokenformer_tiny_patch16_224": _cfg(),
+        "tokenformer_small_patch16_224": _cfg(),
+        "tokenformer_base_patch16_224": _cfg(),
+        "tokenformer_base_patch16_384": _cfg(input_size=(3, 384, 384), crop_pct=1.0),
+        "tokenformer_base_patch32_224": _cfg(),
+        "tokenformer_base_vitparams_patch16_224": _cfg(),
+        "tokenformer_large_patch16_224": _cfg(),
+        "tokenformer_large_patch16_384": _cfg(input_size=(3, 384, 384), crop_pct=1.0),
+    }
+)
+
+_TINY = dict(embed_dim=192, depth=12, num_heads=3, qkv_tokens=192, ffn_tokens=768)
+_SMALL = dict(embed_dim=384, depth=12, num_heads=6, qkv_tokens=384, ffn_tokens=1536)
+_BASE = dict(embed_dim=768, depth=12, num_heads=12, qkv_tokens=768, ffn_tokens=3072)
+_LARGE = dict(embed_dim=1024, depth=24, num_heads=16, qkv_tokens=1024, ffn_tokens=4096)
+
+
+@register_model
+def tokenformer_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> TokenformerViT:
+    """Tokenformer-Ti/16: dim 192, 12 blocks, 192 qkv/proj tokens, 768 FFN tokens."""
+    model_args = dict(patch_size=16, **_TINY)
+    return _create_tokenformer(
+        "tokenformer_tiny_patch16_224", pretrained, **dict(model_args, **kwargs)
+    )
+
+
+@register_model
+def tokenformer_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> TokenformerViT:
+    """Tokenformer-S/16: dim 384, 12 blocks, 384 qkv/proj tokens, 1536 FFN tokens."""
+    model_args = dict(patch_size=16, **_SMALL)
+    return _create_tokenformer(
+        "tokenformer_small_patch16_224", pretrained, **dict(model_args, **kwargs)
+    )
+
+
+@register_model
+def tokenformer_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> TokenformerViT:
+    """Tokenformer-B/16 (paper Table 9: 82.5 top-1): dim 768, 768 / 3072 tokens."""
+    model_args = dict(patch_size=16, **_BASE)
+    return _create_tokenformer(
+        "tokenformer_base_patch16_224", pretrained, **dict(model_args, **kwargs)
+    )
+
+
+@register_model
+def tokenformer_base_patch16_384(pretrained: bool = False, **kwargs: Any) -> TokenformerViT:
+    """Tokenformer-B/16 at 384x384."""
+    model_args = dict(img_size=384, patch_size=16, **_BASE)
+    return _create_tokenformer(
+        "tokenformer_base_patch16_384", pretrained, **dict(model_args, **kwargs)
+    )
+
+
+@register_model
+def tokenformer_base_patch32_224(pretrained: bool = False, **kwargs: Any) -> TokenformerViT:
+    """Tokenformer-B/32: the base model with 32x32 patches."""
+    model_args = dict(patch_size=32, **_BASE)
+    return _create_tokenformer(
+        "tokenformer_base_patch32_224", pretrained, **dict(model_args, **kwargs)
+    )
+
+
+@register_model
+def tokenformer_base_vitparams_patch16_224(
+    pretrained: bool = False, **kwargs: Any
+) -> TokenformerViT:
+    """Tokenformer-B/16 with ViT-B's parameter count (paper Table 9: 82.1): 576 / 2304 tokens."""
+    model_args = dict(patch_size=16, **dict(_BASE, qkv_tokens=576, ffn_tokens=2304))
+    return _create_tokenformer(
+        "tokenformer_base_vitparams_patch16_224", pretrained, **dict(model_args, **kwargs)
+    )
+
+
+@register_model
+def tokenformer_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> TokenformerViT:
+    """Tokenformer-L/16 (paper Table 9: 83.1 top-1): dim 1024, 24 blocks, 1024 / 4096 tokens."""
+    model_args = dict(patch_size=16, **_LARGE)
+    return _create_tokenformer(
+        "tokenformer_large_patch16_224", pretrained, **dict(model_args, **kwargs)
+    )
+
+
+@register_model
+def tokenformer_large_patch16_384(pretrained: bool = False, **kwargs: Any) -> TokenformerViT:
+    """Tokenformer-L/16 at 384x384."""
+    model_args = dict(img_size=384, patch_size=16, **_LARGE)
+    return _create_tokenformer(
+        "tokenformer_large_patch16_384", pretrained, **dict(model_args, **kwargs)
+    )

@@ -1,0 +1,47 @@
+"""Write webdataset shards (+ ``_info.json``) for tokenformer-mm.
+
+python scripts/make_shards.py imagefolder /data/imagenet/train /data/shards --split train
+python scripts/make_shards.py digits /data/digits     # the embedded default data set
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from tqdm import tqdm
+
+from tokenformer_mm.shards import write_shards
+from vision.sources import digits_samples, imagefolder_samples
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    folder = commands.add_parser("imagefolder", help="an ImageFolder tree: root/<class>/<image>")
+    folder.add_argument("root", help="folder with one sub-folder per class")
+    folder.add_argument("out_dir", help="where the shards go")
+    folder.add_argument("--split", default="train", help="shard name prefix and _info.json split")
+    folder.add_argument("--samples-per-shard", type=int, default=1000)
+
+    digits = commands.add_parser("digits", help="scikit-learn's digits as train/val JPEG shards")
+    digits.add_argument("out_dir", help="where the shards go")
+    digits.add_argument("--samples-per-shard", type=int, default=200)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "imagefolder":
+        jobs = [(args.split, imagefolder_samples(args.root), "imagefolder")]
+    else:
+        jobs = [(split, digits_samples(split), "digits") for split in ("train", "val")]
+    for split, samples, name in jobs:
+        progress = tqdm(samples, desc=f"{split} samples", unit="img")
+        paths = write_shards(progress, args.out_dir, split, args.samples_per_shard, name)
+        logging.info("wrote %d %s shards to %s", len(paths), split, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Domain-agnostic webdataset streaming: every pipeline's part that is not about pixels or text.
+
+A ``ShardedStream`` reads tar shards in the standard webdataset layout and yields decoded items:
+
+    shard list --(epoch-seeded shuffle, same on every rank)--> rank split --> worker split
+      --> tar samples --> shuffle buffer --> decode (per sample) --> pack (optional, stateful)
+
+Every rank and every DataLoader worker reads a disjoint set of shards, so one pass over the stream
+reads each sample once. A domain supplies ``decode`` (bytes -> item) and, for language, ``pack``
+(items -> fixed-size blocks). Damaged shards are read up to the damage, samples whose decode
+fails are skipped; both are counted (across workers) and logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import multiprocessing as mp
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import braceexpand
+import torch
+import torch.distributed as dist
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+logger = logging.getLogger(__name__)
+
+INFO_FILE = "_info.json"
+
+
+def expand_shards(pattern: str | Sequence[str]) -> list[str]:
+    """Shard paths of a pattern: brace ranges (``train-{000..099}.tar``), globs, or ``::``-lists."""
+    patterns = pattern.split("::") if isinstance(pattern, str) else list(pattern)
+    urls = []
+    for part in patterns:
+        for expanded in braceexpand.braceexpand(os.path.expanduser(part)):
+            matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
+            urls += [m for m in matches if os.path.isfile(m)]
+    if not urls:
+        raise ValueError(
+            f"shard pattern {pattern!r} matches no files; give existing .tar shards, e.g. "
+            "'/data/imagenet/imagenet1k-train-{0000..1023}.tar' or '/data/shards/*.tar'"
+        )
+    return urls
+
+
+def read_shard_lengths(urls: Iterable[str]) -> dict[str, int]:
+    """Samples per shard from the ``_info.json`` beside the shards (webdataset/timm layout).
+
+    The file maps ``splits.<name>.filenames`` to ``splits.<name>.shard_lengths``; shards it does
+    not list are absent from the result.
+    """
+    lengths: dict[str, int] = {}
+    for directory in sorted({os.path.dirname(os.path.abspath(u)) for u in urls}):
+        path = os.path.join(directory, INFO_FILE)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            info = json.load(f)
+        for split in info.get("splits", {}).values():
+            for name, count in zip(split["filenames"], split["shard_lengths"], strict=True):
+                lengths[os.path.join(directory, os.path.basename(name))] = int(count)
+    return {u: lengths[os.path.abspath(u)] for u in urls if os.path.abspath(u) in lengths}
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _SharedCounter:
+    """An integer shared by the main process and its DataLoader workers (fork or spawn)."""
+
+    def __init__(self, value: int = 0) -> None:
+        self._value = mp.Value("q", value)
+
+    @property
+    def value(self) -> int:
+        return self._value.value
+
+    def set(self, value: int) -> None:
+        with self._value.get_lock():
+            self._value.value = value
+
+    def add(self, amount: int = 1) -> None:
+        with self._value.get_lock():
+            self._value.value += amount
+
+
+class ShardedStream(IterableDataset):
+    """Decoded items from webdataset tar shards, split across ranks and DataLoader workers.
+
+    Args:
+        urls: shard paths (see ``expand_shards``).
+        decode: maps a raw sample (``{"__key__": ..., "jpg": bytes, ...}``) to an item; an
+            exception skips and counts the sample.
+        pack: optional generator stage over the decoded items (e.g. packing tokens into blocks).
+        shuffle: shuffle shards (by epoch, identically on every rank) and samples (buffer).
+        shuffle_buffer: size of the sample shuffle buffer.
+        seed: base seed of both shuffles.
+        rank, world_size: this process's share; default from ``torch.distributed``.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        decode: Callable[[dict[str, Any]], Any],
+        pack: Callable[[Iterator[Any]], Iterator[Any]] | None = None,
+        shuffle: bool = False,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.urls = list(urls)
+        self.decode = decode
+        self.pack = pack
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        default_rank, default_world = rank_and_world_size()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        lengths = read_shard_lengths(self.urls)
+        # Samples in all shards, when _info.json lists every one of them (else None).
+        self.num_samples = sum(lengths.values()) if len(lengths) == len(self.urls) else None
+        self._epoch = _SharedCounter()
+        self.skipped_samples = _SharedCounter()
+        self.damaged_shards = _SharedCounter()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch``; seen by persistent workers too."""
+        self._epoch.set(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    def shards_for_worker(self, worker_id: int, num_workers: int) -> list[str]:
+        """The shards one worker of this rank reads in the current epoch."""
+        urls = list(self.urls)
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(urls)
+        return urls[self.rank :: self.world_size][worker_id::num_workers]
+
+    def _raw_samples(self, urls: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """Samples of each shard; a damaged shard is read up to the damage and counted once."""
+        for url in urls:
+            errors: list[Exception] = []
+            yield from wds.tarfile_samples([{"url": url}], handler=partial(_record, errors))
+            if errors:
+                self.damaged_shards.add()
+                logger.warning("shard %s is damaged, read up to the damage: %r", url, errors[0])
+
+    def __iter__(self) -> Iterator[Any]:
+        worker = get_worker_info()
+        worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        urls = self.shards_for_worker(worker_id, num_workers)
+        samples = self._raw_samples(urls)
+        if self.shuffle:
+            rng = random.Random(hash((self.seed, self.epoch, self.rank, worker_id)))
+            samples = _shuffled(samples, self.shuffle_buffer, rng)
+        items = self._decoded(samples)
+        yield from self.pack(items) if self.pack is not None else items
+
+    def _decoded(self, samples: Iterable[dict[str, Any]]) -> Iterator[Any]:
+        for sample in samples:
+            try:
+                item = self.decode(sample)
+            except Exception as exn:  # a corrupt sample must never stop a run
+                self.skipped_samples.add()
+                logger.warning(
+                    "skipping corrupt sample %s in %s: %r",
+                    sample.get("__key__"),
+                    sample.get("__url__"),
+                    exn,
+                )
+                continue
+            yield item
+
+    def report(self) -> str:
+        """One line with the skip counts (also logged as a warning when anything was skipped)."""
+        line = (
+            f"skipped {self.skipped_samples.value} corrupt samples; "
+            f"{self.damaged_shards.value} of {len(self.urls)} shards damaged"
+        )
+        if self.skipped_samples.value or self.damaged_shards.value:
+            logger.warning("%s", line)
+        return line
+
+
+def _record(errors: list[Exception], exn: Exception) -> bool:
+    """A webdataset error handler: remember the error, keep reading."""
+    errors.append(exn)
+    return True
+
+
+def _shuffled(items: Iterable[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
+    """Reservoir-style shuffle with a bounded buffer."""
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        index = rng.randrange(buffer_size)
+        buffer[index], item = item, buffer[index]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def stream_loader(
+    stream: ShardedStream,
+    batch_size: int,
+    num_workers: int,
+    drop_last: bool,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A DataLoader over a stream: each worker batches its own shards; pinned memory on CUDA."""
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    return DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Move a batch's tensors to ``device``, non-blocking: pinned batches overlap compute."""
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }

@@ -1,0 +1,70 @@
+"""Writing webdataset shards plus the ``_info.json`` that records how many samples each holds."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import webdataset as wds
+
+from .data import INFO_FILE
+
+
+def write_shards(
+    samples: Iterable[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    split: str,
+    samples_per_shard: int = 1000,
+    dataset_name: str = "",
+) -> list[str]:
+    """Write ``samples`` (dicts with ``__key__`` and one entry per file extension) as tar shards.
+
+    Shards are named ``{split}-{index:06d}.tar``; the split's file names and per-shard counts are
+    merged into ``out_dir/_info.json`` in the layout timm and the public imagenet-1k-wds use.
+    Every shard is written under a temporary name and renamed when complete.
+    """
+    if samples_per_shard <= 0:
+        raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}")
+    os.makedirs(out_dir, exist_ok=True)
+    names: list[str] = []
+    lengths: list[int] = []
+    writer = None
+    for sample in samples:
+        if writer is None or lengths[-1] == samples_per_shard:
+            if writer is not None:
+                _finish(writer, out_dir, names[-1])
+            names.append(f"{split}-{len(names):06d}.tar")
+            lengths.append(0)
+            writer = wds.TarWriter(os.path.join(out_dir, names[-1] + ".tmp"))
+        writer.write(sample)
+        lengths[-1] += 1
+    if writer is not None:
+        _finish(writer, out_dir, names[-1])
+    _update_info(out_dir, split, names, lengths, dataset_name)
+    return [os.path.join(out_dir, name) for name in names]
+
+
+def _finish(writer: wds.TarWriter, out_dir: str | os.PathLike, name: str) -> None:
+    writer.close()
+    os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+
+
+def _update_info(
+    out_dir: str | os.PathLike, split: str, names: list[str], lengths: list[int], dataset_name: str
+) -> None:
+    path = os.path.join(out_dir, INFO_FILE)
+    info: dict[str, Any] = {"name": dataset_name, "splits": {}}
+    if os.path.isfile(path):
+        with open(path) as f:
+            info = json.load(f)
+    info["splits"][split] = {
+        "name": split,
+        "num_samples": sum(lengths),
+        "filenames": names,
+        "shard_lengths": lengths,
+    }
+    with open(path + ".tmp", "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(path + ".tmp", path)

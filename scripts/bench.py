@@ -1,0 +1,183 @@
+"""Benchmarks of tokenformer-mm; each prints a table and appends it to docs/benchmarks.md.
+
+    python scripts/bench.py data          # image pipeline vs torchvision ImageFolder, images/s
+
+Every entry records the command line, machine, torch version and date, so a figure can always be
+reproduced. On a CUDA machine the same commands measure GPU figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}; "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
+
+
+def record(title: str, rows: list[dict[str, object]], notes: str = "") -> None:
+    """Print a markdown table and append it, with how it was made, to docs/benchmarks.md."""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(row[h]) for h in header) + " |" for row in rows]
+    table = "\n".join(lines)
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    entry = (
+        f"\n## {title}\n\n"
+        f"- command: `{command}`\n- machine: {machine()}\n"
+        f"- date: {datetime.date.today().isoformat()}\n\n{table}\n"
+        + (f"\n{notes}\n" if notes else "")
+    )
+    print(entry)
+    REPORT.parent.mkdir(exist_ok=True)
+    if not REPORT.exists():
+        REPORT.write_text("# Benchmarks\n\nMeasured by `scripts/bench.py`; newest entries last.\n")
+    with REPORT.open("a") as f:
+        f.write(entry)
+
+
+def throughput(batches: Iterable, count: Callable[[object], int], warmup: int) -> float:
+    """Items per second over ``batches``, after ``warmup`` batches (worker start-up excluded)."""
+    seen, start = 0, None
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            start, seen = time.perf_counter(), 0
+        seen += count(batch)
+    if start is None:
+        raise ValueError(f"only {i + 1} batches, fewer than the {warmup} warm-up batches")
+    return seen / (time.perf_counter() - start)
+
+
+def photo_folder(root: Path, num_images: int, num_classes: int = 8, seed: int = 0) -> Path:
+    """An ImageFolder of real JPEG photos at ImageNet-like sizes (~500x375, quality 90).
+
+    They are random crops, flips and rescales of the two photographs scikit-learn ships, so the
+    benchmark decodes real photographic JPEG content without downloading a data set.
+    """
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    for i in tqdm(range(num_images), desc="writing JPEGs", unit="img"):
+        image = photos[i % len(photos)]
+        w, h = image.size
+        cw, ch = int(w * rng.uniform(0.5, 1)), int(h * rng.uniform(0.5, 1))
+        x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+        out_w = int(rng.integers(400, 640))
+        crop = image.crop((x, y, x + cw, y + ch)).resize((out_w, int(out_w * 0.75)), Image.BICUBIC)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        folder = root / f"class{i % num_classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        crop.save(folder / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+def bench_data(args: argparse.Namespace) -> None:
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    from tokenformer_mm.shards import write_shards
+    from vision.data import image_train_loader
+    from vision.sources import imagefolder_samples
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = photo_folder(Path(tmp) / "folder", args.images)
+        write_shards(imagefolder_samples(folder), Path(tmp) / "shards", "train", 128)
+        shards = str(Path(tmp) / "shards" / "train-*.tar")
+
+        def ours() -> float:
+            loader = image_train_loader(shards, args.batch_size, args.img_size, args.workers)
+            return throughput(
+                (b for _ in range(args.epochs) for b in loader), lambda b: len(b["label"]), 1
+            )
+
+        def torchvision_folder() -> float:
+            transform = T.Compose(
+                [
+                    T.RandomResizedCrop(args.img_size, interpolation=T.InterpolationMode.BICUBIC),
+                    T.RandomHorizontalFlip(),
+                    T.ToTensor(),
+                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                ]
+            )
+            loader = DataLoader(
+                ImageFolder(str(folder), transform),
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=args.workers,
+                drop_last=True,
+                persistent_workers=True,
+            )
+            return throughput(
+                (b for _ in range(args.epochs) for b in loader), lambda b: len(b[1]), 1
+            )
+
+        rates: dict[str, list[float]] = {"ours": [], "torchvision": []}
+        for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
+            rates["ours"].append(ours())
+            rates["torchvision"].append(torchvision_folder())
+    median = {k: float(np.median(v)) for k, v in rates.items()}
+    record(
+        f"Image loader throughput ({args.img_size}², {args.workers} workers)",
+        [
+            {
+                "pipeline": "tokenformer-mm webdataset (uint8 out; normalise/flip on device)",
+                "images/s (median)": f"{median['ours']:.0f}",
+                "runs": ", ".join(f"{r:.0f}" for r in rates["ours"]),
+            },
+            {
+                "pipeline": "torchvision ImageFolder + RandomResizedCrop/flip/ToTensor/Normalize",
+                "images/s (median)": f"{median['torchvision']:.0f}",
+                "runs": ", ".join(f"{r:.0f}" for r in rates["torchvision"]),
+            },
+        ],
+        notes=(
+            f"{args.images} real JPEG photos (~500x375, q90), batch {args.batch_size}, "
+            f"{args.epochs} epochs per run after one warm-up batch, "
+            f"{args.repeats} interleaved runs. "
+            f"Speed-up: {median['ours'] / median['torchvision']:.2f}x."
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    data = commands.add_parser("data", help="image loader throughput vs torchvision ImageFolder")
+    data.add_argument("--images", type=int, default=1024)
+    data.add_argument("--img-size", type=int, default=224)
+    data.add_argument("--batch-size", type=int, default=64)
+    data.add_argument("--workers", type=int, default=2)
+    data.add_argument("--epochs", type=int, default=2)
+    data.add_argument("--repeats", type=int, default=3)
+    data.set_defaults(run=bench_data)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +10,12 @@ from tokenformer_mm import TokenformerBlock
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """Embedded data sets are built once per session in a temporary cache (subprocesses too)."""
+    os.environ["TOKENFORMER_MM_CACHE"] = str(tmp_path_factory.mktemp("tokenformer_mm_cache"))
 
 
 def block_stack(depth: int = 2, dim: int = 32, heads: int = 4, tokens: int = 16, **kwargs):

@@ -1,6 +1,7 @@
 import io
 import json
 import logging
+import random
 import tarfile
 
 import numpy as np
@@ -18,6 +19,7 @@ from vision.data import (
     TrainDecode,
     image_eval_loader,
     image_train_loader,
+    random_resized_crop_box,
 )
 from vision.sources import digits_samples, ensure_digits_shards, imagefolder_classes
 
@@ -146,7 +148,7 @@ def photo(width=480, height=360, fmt="JPEG"):
 
 def test_eval_decode_matches_torchvision_resize_and_centre_crop():
     data = photo(fmt="PNG")
-    ours = EvalDecode(64, crop_pct=0.875)({"__key__": "k", "png": data, "cls": b"3"})
+    ours = EvalDecode(64, crop_pct=0.875)({"__key__": "k", "png": data, "cls": b"3"}, None)
     reference = T.Compose(
         [T.Resize(73, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(64)]
     )
@@ -158,17 +160,42 @@ def test_eval_decode_matches_torchvision_resize_and_centre_crop():
 
 def test_train_decode_with_jpeg_draft_matches_full_decode_crop():
     data = photo(width=1024, height=768)
-    torch.manual_seed(7)
-    ours = TrainDecode(64, scale=(0.3, 0.3), ratio=(1.0, 1.0))(
-        {"__key__": "k", "jpg": data, "cls": b"1"}
+    decode = TrainDecode(64, scale=(0.3, 0.3), ratio=(1.0, 1.0))
+    ours = decode({"__key__": "k", "jpg": data, "cls": b"1"}, random.Random(7))
+    left, top, right, bottom = random_resized_crop_box(
+        1024, 768, (0.3, 0.3), (1.0, 1.0), random.Random(7)
     )
-    torch.manual_seed(7)
     image = Image.open(io.BytesIO(data)).convert("RGB")
-    top, left, h, w = T.RandomResizedCrop.get_params(image, (0.3, 0.3), (1.0, 1.0))
     expected = TF.pil_to_tensor(
-        TF.resized_crop(image, top, left, h, w, [64, 64], T.InterpolationMode.BICUBIC)
+        TF.resized_crop(
+            image, top, left, bottom - top, right - left, [64, 64], T.InterpolationMode.BICUBIC
+        )
     )
     assert (ours["image"].float() - expected.float()).abs().mean() < 3
+
+
+def test_crop_box_follows_torchvision_random_resized_crop():
+    """Same distribution as torchvision's: area fraction within scale, aspect within ratio."""
+    rng = random.Random(0)
+    for _ in range(200):
+        left, top, right, bottom = random_resized_crop_box(400, 300, (0.2, 0.9), (0.75, 1.333), rng)
+        w, h = right - left, bottom - top
+        assert left >= 0 and right <= 400 and top >= 0 and bottom <= 300
+        assert 0.2 - 0.01 <= w * h / 120000 <= 0.9 + 0.01 and 0.74 <= w / h <= 1.35
+    # impossible ranges fall back to the largest central crop with a clamped aspect ratio
+    assert random_resized_crop_box(400, 100, (1.0, 1.0), (1.0, 1.0), rng) == (150, 0, 250, 100)
+
+
+def test_augmentation_depends_on_sample_and_epoch_not_on_workers(digits_dir):
+    def crops(num_workers, epoch):
+        loader = image_train_loader(str(digits_dir / "val-*.tar"), 40, 24, num_workers=num_workers)
+        loader.dataset.set_epoch(epoch)
+        return {k: img for b in loader for k, img in zip(b["key"], b["image"], strict=True)}
+
+    one, two, next_epoch = crops(0, 0), crops(2, 0), crops(0, 1)
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert not all(torch.equal(one[k], next_epoch[k]) for k in one)
 
 
 def test_device_transform_equals_torchvision_reference():

@@ -4,7 +4,14 @@ The shared core: the Pattention layer, the Tokenformer block and the growth util
 """
 
 from .block import TokenformerBlock
-from .growth import GrownLayer, GrowthReport, grow_model, grow_optimizer_state, load_grown
+from .growth import (
+    GrownLayer,
+    GrowthReport,
+    grow_model,
+    grow_optimizer_state,
+    load_grown,
+    match_token_counts,
+)
 from .pattention import Pattention, pattention_theta
 
 __all__ = [
@@ -15,6 +22,7 @@ __all__ = [
     "grow_model",
     "grow_optimizer_state",
     "load_grown",
+    "match_token_counts",
     "pattention_theta",
 ]
 __version__ = "0.1.0"

@@ -99,8 +99,10 @@ class ShardedStream(IterableDataset):
 
     Args:
         urls: shard paths (see ``expand_shards``).
-        decode: maps a raw sample (``{"__key__": ..., "jpg": bytes, ...}``) to an item; an
-            exception skips and counts the sample.
+        decode: ``decode(sample, rng)`` maps a raw sample (``{"__key__": ..., "jpg": bytes}``)
+            to an item; an exception skips and counts the sample. ``rng`` is a ``random.Random``
+            seeded by (seed, epoch, sample key): augmentation is a function of the sample and the
+            epoch alone, the same for any number of workers, and replays exactly on resume.
         pack: optional generator stage over the decoded items (e.g. packing tokens into blocks).
         shuffle: shuffle shards (by epoch, identically on every rank) and samples (buffer).
         shuffle_buffer: size of the sample shuffle buffer.
@@ -111,7 +113,7 @@ class ShardedStream(IterableDataset):
     def __init__(
         self,
         urls: Sequence[str],
-        decode: Callable[[dict[str, Any]], Any],
+        decode: Callable[[dict[str, Any], random.Random], Any],
         pack: Callable[[Iterator[Any]], Iterator[Any]] | None = None,
         shuffle: bool = False,
         shuffle_buffer: int = 1000,
@@ -166,7 +168,7 @@ class ShardedStream(IterableDataset):
         urls = self.shards_for_worker(worker_id, num_workers)
         samples = self._raw_samples(urls)
         if self.shuffle:
-            rng = random.Random(hash((self.seed, self.epoch, self.rank, worker_id)))
+            rng = random.Random(f"shuffle:{self.seed}:{self.epoch}:{self.rank}:{worker_id}")
             samples = _shuffled(samples, self.shuffle_buffer, rng)
         items = self._decoded(samples)
         yield from self.pack(items) if self.pack is not None else items
@@ -174,7 +176,8 @@ class ShardedStream(IterableDataset):
     def _decoded(self, samples: Iterable[dict[str, Any]]) -> Iterator[Any]:
         for sample in samples:
             try:
-                item = self.decode(sample)
+                rng = random.Random(f"{self.seed}:{self.epoch}:{sample['__key__']}")
+                item = self.decode(sample, rng)
             except Exception as exn:  # a corrupt sample must never stop a run
                 self.skipped_samples.add()
                 logger.warning(

@@ -100,7 +100,8 @@ def _resize_tokens(layer: Pattention, num_tokens: int) -> None:
     """Resize the token tensors in place, keeping the Parameter objects (and so optimizer refs)."""
     for param in (layer.key_tokens, layer.value_tokens):
         grown = param.new_empty(num_tokens, param.shape[1])
-        grown[: param.shape[0]] = param
+        keep = min(num_tokens, param.shape[0])
+        grown[:keep] = param[:keep]
         param.data = grown
         param.grad = None  # a gradient of the old shape is meaningless now
 
@@ -292,3 +293,18 @@ def load_grown(
     report.params_before = report.params_after - sum(layer.added_params for layer in report.layers)
     logger.info("%s", report)
     return report
+
+
+def match_token_counts(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Resize every Pattention of ``model`` to the token counts in ``state_dict``.
+
+    For loading a checkpoint of a run that grew into a model built at the run's initial size:
+    call this, then ``model.load_state_dict(state_dict)``. Returns the number of layers resized.
+    """
+    resized = 0
+    for name, layer in _pattention_layers(model):
+        key = f"{name}.key_tokens" if name else "key_tokens"
+        if key in state_dict and state_dict[key].shape[0] != layer.num_tokens:
+            _resize_tokens(layer, state_dict[key].shape[0])
+            resized += 1
+    return resized

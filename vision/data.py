@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,6 @@ import torch
 from PIL import Image
 from timm.data import Mixup
 from torch.utils.data import DataLoader
-from torchvision.transforms.v2 import RandomResizedCrop
 
 from tokenformer_mm.data import ShardedStream, expand_shards, stream_loader
 
@@ -56,6 +56,37 @@ def _crop_resize(image: Image.Image, box: Box, size: int, resample: int) -> torc
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W) uint8
 
 
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: random.Random,
+) -> Box:
+    """The crop of torchvision's ``RandomResizedCrop``, drawn from ``rng`` instead of torch's RNG.
+
+    Ten tries at a random area fraction in ``scale`` and a log-uniform aspect ratio in ``ratio``;
+    if none fits, the largest central crop whose aspect ratio lies within ``ratio``.
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+            return (left, top, left + w, top + h)
+    w, h = width, height
+    if width / height < ratio[0]:
+        h = round(width / ratio[0])
+    elif width / height > ratio[1]:
+        w = round(height * ratio[1])
+    left, top = (width - w) // 2, (height - h) // 2
+    return (left, top, left + w, top + h)
+
+
 class TrainDecode:
     """Sample -> random-resized crop as uint8, with its label (runs in the CPU workers)."""
 
@@ -71,12 +102,11 @@ class TrainDecode:
         self.ratio = tuple(ratio)
         self.resample = INTERPOLATIONS[interpolation]
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         label = int(sample["cls"])
-        image = _open_image(sample)
-        # get_params reads only the image size, so the crop is chosen before decoding.
-        top, left, h, w = RandomResizedCrop.get_params(image, self.scale, self.ratio)
-        pixels = _crop_resize(image, (left, top, left + w, top + h), self.img_size, self.resample)
+        image = _open_image(sample)  # reads the header only: the crop is chosen before decoding
+        box = random_resized_crop_box(*image.size, self.scale, self.ratio, rng)
+        pixels = _crop_resize(image, box, self.img_size, self.resample)
         return {"image": pixels, "label": label, "key": sample["__key__"]}
 
 
@@ -88,7 +118,7 @@ class EvalDecode:
         self.crop_pct = crop_pct
         self.resample = INTERPOLATIONS[interpolation]
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, sample: dict[str, Any], rng: random.Random | None = None) -> dict[str, Any]:
         label = int(sample["cls"])
         image = _open_image(sample)
         width, height = image.size

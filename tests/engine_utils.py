@@ -1,0 +1,52 @@
+"""Helpers for the tests that train: small configs composed like the CLI composes them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from tokenformer_mm.tasks import register_schemas
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A model and schedule small enough for a test, big enough to learn the digits.
+TINY_VISION = [
+    "model.img_size=16",
+    "model.kwargs.embed_dim=32",
+    "model.kwargs.depth=2",
+    "model.kwargs.num_heads=2",
+    "model.kwargs.qkv_tokens=32",
+    "model.kwargs.ffn_tokens=64",
+    "model.kwargs.patch_size=4",
+    "train.batch_size=16",
+    "train.log_every=1",
+    "optim.warmup_steps=2",
+    "data.num_workers=1",
+]
+
+
+def compose_config(name: str, overrides: list[str]):
+    register_schemas()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def train_command(overrides: list[str], config: str = "vision") -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / "train.py"), "--config-name", config, *overrides]
+
+
+def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "train_steps.csv").read_text().splitlines()[1:]
+    return {int(line.split(",")[0]): float(line.split(",")[2]) for line in lines}

@@ -1,0 +1,292 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import safetensors.torch
+import torch
+from hydra.errors import ConfigCompositionException
+
+from tokenformer_mm import Pattention, checkpoint
+from tokenformer_mm.engine import Trainer, WarmupCosine, param_groups
+from tokenformer_mm.shards import write_shards
+from tokenformer_mm.tasks import build_task
+from vision.sources import digits_samples
+
+from .engine_utils import TINY_VISION, compose_config, run, step_losses, train_command
+
+
+def trainer_for(run_dir, overrides):
+    cfg = compose_config("vision", [*TINY_VISION, f"run_dir={run_dir}", *overrides])
+    return Trainer(cfg, build_task(cfg), run_dir)
+
+
+def test_short_digits_run_learns_and_writes_its_outputs(tmp_path):
+    """A shortened main job: real learning (>= 70 % of 10 classes) in well under a minute."""
+    overrides = [
+        "model.img_size=24",
+        "model.kwargs.embed_dim=64",
+        "model.kwargs.qkv_tokens=64",
+        "model.kwargs.ffn_tokens=256",
+        "train.batch_size=64",
+        "train.steps=300",
+        "train.eval_every=150",
+        "train.checkpoint_every=150",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=20",
+        "data.num_workers=2",
+    ]
+    summary = trainer_for(tmp_path, overrides).fit()
+    assert summary["metrics"]["val/top1"] >= 70
+    assert (tmp_path / "metrics.png").stat().st_size > 10_000
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header.split(",")[:5] == ["step", "epoch", "train/loss", "lr", "params"]
+    assert {"val/loss", "val/top1", "val/top5"} <= set(header.split(","))
+    last = checkpoint.latest(tmp_path / "checkpoints")
+    assert (
+        last.name == "step_00000300"
+        and len(checkpoint.checkpoint_dirs(tmp_path / "checkpoints")) == 2
+    )
+    state = torch.load(last / "state.pt", weights_only=True)
+    assert (
+        state["step"] == 300 and "optimizer" in state and state["ranks"][0]["data"]["epoch"] >= 13
+    )
+
+
+def test_growth_mid_run_is_exact_keeps_moments_and_keeps_learning(tmp_path):
+    trainer = trainer_for(tmp_path, ["train.steps=60", "train.eval_every=20"])
+    trainer.fit(until=30)
+    layer = trainer.model.blocks[0].ffn
+    moments = {k: v.clone() for k, v in trainer.optimizer.state[layer.key_tokens].items()}
+    record = trainer.grow(factor=2.0)
+    assert record["params_after"] > record["params_before"]
+    assert record["val_after"]["val/loss"] == pytest.approx(
+        record["val_before"]["val/loss"], abs=1e-5
+    )
+    assert record["val_after"]["val/top1"] == record["val_before"]["val/top1"]
+    state = trainer.optimizer.state[layer.key_tokens]
+    assert layer.num_tokens == 128
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(state[key][:64], moments[key]) and not state[key][64:].any()
+    trainer.fit()
+    final = trainer.eval_rows[-1]
+    assert final["val/loss"] < record["val_after"]["val/loss"]
+    assert final["params"] == record["params_after"]
+    assert json.loads((tmp_path / "growth.jsonl").read_text())["step"] == 30
+
+
+def test_warm_start_from_a_smaller_run_is_exact(tmp_path):
+    small = trainer_for(tmp_path / "small", ["train.steps=20"])
+    small_metrics = small.fit()["metrics"]
+    big = trainer_for(
+        tmp_path / "big",
+        [
+            "model.kwargs.qkv_tokens=64",
+            "model.kwargs.ffn_tokens=128",
+            f"+growth.init_from={tmp_path / 'small' / 'checkpoints' / 'step_00000020'}",
+        ],
+    )
+    assert big.growth_events[0]["params_after"] > big.growth_events[0]["params_before"]
+    metrics = big.task.evaluate(big.model, big.eval_loader)
+    assert metrics["val/loss"] == pytest.approx(small_metrics["val/loss"], abs=1e-5)
+
+
+def test_ema_weights_are_saved_and_evaluated(tmp_path):
+    trainer = trainer_for(tmp_path, ["train.steps=6", "train.ema_decay=0.9"])
+    trainer.fit()
+    last = checkpoint.latest(tmp_path / "checkpoints")
+    ema = safetensors.torch.load_file(last / checkpoint.EMA_FILE)
+    live = safetensors.torch.load_file(last / checkpoint.MODEL_FILE)
+    key = "blocks.0.ffn.value_tokens"
+    assert not torch.equal(ema[key], live[key])
+    assert torch.equal(ema[key], trainer.ema.module.state_dict()[key])
+
+
+def test_param_groups_decay_only_matrices_and_tokens_as_configured(tmp_path):
+    model = trainer_for(tmp_path, ["train.steps=2"]).model
+    groups = {g["name"]: g for g in param_groups(model, 0.05, 0.01)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for p in groups["no_decay"]["params"]}
+    assert {"pos_embed", "cls_token", "norm.weight", "norm.bias", "head.bias"} <= no_decay
+    assert {names[id(p)] for p in groups["decay"]["params"]} == {
+        "patch_embed.proj.weight",
+        "head.weight",
+    }
+    tokens = {id(p) for m in model.modules() if isinstance(m, Pattention) for p in m.parameters()}
+    assert {id(p) for p in groups["tokens"]["params"]} == tokens
+    assert groups["tokens"]["weight_decay"] == 0.01 and groups["no_decay"]["weight_decay"] == 0
+    assert param_groups(model, 0.05, None)[-1]["weight_decay"] == 0.05
+
+
+def test_warmup_cosine_schedule():
+    schedule = WarmupCosine(warmup=10, total=110, min_ratio=0.1)
+    assert schedule(0) == pytest.approx(0.1) and schedule(9) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert schedule(110) == pytest.approx(0.1) and schedule(500) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.train_shards=/nowhere/train-*.tar", "data.val_shards=/nowhere/val-*.tar"],
+            "matches no files",
+        ),
+        (
+            ["model.name=tokenformer_huge_patch16_224"],
+            "unknown model 'tokenformer_huge_patch16_224'",
+        ),
+        (["train.batch_size=0"], "train.batch_size must be positive"),
+        (["train.precision=fp16"], "train.precision must be one of"),
+        (["growth.schedule=[{step: 5000, factor: 2}]"], "growth.schedule steps"),
+    ],
+)
+def test_bad_input_fails_before_training(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        trainer_for(tmp_path, overrides)
+    assert not (tmp_path / "train_steps.csv").exists()
+
+
+def test_config_typos_and_wrong_types_fail_at_composition():
+    with pytest.raises(ConfigCompositionException, match="lrr"):
+        compose_config("vision", ["optim.lrr=1e-3"])
+    with pytest.raises(ConfigCompositionException, match="batch_size"):
+        compose_config("vision", ["train.batch_size=many"])
+
+
+def test_a_run_refuses_to_overwrite_another_unless_resuming(tmp_path):
+    trainer_for(tmp_path, ["train.steps=2"]).fit()
+    with pytest.raises(ValueError, match="pass resume=true"):
+        trainer_for(tmp_path, ["train.steps=4"])
+
+
+def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
+    """Killed after a checkpoint, resumed: the remaining steps match an uninterrupted run
+    (with a growth event before the kill, so the resume also restores the grown sizes)."""
+    common = [
+        *TINY_VISION,
+        "train.steps=40",
+        "train.checkpoint_every=4",
+        "train.eval_every=20",
+        "growth.schedule=[{step: 6, factor: 2}]",
+        "data.num_workers=2",
+    ]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run(train_command([*common, f"run_dir={full}"]))
+
+    process = subprocess.Popen(
+        train_command([*common, f"run_dir={killed}"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step_00000008").exists():
+        assert process.poll() is None and time.time() < deadline, "run ended before its checkpoint"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed_from = checkpoint.latest(killed / "checkpoints")
+    assert resumed_from is not None and int(resumed_from.name[5:]) < 40
+
+    run(train_command([*common, f"run_dir={killed}", "resume=true"]))
+    expected, got = step_losses(full), step_losses(killed)
+    assert sorted(got) == list(range(1, 41))
+    for step in range(int(resumed_from.name[5:]) + 1, 41):
+        assert got[step] == pytest.approx(expected[step], abs=1e-6), step
+    grown = safetensors.torch.load_file(
+        checkpoint.latest(killed / "checkpoints") / "model.safetensors"
+    )
+    assert grown["blocks.0.ffn.key_tokens"].shape[0] == 128
+
+    # scripts/evaluate.py rebuilds the grown model from the run and reproduces its final metrics
+    result = run([sys.executable, "scripts/evaluate.py", str(full)])
+    final = json.loads(result.stdout)
+    last_row = (full / "metrics.csv").read_text().splitlines()[-1].split(",")
+    header = (full / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert final["val/top1"] == pytest.approx(float(last_row[header.index("val/top1")]))
+
+
+def test_kill_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    script = f"""
+import sys, torch
+from torch import nn
+from tokenformer_mm import checkpoint
+model = nn.Linear(4096, 4096)
+checkpoint.save({str(tmp_path)!r}, 1, model, {{"step": 1}})
+print("saved", flush=True)
+big = nn.Sequential(*[nn.Linear(4096, 4096) for _ in range(12)])  # ~800 MB: a slow save
+checkpoint.save({str(tmp_path)!r}, 2, big, {{"step": 2}})
+"""
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "saved"
+    staging = tmp_path / "step_00000002.tmp"
+    deadline = time.time() + 60
+    while not staging.exists():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.001)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "step_00000002").exists()
+    last = checkpoint.latest(tmp_path)
+    assert last.name == "step_00000001"
+    assert checkpoint.load_state(last) == {"step": 1}
+    assert checkpoint.load_weights(last)["weight"].shape == (4096, 4096)
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    """DDP over gloo: 2 processes x batch 8 end with the parameters of 1 process x batch 16.
+
+    Shards of exactly 8 samples, no sample shuffle and no flips make both runs see the same
+    global batches (crops are seeded per sample, so they agree too).
+    """
+    shards = tmp_path / "shards"
+    write_shards(digits_samples("train"), shards, "train", 8)
+    write_shards(digits_samples("val"), shards, "val", 60)
+    common = [
+        *TINY_VISION,
+        f"data.train_shards='{shards}/train-{{000000..000179}}.tar'",  # quoted: braces
+        f"data.val_shards={shards}/val-*.tar",
+        "data.shuffle_buffer=1",
+        "data.hflip=0",
+        "train.steps=6",
+        "train.eval_every=6",
+        "data.num_workers=1",
+    ]
+    run(train_command([*common, "train.batch_size=16", f"run_dir={tmp_path / 'one'}"]))
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
+    run(
+        [
+            *torchrun,
+            *train_command([*common, "train.batch_size=8", f"run_dir={tmp_path / 'two'}"])[1:],
+        ]
+    )
+    one = checkpoint.load_weights(checkpoint.latest(tmp_path / "one" / "checkpoints"))
+    two = checkpoint.load_weights(checkpoint.latest(tmp_path / "two" / "checkpoints"))
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0, msg=key)
+    assert step_losses(tmp_path / "one")[6] == pytest.approx(
+        step_losses(tmp_path / "two")[6], abs=1e-5
+    )
+
+
+def test_cli_prints_results_and_multirun_sweeps(tmp_path):
+    sweep = ["-m", *TINY_VISION, "train.steps=3", f"run_dir={tmp_path}", "optim.lr=1e-3,2e-3"]
+    result = run(train_command(sweep))
+    for job in ("0", "1"):
+        assert checkpoint.latest(tmp_path / job / "checkpoints").name == "step_00000003"
+    assert result.stdout.count("final validation: val/loss") == 2
+    typo = subprocess.run(
+        train_command(["optim.lrr=1"]), capture_output=True, text=True, cwd=tmp_path
+    )
+    assert typo.returncode != 0 and "Key 'lrr' not in 'OptimConfig'" in typo.stderr

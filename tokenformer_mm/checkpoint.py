@@ -1,0 +1,144 @@
+"""Checkpoints you can trust: safetensors weights, a weights-only state file, atomic writes.
+
+A checkpoint is a directory ``checkpoints/step_00001200/`` holding
+
+- ``model.safetensors`` (and ``ema.safetensors``): the weights, loadable by timm / open_clip;
+- ``state.pt``: optimizer, scheduler, step, RNG states, data position, growth sizes — plain
+  tensors and Python containers, so ``torch.load(weights_only=True)`` reads it.
+
+It is written as ``step_00001200.tmp/`` and renamed when complete, so a process killed mid-save
+never leaves a torn checkpoint: the newest complete one is still there and is what ``latest``
+returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "state.pt"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (``.tmp`` leftovers are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
+
+
+def latest(root: str | os.PathLike) -> Path | None:
+    dirs = checkpoint_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def save_weights(module: nn.Module, path: str | os.PathLike) -> None:
+    """A module's state dict as safetensors (contiguous, unshared copies of every tensor)."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    safetensors.torch.save_file(tensors, str(path))
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a checkpoint directory or a ``.safetensors`` file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights at {path}; expected a checkpoint dir or .safetensors")
+    return safetensors.torch.load_file(str(path))
+
+
+def save(
+    root: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    state: dict[str, Any],
+    ema: nn.Module | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep``."""
+    root = Path(root)
+    final = root / f"step_{step:08d}"
+    staging = root / f"step_{step:08d}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_weights(model, staging / MODEL_FILE)
+    if ema is not None:
+        save_weights(ema, staging / EMA_FILE)
+    torch.save(state, staging / STATE_FILE)
+    _fsync_dir(staging)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    _fsync_dir(root)
+    for old in checkpoint_dirs(root)[:-keep]:
+        shutil.rmtree(old)
+    logger.info("saved checkpoint %s", final)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory's files and entries, so a rename is only seen after the data is on disk."""
+    for file in path.iterdir() if path.is_dir() else []:
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from (Python, NumPy for timm's mixup, torch CPU and CUDA)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].copy()),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy(),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

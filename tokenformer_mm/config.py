@@ -1,0 +1,111 @@
+"""Structured configs shared by every domain's Hydra run (DESIGN §6).
+
+Hydra merges the YAML files under ``configs/`` into these dataclasses, so a misspelt key or a
+value of the wrong type fails before anything is built, with Hydra's own message. Checks that a
+type cannot express (a positive batch size, a known precision) live in ``validate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay, in optimizer steps."""
+
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    # Weight decay of the Pattention key/value tokens; None means ``weight_decay``.
+    token_weight_decay: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class GrowthEvent:
+    """Grow the live model at ``step`` by ``factor`` (layer kinds as in ``grow_model``)."""
+
+    step: int = MISSING
+    factor: float = MISSING
+    kinds: list[str] = field(default_factory=lambda: ["qkv", "proj", "ffn"])
+
+
+@dataclass
+class GrowthConfig:
+    """Growth inside a run: a schedule for the live model, or a warm start from a smaller run."""
+
+    schedule: list[GrowthEvent] = field(default_factory=list)
+    init_from: str | None = None  # a checkpoint directory (or model.safetensors) of a smaller run
+    init: str = "exact"  # "exact" or "official", as in grow_model
+
+
+@dataclass
+class TrainConfig:
+    """The loop: what the engine does, whatever the domain."""
+
+    steps: int = 1000
+    batch_size: int = 64  # per process, per optimizer step (before accumulation)
+    accum_steps: int = 1
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    eval_every: int = 200
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    ema_decay: float | None = None  # e.g. 0.9998; evaluation then uses the EMA weights
+    log_every: int = 10
+    device: str = "auto"  # auto: the local rank's GPU when CUDA is available, else cpu
+
+
+@dataclass
+class RunConfig:
+    """Fields every domain's run has; a domain adds ``model`` and ``data``."""
+
+    domain: str = MISSING
+    run_dir: str = MISSING
+    seed: int = 0
+    resume: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    growth: GrowthConfig = field(default_factory=GrowthConfig)
+
+
+def validate(cfg: Any) -> None:
+    """Checks a type cannot express; raises ``ValueError`` naming the key and the allowed values."""
+    train, optim, growth = cfg.train, cfg.optim, cfg.growth
+    positive = {
+        "train.steps": train.steps,
+        "train.batch_size": train.batch_size,
+        "train.accum_steps": train.accum_steps,
+        "train.eval_every": train.eval_every,
+        "train.checkpoint_every": train.checkpoint_every,
+        "train.keep_checkpoints": train.keep_checkpoints,
+        "train.log_every": train.log_every,
+        "optim.lr": optim.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"{key} must be positive, got {value}")
+    if train.precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {train.precision!r}")
+    if optim.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps must be >= 0, got {optim.warmup_steps}")
+    if train.ema_decay is not None and not 0 < train.ema_decay < 1:
+        raise ValueError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
+    if growth.init not in ("exact", "official"):
+        raise ValueError(f"growth.init must be 'exact' or 'official', got {growth.init!r}")
+    steps = [event.step for event in growth.schedule]
+    if steps != sorted(set(steps)) or any(not 0 < s < train.steps for s in steps):
+        raise ValueError(
+            f"growth.schedule steps must be increasing and inside (0, train.steps="
+            f"{train.steps}), got {steps}"
+        )
+    for event in growth.schedule:
+        if event.factor <= 1:
+            raise ValueError(f"growth.schedule factors must be > 1, got {event.factor}")

@@ -1,0 +1,138 @@
+"""Image classification as an engine ``Task``: the timm model, the shard loaders, loss and top-k."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import DeviceImageTransform, image_eval_loader, image_train_loader
+from .sources import ensure_digits_shards
+
+
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        ours = ", ".join(timm.list_models("tokenformer_*"))
+        raise ValueError(f"unknown model {name!r}; Tokenformer models: {ours} (or any timm model)")
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with a clear error for an unknown name.
+
+    Importing this package registered the tokenformer_* models, so they are always found here.
+    """
+    check_model_name(name)
+    return timm.create_model(name, **kwargs)
+
+
+class ImageClassificationTask:
+    """Supervised classification on webdataset shards (digits by default, ImageNet for real)."""
+
+    unit = "img"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        check_model_name(cfg.model.name)  # before any work
+        pretrained_cfg = timm.models.get_pretrained_cfg(cfg.model.name).to_dict()
+        self.img_size = cfg.model.img_size or pretrained_cfg["input_size"][-1]
+        self.crop_pct = pretrained_cfg["crop_pct"]
+        self.interpolation = pretrained_cfg["interpolation"]
+        self.transform = DeviceImageTransform(
+            pretrained_cfg["mean"],
+            pretrained_cfg["std"],
+            hflip=cfg.data.hflip,
+            mixup_alpha=cfg.data.mixup_alpha,
+            cutmix_alpha=cfg.data.cutmix_alpha,
+            label_smoothing=cfg.data.label_smoothing,
+            num_classes=cfg.data.num_classes,
+        )
+        self.train_shards, self.val_shards = self._shards()
+
+    def _shards(self) -> tuple[str, str]:
+        data = self.cfg.data
+        if data.train_shards and data.val_shards:
+            return data.train_shards, data.val_shards
+        if data.name != "digits":
+            raise ValueError(
+                f"data={data.name} needs data.train_shards and data.val_shards (shard patterns "
+                "such as /data/imagenet1k-train-{0000..1023}.tar)"
+            )
+        root = ensure_digits_shards()
+        return str(root / "train-*.tar"), str(root / "val-*.tar")
+
+    def build_model(self) -> nn.Module:
+        kwargs = dict(self.cfg.model.kwargs)
+        if self.cfg.model.img_size:
+            kwargs["img_size"] = self.cfg.model.img_size
+        return create_model(self.cfg.model.name, num_classes=self.cfg.data.num_classes, **kwargs)
+
+    def train_loader(self) -> DataLoader:
+        data = self.cfg.data
+        return image_train_loader(
+            self.train_shards,
+            self.cfg.train.batch_size,
+            self.img_size,
+            num_workers=data.num_workers,
+            seed=self.cfg.seed,
+            scale=tuple(data.scale),
+            ratio=tuple(data.ratio),
+            interpolation=self.interpolation,
+            shuffle_buffer=data.shuffle_buffer,
+        )
+
+    def eval_loader(self) -> DataLoader:
+        return image_eval_loader(
+            self.val_shards,
+            self.cfg.data.eval_batch_size,
+            self.img_size,
+            crop_pct=self.crop_pct,
+            num_workers=self.cfg.data.num_workers,
+            interpolation=self.interpolation,
+        )
+
+    def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        images, targets = self.transform(batch["image"], batch["label"], train=True)
+        logits = model(images)
+        if targets.ndim == 2:  # mixup / cutmix soft targets (label smoothing included)
+            return SoftTargetCrossEntropy()(logits, targets)
+        return F.cross_entropy(logits, targets, label_smoothing=self.cfg.data.label_smoothing)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+        for batch in loader:
+            labels = batch["label"].to(device, non_blocking=True)
+            images, _ = self.transform(batch["image"].to(device, non_blocking=True), labels)
+            logits = model(images).float()
+            top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+            totals += torch.stack(
+                [
+                    F.cross_entropy(logits, labels, reduction="sum"),
+                    (top5[:, 0] == labels).sum(),
+                    (top5 == labels[:, None]).any(-1).sum(),
+                    torch.tensor(len(labels), device=device),
+                ]
+            ).double()
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        model.train(was_training)
+        loss, top1, top5, count = totals.tolist()
+        if count == 0:
+            raise ValueError("the validation loader yielded no samples; check data.val_shards")
+        return {
+            "val/loss": loss / count,
+            "val/top1": 100 * top1 / count,
+            "val/top5": 100 * top5 / count,
+        }
+
+    def batch_items(self, batch: dict[str, Any]) -> int:
+        return len(batch["label"])

@@ -11,6 +11,7 @@ import logging
 
 from tqdm import tqdm
 
+from language.sources import pydoc_samples, text_file_samples
 from tokenformer_mm.shards import write_shards
 from vision.sources import digits_samples, imagefolder_samples
 
@@ -31,14 +32,30 @@ def main(argv: list[str] | None = None) -> None:
     digits.add_argument("out_dir", help="where the shards go")
     digits.add_argument("--samples-per-shard", type=int, default=200)
 
+    text = commands.add_parser("text", help="text files (.txt: one document; .jsonl: one per line)")
+    text.add_argument("inputs", nargs="+", help="files, then the output folder last")
+    text.add_argument("--split", default="train", help="shard name prefix and _info.json split")
+    text.add_argument("--samples-per-shard", type=int, default=10000)
+
+    pydoc = commands.add_parser("pydoc", help="CPython's help texts as train/val text shards")
+    pydoc.add_argument("out_dir", help="where the shards go")
+    pydoc.add_argument("--samples-per-shard", type=int, default=500)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "imagefolder":
         jobs = [(args.split, imagefolder_samples(args.root), "imagefolder")]
-    else:
+    elif args.command == "digits":
         jobs = [(split, digits_samples(split), "digits") for split in ("train", "val")]
+    elif args.command == "text":
+        if len(args.inputs) < 2:
+            parser.error("text needs at least one input file and the output folder")
+        *files, args.out_dir = args.inputs
+        jobs = [(args.split, text_file_samples(files), "text")]
+    else:
+        jobs = [(split, pydoc_samples(split), "pydoc") for split in ("train", "val")]
     for split, samples, name in jobs:
-        progress = tqdm(samples, desc=f"{split} samples", unit="img")
+        progress = tqdm(samples, desc=f"{split} samples", unit="doc")
         paths = write_shards(progress, args.out_dir, split, args.samples_per_shard, name)
         logging.info("wrote %d %s shards to %s", len(paths), split, args.out_dir)
 

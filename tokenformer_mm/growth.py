@@ -163,6 +163,10 @@ def grow_model(
 
     Raises ``ValueError`` for a shrinking or non-positive size, or a model without Pattention
     layers. ``softmax`` layers cannot grow exactly (``exp(0) != 0``) and grow with a warning.
+
+    Parameters are resized in place (the same ``nn.Parameter`` objects, so optimizers and hooks
+    stay valid). Grow between steps: an autograd graph recorded before growth and still alive
+    cannot be backpropagated afterwards, and it makes later backward passes fail on the old shapes.
     """
     _check_init(init)
     kinds = _check_growth_args(factor, num_tokens, kinds)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import webdataset as wds
 
 from .data import INFO_FILE
+
+logger = logging.getLogger(__name__)
 
 
 def write_shards(
@@ -68,3 +74,30 @@ def _update_info(
     with open(path + ".tmp", "w") as f:
         json.dump(info, f, indent=2)
     os.replace(path + ".tmp", path)
+
+
+def default_cache_dir() -> Path:
+    """``$TOKENFORMER_MM_CACHE``, else ``~/.cache/tokenformer_mm``."""
+    return Path(os.environ.get("TOKENFORMER_MM_CACHE", Path.home() / ".cache" / "tokenformer_mm"))
+
+
+def cached_shards(
+    name: str, write: Callable[[Path], Any], cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """``cache_dir/name``, built by ``write(directory)`` on first use.
+
+    Built in a staging directory and renamed, so concurrent callers (DDP ranks, test workers)
+    never see a half-written data set.
+    """
+    target = Path(cache_dir or default_cache_dir()) / name
+    if (target / INFO_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    write(staging)
+    try:
+        staging.rename(target)
+        logger.info("built the %s shards in %s", name, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging)
+    return target

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tokenformer_mm.shards import write_shards
-
-logger = logging.getLogger(__name__)
+from tokenformer_mm.shards import cached_shards, write_shards
 
 IMAGE_FILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -87,22 +82,6 @@ def write_digits_shards(out_dir: str | os.PathLike, samples_per_shard: int = 200
     return Path(out_dir)
 
 
-def default_cache_dir() -> Path:
-    """``$TOKENFORMER_MM_CACHE``, else ``~/.cache/tokenformer_mm``."""
-    return Path(os.environ.get("TOKENFORMER_MM_CACHE", Path.home() / ".cache" / "tokenformer_mm"))
-
-
 def ensure_digits_shards(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The digits shards, built on first use; concurrent callers never see a half-written set."""
-    target = Path(cache_dir or default_cache_dir()) / "digits"
-    if (target / "_info.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=target.parent))
-    write_digits_shards(staging)
-    try:
-        staging.rename(target)
-        logger.info("built the digits shards in %s", target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging)
-    return target
+    """The digits shards in the cache directory, built on first use."""
+    return cached_shards("digits", write_digits_shards, cache_dir)

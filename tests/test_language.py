@@ -1,0 +1,282 @@
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from language import ByteTokenizer, TokenformerLM, lm_config, load_official, load_tokenizer
+from language.data import PackBlocks, text_eval_loader, text_train_loader
+from language.official import official_key_map
+from language.sources import pydoc_documents, text_file_samples
+from tokenformer_mm import grow_model
+from tokenformer_mm.engine import Trainer
+from tokenformer_mm.shards import write_shards
+from tokenformer_mm.tasks import build_task
+
+from .engine_utils import compose_config, run
+
+
+def tiny_lm(**overrides) -> TokenformerLM:
+    return TokenformerLM(lm_config("tiny", **overrides)).eval()
+
+
+def test_logits_at_t_ignore_later_tokens():
+    model = tiny_lm()
+    tokens = torch.randint(0, 320, (2, 20))
+    changed = tokens.clone()
+    changed[:, 12:] = torch.randint(0, 320, (2, 8))
+    torch.testing.assert_close(model(tokens)[:, :12], model(changed)[:, :12])
+    assert not torch.allclose(model(tokens)[:, 12:], model(changed)[:, 12:])
+
+
+def test_kv_cache_decoding_equals_full_forward_step_by_step():
+    model = tiny_lm()
+    tokens = torch.randint(0, 320, (2, 24))
+    full = model(tokens)
+    logits, cache = model.forward_cached(tokens[:, :5], None)
+    torch.testing.assert_close(logits, full[:, :5], atol=1e-5, rtol=0)
+    for t in range(5, 24):
+        logits, cache = model.forward_cached(tokens[:, t : t + 1], cache)
+        torch.testing.assert_close(logits[:, 0], full[:, t], atol=1e-5, rtol=0)
+
+
+def test_too_long_sequences_name_both_lengths():
+    model = tiny_lm()
+    with pytest.raises(ValueError, match="65 tokens is longer than the model's context of 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="70 tokens"):
+        model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=60)
+
+
+def test_generation_greedy_cache_stop_and_filters():
+    model = tiny_lm()
+    prompt = torch.randint(0, 320, (2, 6))
+    greedy = model.generate(prompt, 20, temperature=0)
+    assert greedy.shape == (2, 26) and torch.equal(greedy[:, :6], prompt)
+    assert torch.equal(model.generate(prompt, 20, temperature=0, use_cache=False), greedy)
+    assert torch.equal(model.generate(prompt, 20, top_k=1), greedy)  # top-1 sampling is greedy
+    assert torch.equal(model.generate(prompt, 20, top_p=1e-6), greedy)
+    stop = int(greedy[0, 8])  # the third generated token of the first row
+    first = int((greedy[0, 6:] == stop).nonzero()[0])  # it may have been generated before
+    stopped = model.generate(prompt[:1], 20, temperature=0, stop_token=stop)
+    assert stopped.shape[1] == 6 + first + 1 and stopped[0, -1] == stop
+    generator = torch.Generator().manual_seed(0)
+    sampled = model.generate(prompt, 20, temperature=1.0, top_k=5, generator=generator)
+    assert sampled.shape == (2, 26) and not torch.equal(sampled, greedy)
+
+
+def official_state(config, generator=None, empty=False):
+    """A state dict with the official GPT-NeoX sequential names and shapes (random or empty)."""
+    with torch.device("meta"):  # shapes only: no memory, no compute, even at 150M
+        shapes = {k: v.shape for k, v in TokenformerLM(config).state_dict().items()}
+    return {
+        official: torch.empty(shapes[key])
+        if empty
+        else torch.randn(shapes[key], generator=generator) * 0.1
+        for official, key in official_key_map(config.depth).items()
+    }
+
+
+def reference_forward(state, tokens, depth, heads):
+    """The official math written out independently of the library (float64)."""
+    sd = {k: v.double() for k, v in state.items()}
+    x = sd["sequential.0.word_embeddings.weight"][tokens]
+    B, T, C = x.shape
+    hs = C // heads
+    rot = int(hs * 0.25)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rot, 2).double() / rot))
+    freqs = torch.outer(torch.arange(T).double(), inv_freq)
+    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+
+    def rope(t):
+        r, p = t[..., :rot], t[..., rot:]
+        rotated = torch.cat([-r[..., rot // 2 :], r[..., : rot // 2]], -1)
+        return torch.cat([r * cos + rotated * sin, p], -1)
+
+    def pattention(h, prefix):
+        keys, values = sd[f"{prefix}.key_param_tokens"], sd[f"{prefix}.value_param_tokens"]
+        s = h @ keys.T
+        s = s / torch.norm(s, dim=-1, keepdim=True) * math.sqrt(keys.shape[0])
+        return F.gelu(s) @ values
+
+    for i in range(2, depth + 2):
+        h = F.layer_norm(x, (C,), eps=1e-5)
+        q, k, v = (
+            pattention(h, f"sequential.{i}.attention.{n}").view(B, T, heads, hs).transpose(1, 2)
+            for n in ("query", "key", "value")
+        )
+        att = (rope(q) @ rope(k).transpose(-1, -2)) / math.sqrt(hs)
+        att = att.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
+        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + pattention(y, f"sequential.{i}.attention.proj")
+        x = x + pattention(F.layer_norm(x, (C,), eps=1e-5), f"sequential.{i}.mlp")
+    n = depth + 3
+    x = F.layer_norm(
+        x, (C,), sd[f"sequential.{n}.norm.weight"], sd[f"sequential.{n}.norm.bias"], 1e-5
+    )
+    return x @ sd["sequential.0.word_embeddings.weight"].T
+
+
+def test_load_official_matches_an_independent_reference(tmp_path):
+    config = lm_config(
+        "tiny", dim=64, num_heads=4, qkv_tokens=24, proj_tokens=20, ffn_tokens=48, depth=3
+    )
+    state = official_state(config, torch.Generator().manual_seed(1))
+    state["sequential.2.attention.rotary_emb.inv_freq"] = torch.ones(4)  # harmless extra buffer
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(state, path)
+    model = load_official(path, num_heads=4).eval()
+    assert (
+        model.config.depth == 3 and model.config.proj_tokens == 20 and model.config.ffn_tokens == 48
+    )
+    assert model.blocks[0].ffn.tau.item() == pytest.approx(math.sqrt(48))
+    tokens = torch.randint(0, config.vocab_size, (2, 17))
+    expected = reference_forward(state, tokens, depth=3, heads=4)
+    torch.testing.assert_close(model(tokens).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_load_official_150m_shapes_build_the_official_config():
+    model = load_official(official_state(lm_config("150M"), empty=True))
+    assert model.config == lm_config("150M")
+    assert 150e6 < model.num_params() < 160e6
+
+
+def test_load_official_reports_every_mismatch_at_once():
+    config = lm_config("tiny", dim=64, num_heads=4)
+    state = official_state(config)
+    del state["sequential.3.mlp.value_param_tokens"]
+    state["sequential.2.attention.dense.weight"] = torch.zeros(1)
+    expected = r"(?s)missing: sequential.3.mlp.value_param_tokens.*unexpected: sequential.2.att"
+    with pytest.raises(ValueError, match=expected):
+        load_official(state, num_heads=4)
+    with pytest.raises(ValueError, match="pass num_heads"):
+        load_official(official_state(lm_config("tiny", dim=96, num_heads=4)))
+
+
+def test_growth_of_the_lm_is_exact_and_the_grown_lm_trains():
+    model = tiny_lm()
+    tokens = torch.randint(0, 320, (4, 33))
+    with torch.no_grad():  # growth resizes parameters in place: no graph may outlive it
+        before = model(tokens)
+    report = grow_model(model, factor=2)
+    assert report.added_params > 0 and (model(tokens) - before).abs().max().item() <= 1e-6
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_pack_blocks_keeps_every_token_in_order():
+    documents = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10], [11]]
+    blocks = list(PackBlocks(4, eos_id=0, keep_remainder=True)(iter(documents)))
+    flat = [t for b in blocks for t in b["tokens"][: b["length"]].tolist()]
+    assert flat == [1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10, 0, 11, 0]
+    assert [b["length"] for b in blocks] == [4, 4, 4, 3] and blocks[-1]["tokens"].tolist()[-1] == 0
+    assert len(list(PackBlocks(4, 0, keep_remainder=False)(iter(documents)))) == 3
+
+
+def test_packing_across_two_workers_loses_and_duplicates_nothing(tmp_path):
+    """Two shards of documents over disjoint alphabets, so each worker's blocks are recognisable:
+    every worker's blocks, concatenated, are its documents with EOS between them."""
+    alphabets = ["abcdefgh ", "nopqrstu "]
+    expected = {}
+    for shard, alphabet in enumerate(alphabets):
+        g = torch.Generator().manual_seed(shard)
+        docs = [
+            "".join(alphabet[i] for i in torch.randint(0, 9, (int(n),), generator=g))
+            for n in torch.randint(5, 60, (40,), generator=g)
+        ]
+        samples = ({"__key__": f"{shard}-{i}", "txt": d.encode()} for i, d in enumerate(docs))
+        write_shards(samples, tmp_path, f"s{shard}", 1000)
+        expected[shard] = [t for d in docs for t in [*d.encode(), 256]]
+    tokenizer = ByteTokenizer()
+    loader = text_eval_loader(str(tmp_path / "s*.tar"), tokenizer, 3, 15, num_workers=2)
+    streams = {0: [], 1: []}
+    for batch in loader:
+        for tokens, length in zip(batch["tokens"], batch["length"], strict=True):
+            block = tokens[:length].tolist()
+            text = bytes(t for t in block if t < 256).decode()
+            streams[0 if set(text) <= set(alphabets[0]) else 1] += block
+    assert streams == expected
+    train = text_train_loader(str(tmp_path / "s*.tar"), tokenizer, 4, 15, num_workers=2)
+    batches = list(train)
+    assert all(b["tokens"].shape == (4, 16) and (b["length"] == 16).all() for b in batches)
+
+
+def test_tokenizers_round_trip_and_a_trained_bpe(tmp_path):
+    text = "Tokenformer grows — by parameter tokens ✓"
+    byte = load_tokenizer("byte")
+    assert byte.decode(byte.encode(text)) == text and byte.vocab_size == 320 and byte.eos_id == 256
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(t for _, t in pydoc_documents("train")))
+    out = tmp_path / "tokenizer.json"
+    run(
+        [sys.executable, "scripts/train_tokenizer.py", str(corpus), str(out), "--vocab-size", "600"]
+    )
+    bpe = load_tokenizer(str(out))
+    ids = bpe.encode("The for statement is used to iterate")
+    assert bpe.decode(ids) == "The for statement is used to iterate"
+    assert len(ids) < 20 and bpe.vocab_size == 640 and bpe.eos_id == 0
+    with pytest.raises(ValueError, match=r"neither 'byte' nor an existing tokenizer\.json"):
+        load_tokenizer(str(tmp_path / "missing.json"))
+
+
+def test_make_shards_text_from_txt_and_jsonl(tmp_path):
+    (tmp_path / "a.txt").write_text("first document")
+    (tmp_path / "b.jsonl").write_text('{"text": "second"}\n\n{"text": "third", "id": 3}\n')
+    samples = list(text_file_samples([tmp_path / "a.txt", tmp_path / "b.jsonl"]))
+    assert [s["__key__"] for s in samples] == ["a", "b-00000000", "b-00000002"]
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"), str(out)]
+    run([sys.executable, "scripts/make_shards.py", "text", *inputs, "--split", "train"])
+    loader = text_eval_loader(str(out / "train-*.tar"), ByteTokenizer(), 8, 63, num_workers=0)
+    batch = next(iter(loader))
+    text = ByteTokenizer().decode(batch["tokens"][0, : batch["length"][0]].tolist())
+    assert text == "first document" + "second" + "third"  # EOS (256) decodes to nothing
+
+
+def test_short_run_on_the_embedded_corpus_beats_the_unigram_baseline(tmp_path):
+    steps = ["train.steps=120", "train.eval_every=120", "train.checkpoint_every=120"]
+    overrides = [*steps, "data.seq_len=128", "optim.warmup_steps=20", f"run_dir={tmp_path}"]
+    cfg = compose_config("language", overrides)
+    task = build_task(cfg)
+    val_tokens = torch.tensor(
+        [t for b in task.eval_loader() for t in b["tokens"][0, : b["length"][0]]]
+    )
+    counts = torch.bincount(val_tokens, minlength=320).double()
+    probs = counts[counts > 0] / counts.sum()
+    unigram = -(probs * probs.log()).sum().item()  # nats per token
+    summary = Trainer(cfg, task, tmp_path).fit()
+    assert summary["metrics"]["val/loss"] < unigram - 0.4
+    assert summary["metrics"]["val/ppl"] == pytest.approx(math.exp(summary["metrics"]["val/loss"]))
+
+
+def test_generate_script_from_a_run_and_from_an_official_file(tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = ["train.steps=3", "+model.overrides.context_length=64", "data.seq_len=32"]
+    run(
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--config-name",
+            "language",
+            *overrides,
+            f"run_dir={run_dir}",
+        ]
+    )
+    generate = [sys.executable, "scripts/generate.py", "--max-new-tokens", "20", "--seed", "1"]
+    out = run([*generate, str(run_dir), "--prompt", "The "])
+    assert out.stdout.startswith("The ") and "----" in out.stdout
+    config = lm_config(
+        "tiny", dim=768, depth=1, num_heads=12, qkv_tokens=8, proj_tokens=8, ffn_tokens=8
+    )
+    torch.save(official_state(config), tmp_path / "official.bin")
+    out = run([*generate, str(tmp_path / "official.bin"), "--official", "--tokenizer", "byte"])
+    assert out.stdout.strip().endswith("-" * 40)

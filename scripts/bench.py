@@ -1,6 +1,7 @@
 """Benchmarks of tokenformer-mm; each prints a table and appends it to docs/benchmarks.md.
 
     python scripts/bench.py data          # image pipeline vs torchvision ImageFolder, images/s
+    python scripts/bench.py language      # LM training tokens/s, generation tokens/s (KV cache)
 
 Every entry records the command line, machine, torch version and date, so a figure can always be
 reproduced. On a CUDA machine the same commands measure GPU figures.
@@ -162,6 +163,67 @@ def bench_data(args: argparse.Namespace) -> None:
     )
 
 
+def bench_language(args: argparse.Namespace) -> None:
+    from language import TokenformerLM, lm_config
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = lm_config(args.model, context_length=args.seq_len + args.new_tokens + 16)
+    model = TokenformerLM(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+
+    def train_step() -> None:
+        with autocast:
+            logits = model(tokens[:, :-1])
+            loss = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), tokens[:, 1:].flatten()
+            )
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def timed(fn: Callable[[], object], repeats: int) -> float:
+        fn()  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / repeats
+
+    step = timed(train_step, args.steps)
+    prompt = tokens[:1, :16]
+    rows = [
+        {
+            "measure": f"training, batch {args.batch_size} x {args.seq_len} tokens",
+            "tokens/s": f"{args.batch_size * args.seq_len / step:,.0f}",
+            "time": f"{step * 1000:.0f} ms/step",
+        }
+    ]
+    for use_cache in (True, False):
+        with autocast:
+            seconds = timed(
+                lambda c=use_cache: model.generate(prompt, args.new_tokens, top_k=50, use_cache=c),
+                1,
+            )
+        rows.append(
+            {
+                "measure": f"generation of {args.new_tokens} tokens, KV cache "
+                + ("on" if use_cache else "off"),
+                "tokens/s": f"{args.new_tokens / seconds:,.0f}",
+                "time": f"{seconds:.2f} s",
+            }
+        )
+    record(
+        f"Language Tokenformer ({args.model}: {model.num_params() / 1e6:.1f}M parameters)",
+        rows,
+        notes=f"Device {device}; fp32 on CPU, bf16 autocast on CUDA; training includes AdamW.",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -175,6 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--epochs", type=int, default=2)
     data.add_argument("--repeats", type=int, default=3)
     data.set_defaults(run=bench_data)
+    lang = commands.add_parser("language", help="LM training and generation throughput")
+    lang.add_argument("--model", default="small", help="a name in language.model.CONFIGS")
+    lang.add_argument("--batch-size", type=int, default=16)
+    lang.add_argument("--seq-len", type=int, default=256)
+    lang.add_argument("--steps", type=int, default=20)
+    lang.add_argument("--new-tokens", type=int, default=512)
+    lang.set_defaults(run=bench_language)
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -44,7 +44,7 @@ def test_short_digits_run_learns_and_writes_its_outputs(tmp_path):
     assert summary["metrics"]["val/top1"] >= 70
     assert (tmp_path / "metrics.png").stat().st_size > 10_000
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
-    assert header.split(",")[:5] == ["step", "epoch", "train/loss", "lr", "params"]
+    assert header.split(",")[:6] == ["step", "epoch", "train/loss", "lr", "params", "flops"]
     assert {"val/loss", "val/top1", "val/top5"} <= set(header.split(","))
     last = checkpoint.latest(tmp_path / "checkpoints")
     assert (
@@ -60,6 +60,7 @@ def test_short_digits_run_learns_and_writes_its_outputs(tmp_path):
 def test_growth_mid_run_is_exact_keeps_moments_and_keeps_learning(tmp_path):
     trainer = trainer_for(tmp_path, ["train.steps=60", "train.eval_every=20"])
     trainer.fit(until=30)
+    flops_before_growth = trainer.flops_per_item
     layer = trainer.model.blocks[0].ffn
     moments = {k: v.clone() for k, v in trainer.optimizer.state[layer.key_tokens].items()}
     record = trainer.grow(factor=2.0)
@@ -76,6 +77,7 @@ def test_growth_mid_run_is_exact_keeps_moments_and_keeps_learning(tmp_path):
     final = trainer.eval_rows[-1]
     assert final["val/loss"] < record["val_after"]["val/loss"]
     assert final["params"] == record["params_after"]
+    assert trainer.flops_per_item > flops_before_growth  # the grown model costs more per image
     assert json.loads((tmp_path / "growth.jsonl").read_text())["step"] == 30
 
 

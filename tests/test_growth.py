@@ -220,3 +220,16 @@ def test_grown_parameters_keep_identity():
     before = [id(p) for p in model.parameters()]
     grow_model(model, factor=2)
     assert [id(p) for p in model.parameters()] == before
+
+
+def test_training_flops_count_pattention_and_attention():
+    """One block, forward + backward: 3x the forward FLOPs of its Pattentions and attention."""
+    from tokenformer_mm.flops import pattention_flops_per_token, training_flops
+
+    model = block_stack(depth=1)
+    x = torch.randn(2, 10, 32, requires_grad=True)
+    flops = training_flops(model, lambda: model(x).sum())
+    tokens = 2 * 10
+    expected = 3 * (tokens * pattention_flops_per_token(model) + 2 * 4 * 10 * 10 * 32)
+    assert flops == expected
+    assert pattention_flops_per_token(model) == 2 * (3 * 16 * 64 + 16 * 64 + 64 * 64)

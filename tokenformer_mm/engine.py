@@ -33,6 +33,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .config import validate
 from .data import to_device
+from .flops import training_flops
 from .growth import grow_model, load_grown, match_token_counts
 from .pattention import KINDS, Pattention
 
@@ -219,6 +220,7 @@ class Trainer:
         # Checked here, before any training: a missing shard pattern fails now, not at step 1.
         self.train_loader, self.eval_loader = task.train_loader(), task.eval_loader()
         self.step = 0
+        self.total_flops = 0  # training FLOPs so far, over all ranks
         self.data = EpochBatches(self.train_loader)
         self.growth_events: list[dict[str, Any]] = []
         self.eval_rows: list[dict[str, Any]] = []
@@ -243,6 +245,7 @@ class Trainer:
             self._load(resume_from)  # restores every RNG as it was at the checkpoint
         else:
             torch.manual_seed(cfg.seed * 1000 + self.rank)  # per-rank augmentation and dropout
+        self.flops_per_item = self._measure_flops()  # before DDP: its hooks expect DDP's forward
         self._wrap()
         self.tensorboard = _tensorboard(self.run_dir) if self.is_main else None
 
@@ -272,6 +275,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
+        self.total_flops = state["total_flops"]
         self.growth_events = state["growth_events"]
         ranks = state["ranks"]
         if len(ranks) == self.world_size:
@@ -290,6 +294,19 @@ class Trainer:
         ]
         _truncate_csv(self.run_dir / "train_steps.csv", self.step)
         logger.info("resumed from %s at step %d", path, self.step)
+
+    def _measure_flops(self) -> float:
+        """Training FLOPs per item (image, token) of the current model, on one validation item.
+
+        Under ``fork_rng``, so measuring draws nothing from the RNGs an exact resume restores.
+        """
+        batch = next(iter(self.eval_loader))
+        one = to_device({k: v[:1] for k, v in batch.items()}, self.device)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            flops = training_flops(self.model, lambda: self.task.training_loss(self.model, one))
+        per_item = flops / self.task.batch_items(one)
+        logger.info("training FLOPs per %s: %.4g", self.task.unit, per_item)
+        return per_item
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast on CUDA (or when asked); fp32 otherwise."""
@@ -332,6 +349,7 @@ class Trainer:
                 self.grow(event.factor, event.kinds)
             loss, grad_norm, items = self._train_step()
             self.step += 1
+            self.total_flops += items * self.world_size * self.flops_per_item
             window_loss.append(loss)
             window_items += items
             self._log_step(loss, grad_norm)
@@ -342,6 +360,7 @@ class Trainer:
                     loss=f"{sum(recent) / len(recent):.4f}",
                     lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                     **{f"{self.task.unit}/s": f"{rate:.0f}"},
+                    GFLOPs=f"{rate * self.flops_per_item / 1e9:.1f}",
                 )
                 window_items, window_start = 0, time.perf_counter()
             progress.update(1)
@@ -398,6 +417,7 @@ class Trainer:
             init=self.cfg.growth.init,
             optimizer=self.optimizer,
         )
+        self.flops_per_item = self._measure_flops()
         self._wrap()  # DDP's buckets were sized for the old parameters; it also re-syncs ranks
         if self.ema is not None:
             ema_state = self.ema.module.state_dict()
@@ -431,6 +451,7 @@ class Trainer:
             "train/loss": train_loss,
             "lr": self.scheduler.get_last_lr()[0],
             "params": sum(p.numel() for p in self.model.parameters()),
+            "flops": self.total_flops,
             **metrics,
         }
         self.eval_rows.append(row)
@@ -463,6 +484,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "growth_events": self.growth_events,
+            "total_flops": self.total_flops,
             "ranks": per_rank,
         }
         ema = self.ema.module if self.ema is not None else None

@@ -136,7 +136,7 @@ class TokenformerLM(nn.Module):
                              f"{max_new_tokens} and {temperature}")  # fmt: skip
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        self._check_length(tokens.shape[1] + max_new_tokens)
+        self._check_length(tokens.shape[1] + max_new_tokens - 1)  # the last one is never fed
         was_training = self.training
         self.eval()
         cache, step_input = None, tokens

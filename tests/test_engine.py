@@ -175,6 +175,7 @@ def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
         "train.checkpoint_every=4",
         "train.eval_every=20",
         "growth.schedule=[{step: 6, factor: 2}]",
+        "++model.kwargs.drop_path_rate=0.2",  # training draws from the RNG at every step
         "data.num_workers=2",
     ]
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -292,3 +293,10 @@ def test_cli_prints_results_and_multirun_sweeps(tmp_path):
         train_command(["optim.lrr=1"]), capture_output=True, text=True, cwd=tmp_path
     )
     assert typo.returncode != 0 and "Key 'lrr' not in 'OptimConfig'" in typo.stderr
+
+
+def test_mixup_runs_through_the_engine(tmp_path):
+    summary = trainer_for(
+        tmp_path, ["train.steps=3", "data.mixup_alpha=0.8", "data.cutmix_alpha=1.0"]
+    ).fit()
+    assert summary["metrics"]["val/loss"] > 0

@@ -110,6 +110,17 @@ def test_missing_shard_pattern_is_a_clear_error(tmp_path):
         expand_shards(str(tmp_path))  # a folder is not a shard
 
 
+def test_a_brace_range_with_a_missing_shard_is_an_error(digits_dir):
+    with pytest.raises(ValueError, match=r"names 1 missing files \(e.g. .*val-000002.tar\)"):
+        expand_shards(str(digits_dir / "val-{000000..000002}.tar"))
+
+
+def test_fewer_shards_than_processes_is_an_error_on_every_rank(digits_dir):
+    for rank in (0, 1, 2):
+        with pytest.raises(ValueError, match="2 shards cannot be split over 3 processes"):
+            image_eval_loader(str(digits_dir / "val-*.tar"), 8, 32, rank=rank, world_size=3)
+
+
 def test_imagenet_wds_info_json_is_read(tmp_path):
     """The public imagenet-1k-wds layout: split 'validation', shard names with the split in them."""
     for i in range(2):

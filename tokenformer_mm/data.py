@@ -37,11 +37,17 @@ INFO_FILE = "_info.json"
 def expand_shards(pattern: str | Sequence[str]) -> list[str]:
     """Shard paths of a pattern: brace ranges (``train-{000..099}.tar``), globs, or ``::``-lists."""
     patterns = pattern.split("::") if isinstance(pattern, str) else list(pattern)
-    urls = []
+    urls, missing = [], []
     for part in patterns:
         for expanded in braceexpand.braceexpand(os.path.expanduser(part)):
             matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
             urls += [m for m in matches if os.path.isfile(m)]
+            missing += [m for m in matches if not os.path.isfile(m)]
+    if urls and missing:
+        raise ValueError(
+            f"shard pattern {pattern!r} names {len(missing)} missing files (e.g. {missing[0]}); "
+            "fix the pattern or restore the shards"
+        )
     if not urls:
         raise ValueError(
             f"shard pattern {pattern!r} matches no files; give existing .tar shards, e.g. "
@@ -131,6 +137,11 @@ class ShardedStream(IterableDataset):
         default_rank, default_world = rank_and_world_size()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
+        if len(self.urls) < self.world_size:  # raised on every rank alike, so none waits forever
+            raise ValueError(
+                f"{len(self.urls)} shards cannot be split over {self.world_size} processes; "
+                "write the data as more shards (scripts/make_shards.py --samples-per-shard)"
+            )
         lengths = read_shard_lengths(self.urls)
         # Samples in all shards, when _info.json lists every one of them (else None).
         self.num_samples = sum(lengths.values()) if len(lengths) == len(self.urls) else None
@@ -237,6 +248,9 @@ def stream_loader(
         batch_size=batch_size,
         num_workers=num_workers,
         drop_last=drop_last,
+        # Its own generator: the workers' base seed must not come from (and shift) the global RNG
+        # that training draws dropout and flips from, or a resumed run would not replay exactly.
+        generator=torch.Generator(),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
     )

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -108,6 +109,13 @@ def _map_leaves(obj: Any, kind: type, fn: Any) -> Any:
     return obj
 
 
+def seed_everything(seed: int) -> None:
+    """Python, NumPy (timm's mixup draws from it) and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 # --- optimisation -----------------------------------------------------------------------------
 
 
@@ -174,8 +182,13 @@ class EpochBatches:
     def _start_epoch(self) -> None:
         self.loader.dataset.set_epoch(self.epoch)
         self._iterator = iter(self.loader)
-        for _ in range(self.batch):  # fast-forward after a resume
-            next(self._iterator)
+        for done in range(self.batch):  # fast-forward after a resume
+            if next(self._iterator, None) is None:
+                raise ValueError(
+                    f"cannot resume at batch {self.batch} of epoch {self.epoch}: the training "
+                    f"data now yields only {done} batches per epoch (did the shards or the batch "
+                    "size change?)"
+                )
 
     def __next__(self) -> Any:
         if self._iterator is None:
@@ -244,7 +257,7 @@ class Trainer:
         if resume_from is not None:
             self._load(resume_from)  # restores every RNG as it was at the checkpoint
         else:
-            torch.manual_seed(cfg.seed * 1000 + self.rank)  # per-rank augmentation and dropout
+            seed_everything(cfg.seed * 1000 + self.rank)  # per-rank augmentation and dropout
         self.flops_per_item = self._measure_flops()  # before DDP: its hooks expect DDP's forward
         self._wrap()
         self.tensorboard = _tensorboard(self.run_dir) if self.is_main else None
@@ -288,23 +301,26 @@ class Trainer:
                 self.world_size,
                 ranks[0]["data"]["epoch"] + 1,
             )
+            seed_everything(self.cfg.seed * 1000 + self.rank + self.step)
             self.data = EpochBatches(self.train_loader, epoch=ranks[0]["data"]["epoch"] + 1)
         self.eval_rows = [
             r for r in _read_csv(self.run_dir / "metrics.csv") if r["step"] <= self.step
         ]
-        _truncate_csv(self.run_dir / "train_steps.csv", self.step)
+        if self.is_main:
+            _truncate_csv(self.run_dir / "train_steps.csv", self.step)
         logger.info("resumed from %s at step %d", path, self.step)
 
     def _measure_flops(self) -> float:
         """Training FLOPs per item (image, token) of the current model, on one validation item.
 
-        Under ``fork_rng``, so measuring draws nothing from the RNGs an exact resume restores.
+        Every RNG is restored afterwards: measuring must not shift what an exact resume replays.
         """
         batch = next(iter(self.eval_loader))
-        one = to_device({k: v[:1] for k, v in batch.items()}, self.device)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            flops = training_flops(self.model, lambda: self.task.training_loss(self.model, one))
-        per_item = flops / self.task.batch_items(one)
+        two = to_device({k: v[:2] for k, v in batch.items()}, self.device)  # even: mixup needs it
+        rng = checkpoint.rng_state()
+        flops = training_flops(self.model, lambda: self.task.training_loss(self.model, two))
+        checkpoint.set_rng_state(rng)
+        per_item = flops / self.task.batch_items(two)
         logger.info("training FLOPs per %s: %.4g", self.task.unit, per_item)
         return per_item
 
@@ -409,7 +425,8 @@ class Trainer:
         Returns the record also appended to ``growth.jsonl``: parameters before and after and the
         validation metrics on both sides (equal for ``growth.init=exact``).
         """
-        before = self.task.evaluate(self.model, self.eval_loader)
+        with self._autocast():
+            before = self.task.evaluate(self.model, self.eval_loader)
         report = grow_model(
             self.model,
             factor=factor,
@@ -423,7 +440,8 @@ class Trainer:
             ema_state = self.ema.module.state_dict()
             self.ema.module = copy.deepcopy(self.model)
             load_grown(self.ema.module, ema_state, self.cfg.growth.init)
-        after = self.task.evaluate(self.model, self.eval_loader)
+        with self._autocast():
+            after = self.task.evaluate(self.model, self.eval_loader)
         record = {
             "step": self.step,
             "factor": factor,

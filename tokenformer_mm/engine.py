@@ -422,7 +422,7 @@ class Trainer:
     def grow(self, factor: float, kinds: Sequence[str] = KINDS) -> dict[str, Any]:
         """Grow the live model, its optimizer state and EMA; evaluate before and after.
 
-        Returns the record also appended to ``growth.jsonl``: parameters before and after and the
+        Returns the record also written to ``growth.jsonl``: parameters before and after and the
         validation metrics on both sides (equal for ``growth.init=exact``).
         """
         with self._autocast():
@@ -451,10 +451,10 @@ class Trainer:
         }
         self.growth_events.append(record)
         logger.info("step %d: %s; val before %s, after %s", self.step, report, before, after)
-        if self.is_main:
+        if self.is_main:  # rewritten whole: a resumed run replaces what its killed run logged
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            with (self.run_dir / "growth.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            lines = [json.dumps(event) + "\n" for event in self.growth_events]
+            (self.run_dir / "growth.jsonl").write_text("".join(lines))
         return record
 
     # --- evaluation, logging, checkpoints ---------------------------------------------------

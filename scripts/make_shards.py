@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from language.sources import pydoc_samples, text_file_samples
 from tokenformer_mm.shards import write_shards
+from vision.pairs import caption_folder_samples, digits_pair_samples
 from vision.sources import digits_samples, imagefolder_samples
 
 
@@ -41,6 +42,16 @@ def main(argv: list[str] | None = None) -> None:
     pydoc.add_argument("out_dir", help="where the shards go")
     pydoc.add_argument("--samples-per-shard", type=int, default=500)
 
+    pairs = commands.add_parser("pairs", help="images with captions beside them (x.jpg + x.txt)")
+    pairs.add_argument("root", help="folder (searched recursively) of images and .txt captions")
+    pairs.add_argument("out_dir", help="where the shards go")
+    pairs.add_argument("--split", default="train", help="shard name prefix and _info.json split")
+    pairs.add_argument("--samples-per-shard", type=int, default=1000)
+
+    digit_pairs = commands.add_parser("digits-pairs", help="the digits with captions")
+    digit_pairs.add_argument("out_dir", help="where the shards go")
+    digit_pairs.add_argument("--samples-per-shard", type=int, default=200)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "imagefolder":
@@ -52,8 +63,12 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("text needs at least one input file and the output folder")
         *files, args.out_dir = args.inputs
         jobs = [(args.split, text_file_samples(files), "text")]
-    else:
+    elif args.command == "pydoc":
         jobs = [(split, pydoc_samples(split), "pydoc") for split in ("train", "val")]
+    elif args.command == "pairs":
+        jobs = [(args.split, caption_folder_samples(args.root), "pairs")]
+    else:
+        jobs = [(split, digits_pair_samples(split), "digits-pairs") for split in ("train", "val")]
     for split, samples, name in jobs:
         progress = tqdm(samples, desc=f"{split} samples", unit="doc")
         paths = write_shards(progress, args.out_dir, split, args.samples_per_shard, name)

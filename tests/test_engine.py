@@ -29,9 +29,9 @@ def test_short_digits_run_learns_and_writes_its_outputs(tmp_path):
     """A shortened main job: real learning (>= 70 % of 10 classes) in well under a minute."""
     overrides = [
         "model.img_size=24",
-        "model.kwargs.embed_dim=64",
-        "model.kwargs.qkv_tokens=64",
-        "model.kwargs.ffn_tokens=256",
+        "++model.kwargs.embed_dim=64",
+        "++model.kwargs.qkv_tokens=64",
+        "++model.kwargs.ffn_tokens=256",
         "train.batch_size=64",
         "train.steps=300",
         "train.eval_every=150",
@@ -87,8 +87,8 @@ def test_warm_start_from_a_smaller_run_is_exact(tmp_path):
     big = trainer_for(
         tmp_path / "big",
         [
-            "model.kwargs.qkv_tokens=64",
-            "model.kwargs.ffn_tokens=128",
+            "++model.kwargs.qkv_tokens=64",
+            "++model.kwargs.ffn_tokens=128",
             f"+growth.init_from={tmp_path / 'small' / 'checkpoints' / 'step_00000020'}",
         ],
     )

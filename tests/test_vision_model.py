@@ -15,6 +15,7 @@ ALL_NAMES = [
     "tokenformer_base_vitparams_patch16_224",
     "tokenformer_large_patch16_224",
     "tokenformer_large_patch16_384",
+    "tokenformer_micro_patch4_32",
     "tokenformer_small_patch16_224",
     "tokenformer_tiny_patch16_224",
 ]

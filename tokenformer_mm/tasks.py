@@ -15,6 +15,7 @@ from .growth import match_token_counts
 DOMAINS = {
     "vision": ("vision", "ImageClassificationTask", "VisionRunConfig"),
     "language": ("language", "LanguageModelingTask", "LanguageRunConfig"),
+    "clip": ("tokenformer_mm.clip_task", "ClipTask", "ClipRunConfig"),
 }
 
 

@@ -358,6 +358,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 # No released weights exist: load your own with pretrained_cfg_overlay=dict(file=...).
 default_cfgs = generate_default_cfgs(
     {
+        "tokenformer_micro_patch4_32": _cfg(input_size=(3, 32, 32)),
         "tokenformer_tiny_patch16_224": _cfg(),
         "tokenformer_small_patch16_224": _cfg(),
         "tokenformer_base_patch16_224": _cfg(),
@@ -369,10 +370,20 @@ default_cfgs = generate_default_cfgs(
     }
 )
 
+_MICRO = dict(embed_dim=96, depth=4, num_heads=3, qkv_tokens=96, ffn_tokens=384)
 _TINY = dict(embed_dim=192, depth=12, num_heads=3, qkv_tokens=192, ffn_tokens=768)
 _SMALL = dict(embed_dim=384, depth=12, num_heads=6, qkv_tokens=384, ffn_tokens=1536)
 _BASE = dict(embed_dim=768, depth=12, num_heads=12, qkv_tokens=768, ffn_tokens=3072)
 _LARGE = dict(embed_dim=1024, depth=24, num_heads=16, qkv_tokens=1024, ffn_tokens=4096)
+
+
+@register_model
+def tokenformer_micro_patch4_32(pretrained: bool = False, **kwargs: Any) -> TokenformerViT:
+    """Tokenformer-Micro/4 for 32x32 images (CPU experiments, the digits): dim 96, 4 blocks."""
+    model_args = dict(img_size=32, patch_size=4, **_MICRO)
+    return _create_tokenformer(
+        "tokenformer_micro_patch4_32", pretrained, **dict(model_args, **kwargs)
+    )
 
 
 @register_model

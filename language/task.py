@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tokenformer_mm.shards import run_shards
+
 from .data import text_eval_loader, text_train_loader
 from .model import TokenformerLM, lm_config
 from .sources import ensure_pydoc_shards
@@ -42,16 +44,7 @@ class LanguageModelingTask:
                 f"data.seq_len={cfg.data.seq_len} exceeds the model's context_length="
                 f"{self.config.context_length}; lower it or set model.overrides.context_length"
             )
-        self.train_shards, self.val_shards = self._shards()
-
-    def _shards(self) -> tuple[str, str]:
-        data = self.cfg.data
-        if data.train_shards and data.val_shards:
-            return data.train_shards, data.val_shards
-        if data.name != "pydoc":
-            raise ValueError(f"data={data.name} needs data.train_shards and data.val_shards")
-        root = ensure_pydoc_shards()
-        return str(root / "train-*.tar"), str(root / "val-*.tar")
+        self.train_shards, self.val_shards = run_shards(cfg.data, "pydoc", ensure_pydoc_shards)
 
     def build_model(self) -> nn.Module:
         return TokenformerLM(self.config)

@@ -20,6 +20,7 @@ from . import clip  # registers the TokenformerCLIP-* configs with open_clip
 from .config import RunConfig
 from .data import rank_and_world_size
 from .engine import gather_objects
+from .shards import run_shards
 
 
 @dataclass
@@ -63,16 +64,9 @@ class ClipTask:
         self.transform = DeviceImageTransform(timm_cfg["mean"], timm_cfg["std"])
         self.tokenizer = open_clip.get_tokenizer(cfg.model.name)
         self.loss = open_clip.ClipLoss()
-        self.train_shards, self.val_shards = self._shards()
-
-    def _shards(self) -> tuple[str, str]:
-        data = self.cfg.data
-        if data.train_shards and data.val_shards:
-            return data.train_shards, data.val_shards
-        if data.name != "digits_pairs":
-            raise ValueError(f"data={data.name} needs data.train_shards and data.val_shards")
-        root = ensure_digits_pair_shards()
-        return str(root / "train-*.tar"), str(root / "val-*.tar")
+        self.train_shards, self.val_shards = run_shards(
+            cfg.data, "digits_pairs", ensure_digits_pair_shards
+        )
 
     def build_model(self) -> nn.Module:
         return open_clip.create_model(self.cfg.model.name)

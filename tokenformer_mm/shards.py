@@ -101,3 +101,20 @@ def cached_shards(
     except OSError:  # another process finished first
         shutil.rmtree(staging)
     return target
+
+
+def run_shards(data: Any, embedded: str, build: Callable[[], Path]) -> tuple[str, str]:
+    """(train, val) shard patterns of a run's ``data`` config.
+
+    Both patterns when given; else, for the embedded data set named ``embedded``, its shards
+    (``build()`` makes them on first use); else an error naming what is missing.
+    """
+    if data.train_shards and data.val_shards:
+        return data.train_shards, data.val_shards
+    if data.name != embedded:
+        raise ValueError(
+            f"data={data.name} needs data.train_shards and data.val_shards (shard patterns such "
+            "as '/data/imagenet1k-train-{0000..1023}.tar'; quote braces in Hydra overrides)"
+        )
+    root = build()
+    return str(root / "train-*.tar"), str(root / "val-*.tar")

@@ -12,6 +12,8 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tokenformer_mm.shards import run_shards
+
 from .data import DeviceImageTransform, image_eval_loader, image_train_loader
 from .sources import ensure_digits_shards
 
@@ -52,19 +54,7 @@ class ImageClassificationTask:
             label_smoothing=cfg.data.label_smoothing,
             num_classes=cfg.data.num_classes,
         )
-        self.train_shards, self.val_shards = self._shards()
-
-    def _shards(self) -> tuple[str, str]:
-        data = self.cfg.data
-        if data.train_shards and data.val_shards:
-            return data.train_shards, data.val_shards
-        if data.name != "digits":
-            raise ValueError(
-                f"data={data.name} needs data.train_shards and data.val_shards (shard patterns "
-                "such as /data/imagenet1k-train-{0000..1023}.tar)"
-            )
-        root = ensure_digits_shards()
-        return str(root / "train-*.tar"), str(root / "val-*.tar")
+        self.train_shards, self.val_shards = run_shards(cfg.data, "digits", ensure_digits_shards)
 
     def build_model(self) -> nn.Module:
         kwargs = dict(self.cfg.model.kwargs)

@@ -35,8 +35,18 @@ def compose_config(name: str, overrides: list[str]):
         return compose(name, overrides=overrides)
 
 
-def train_command(overrides: list[str], config: str = "vision") -> list[str]:
-    return [sys.executable, str(ROOT / "scripts" / "train.py"), "--config-name", config, *overrides]
+def train_command(overrides: list[str], config: str = "vision", processes: int = 1) -> list[str]:
+    """``scripts/train.py`` as a user runs it; with ``processes`` > 1 under torchrun (gloo on CPU)."""
+    launcher = [sys.executable]
+    if processes > 1:  # --standalone picks a free port
+        launcher += [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+        ]
+    return [*launcher, str(ROOT / "scripts" / "train.py"), "--config-name", config, *overrides]
 
 
 def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

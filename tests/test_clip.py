@@ -151,21 +151,12 @@ def test_make_shards_pairs_from_a_captioned_folder(tmp_path):
 
 
 def test_clip_trains_under_torchrun_with_features_gathered_across_ranks(tmp_path):
-    import sys
 
     from tokenformer_mm import checkpoint
 
     from .engine_utils import run, train_command
 
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
     overrides = ["train.steps=3", "train.eval_every=3", "train.batch_size=8", f"run_dir={tmp_path}"]
-    result = run([*torchrun, *train_command(overrides, config="clip")[1:]])
+    result = run(train_command(overrides, config="clip", processes=2))
     assert "final validation: val/loss" in result.stdout
     assert checkpoint.latest(tmp_path / "checkpoints").name == "step_00000003"

@@ -260,20 +260,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         "data.num_workers=1",
     ]
     run(train_command([*common, "train.batch_size=16", f"run_dir={tmp_path / 'one'}"]))
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
-    run(
-        [
-            *torchrun,
-            *train_command([*common, "train.batch_size=8", f"run_dir={tmp_path / 'two'}"])[1:],
-        ]
-    )
+    run(train_command([*common, "train.batch_size=8", f"run_dir={tmp_path / 'two'}"], processes=2))
     one = checkpoint.load_weights(checkpoint.latest(tmp_path / "one" / "checkpoints"))
     two = checkpoint.load_weights(checkpoint.latest(tmp_path / "two" / "checkpoints"))
     for key in one:

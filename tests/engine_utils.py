@@ -36,7 +36,7 @@ def compose_config(name: str, overrides: list[str]):
 
 
 def train_command(overrides: list[str], config: str = "vision", processes: int = 1) -> list[str]:
-    """``scripts/train.py`` as a user runs it; with ``processes`` > 1 under torchrun (gloo on CPU)."""
+    """``scripts/train.py`` as a user runs it; ``processes`` > 1: under torchrun (gloo on CPU)."""
     launcher = [sys.executable]
     if processes > 1:  # --standalone picks a free port
         launcher += [

@@ -64,6 +64,24 @@ class PackBlocks:
         return {"tokens": torch.tensor(padded, dtype=torch.long), "length": len(tokens)}
 
 
+def _text_stream(
+    shards: str | Sequence[str],
+    tokenizer: Tokenizer,
+    seq_len: int,
+    text_field: str,
+    train: bool,
+    **stream_args: Any,
+) -> ShardedStream:
+    """Documents tokenized and packed into ``seq_len + 1`` blocks; training drops remainders."""
+    return ShardedStream(
+        expand_shards(shards),
+        TokenizeDocument(tokenizer, text_field),
+        pack=PackBlocks(seq_len + 1, tokenizer.eos_id, keep_remainder=not train),
+        shuffle=train,
+        **stream_args,
+    )
+
+
 def text_train_loader(
     shards: str | Sequence[str],
     tokenizer: Tokenizer,
@@ -77,11 +95,12 @@ def text_train_loader(
     world_size: int | None = None,
 ) -> DataLoader:
     """Batches ``{"tokens": (B, seq_len + 1), "length": (B,)}`` of shuffled documents."""
-    stream = ShardedStream(
-        expand_shards(shards),
-        TokenizeDocument(tokenizer, text_field),
-        pack=PackBlocks(seq_len + 1, tokenizer.eos_id, keep_remainder=False),
-        shuffle=True,
+    stream = _text_stream(
+        shards,
+        tokenizer,
+        seq_len,
+        text_field,
+        train=True,
         shuffle_buffer=shuffle_buffer,
         seed=seed,
         rank=rank,
@@ -101,11 +120,7 @@ def text_eval_loader(
     world_size: int | None = None,
 ) -> DataLoader:
     """Every document once across ranks, in order; last blocks padded (see ``length``)."""
-    stream = ShardedStream(
-        expand_shards(shards),
-        TokenizeDocument(tokenizer, text_field),
-        pack=PackBlocks(seq_len + 1, tokenizer.eos_id, keep_remainder=True),
-        rank=rank,
-        world_size=world_size,
+    stream = _text_stream(
+        shards, tokenizer, seq_len, text_field, train=False, rank=rank, world_size=world_size
     )
     return stream_loader(stream, batch_size, num_workers, drop_last=False)

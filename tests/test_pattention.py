@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tokenformer_mm import Pattention
+from tokenformer_mm.pattention import official_pattention
 
 
 def reference_theta(scores: torch.Tensor, norm: str, n: int, eps: float = 1e-5) -> torch.Tensor:
@@ -34,15 +35,16 @@ def test_each_norm_matches_float64_reference(norm):
     torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_default_norm_equals_official_formula():
-    layer = Pattention(16, 16, 64)
-    x = torch.randn(5, 16)
-    s = x @ layer.key_tokens.T
-    # The official torch code: inputs / torch.norm(inputs) * sqrt(n), then the exact GELU.
-    official = torch.nn.functional.gelu(
-        s / torch.norm(s, p=2, dim=-1, keepdim=True) * math.sqrt(64)
-    )
-    torch.testing.assert_close(layer(x), official @ layer.value_tokens)
+@pytest.mark.parametrize("norm", ["l2_norm_gelu", "gelu_l2_norm", "softmax"])
+def test_equals_official_formula(norm):
+    layer = Pattention(16, 16, 64, norm=norm)
+    x = torch.randn(3, 5, 16)
+    expected = official_pattention(x, layer.key_tokens, layer.value_tokens, norm)
+    torch.testing.assert_close(layer(x), expected)
+    # an independent float64 check of the official formula itself
+    scores = x.double() @ layer.key_tokens.double().T
+    expected64 = reference_theta(scores, norm, 64) @ layer.value_tokens.double()
+    torch.testing.assert_close(expected.double(), expected64, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("norm", ["l2_norm_gelu", "gelu_l2_norm", "softmax"])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from .pattention import Pattention
+from .pattention import Pattention, pattention_group
 
 
 def rotary_cos_sin(
@@ -145,11 +145,12 @@ class TokenformerBlock(nn.Module):
         B, T, C = x.shape
         past_len = 0 if past is None else past[0].shape[2]
         h = self.ln1(x)
-        q = (
-            self.q(h).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-        )  # (B, nh, T, hs)
-        k = self.k(h).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-        v = self.v(h).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        if torch.jit.is_scripting():
+            q, k, v = self.q(h), self.k(h), self.v(h)
+        else:
+            q, k, v = self._qkv_grouped(h)
+        heads = (B, T, self.num_heads, C // self.num_heads)
+        q, k, v = (t.view(heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if self.rotary_dims > 0:
             positions = torch.arange(past_len, past_len + T, device=x.device)
             cos, sin = rotary_cos_sin(positions, self.rotary_dims, self.rotary_base, q.dtype)
@@ -172,6 +173,12 @@ class TokenformerBlock(nn.Module):
         x = x + self.drop_path(self.proj(y))
         x = x + self.drop_path(self.ffn(self.ln2(x)))
         return x, k, v
+
+    @torch.jit.unused
+    def _qkv_grouped(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k and v share their input: one fused call where possible (``pattention_group``)."""
+        q, k, v = pattention_group((self.q, self.k, self.v), h)
+        return q, k, v
 
     def _attention_mask(
         self,

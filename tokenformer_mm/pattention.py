@@ -8,19 +8,41 @@ Input tokens ``x[..., d_in]`` attend to ``n`` parameter tokens with keys ``K[n, 
 
 ``theta`` is a modified softmax chosen by ``norm``. Its temperature τ is a buffer pinned at
 construction to ``sqrt(n)``: growing the layer later keeps τ, which is what makes growth exact.
+
+Two code paths compute the same function: the *fused* one (``fused_pattention.py``: saves one
+``[tokens, n]`` tensor for backward instead of several) is used whenever it applies, the *plain*
+one (autograd over ``pattention_theta``) is the reference and serves TorchScript and active
+dropout. ``Pattention(fused=False)``, ``set_fused_pattention(False)`` or the environment variable
+``TOKENFORMER_MM_FUSED_PATTENTION=0`` force the plain path.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused_pattention import fused_pattention
+
 NORMS = ("l2_norm_gelu", "gelu_l2_norm", "softmax")
 KINDS = ("qkv", "proj", "ffn")
 KEY_INIT_STD = 0.02  # official init of the key tokens: N(0, 0.02)
+
+_fused_enabled = os.environ.get("TOKENFORMER_MM_FUSED_PATTENTION", "1") != "0"
+
+
+def set_fused_pattention(enable: bool) -> None:
+    """Switch every Pattention between the fused path (default) and the plain reference path."""
+    global _fused_enabled
+    _fused_enabled = bool(enable)
+
+
+def fused_pattention_enabled() -> bool:
+    return _fused_enabled
 
 
 def pattention_theta(
@@ -46,6 +68,31 @@ def pattention_theta(
     )
 
 
+def official_pattention(
+    x: torch.Tensor, key_tokens: torch.Tensor, value_tokens: torch.Tensor, norm: str
+) -> torch.Tensor:
+    """Pattention as the official torch code computes it: a reference for tests and benchmarks.
+
+    It multiplies the scores by an all-ones ``[L, S]`` mask, divides by the unclamped norm, takes
+    τ from the *current* token count and calls dropout (p = 0) in every mode. The values equal
+    ``Pattention`` with τ = sqrt(n) away from all-zero rows; time and memory do not.
+    """
+    scores = x @ key_tokens.transpose(-2, -1) * 1.0
+    scores *= torch.ones(x.shape[-2], key_tokens.shape[0], dtype=x.dtype, device=x.device)
+    n = scores.shape[-1]
+    if norm == "l2_norm_gelu":
+        weights = F.gelu(scores / torch.norm(scores, p=2, dim=-1, keepdim=True) * math.sqrt(n))
+    elif norm == "gelu_l2_norm":
+        activated = F.gelu(scores)
+        weights = activated / torch.norm(activated, p=2, dim=-1, keepdim=True) * math.sqrt(n)
+    elif norm == "softmax":
+        exp = torch.exp(scores)
+        weights = exp / torch.norm(exp, p=1, dim=-1, keepdim=True) * n
+    else:
+        raise ValueError(f"unknown Pattention norm {norm!r}; expected one of {NORMS}")
+    return torch.dropout(weights, 0.0, train=True) @ value_tokens
+
+
 def wang_init_std(dim: int, depth: int) -> float:
     """GPT-NeoX "wang init" std, ``2 / (L · sqrt(d))``: the official init of the value tokens."""
     return 2.0 / (depth * math.sqrt(dim))
@@ -59,8 +106,10 @@ def _check_in_features(x: torch.Tensor, in_features: int) -> None:
         )
 
 
-# A leaf for torch.fx: the shape check stays a call in traced graphs instead of breaking tracing.
+# Leaves for torch.fx (wrapped where they are called): the shape check stays a call in traced
+# graphs instead of breaking tracing, and the fused autograd function stays one node.
 torch.fx.wrap("_check_in_features")
+torch.fx.wrap("fused_pattention")
 
 
 class Pattention(nn.Module):
@@ -76,6 +125,8 @@ class Pattention(nn.Module):
         kind: the role of this layer in a block (``qkv``, ``proj`` or ``ffn``); growth selects
             layers by it.
         eps: lower bound of the norms in ``theta``.
+        fused: use the fused path where it applies (see the module docstring); False forces
+            the plain path for this layer.
     """
 
     __jit_unused_properties__ = ["num_tokens"]  # noqa: RUF012  (TorchScript reads this list)
@@ -90,6 +141,7 @@ class Pattention(nn.Module):
         depth: int = 1,
         kind: str = "proj",
         eps: float = 1e-5,
+        fused: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -114,6 +166,7 @@ class Pattention(nn.Module):
         self.norm = norm
         self.kind = kind
         self.eps = eps
+        self.fused = fused
         self.value_init_std = wang_init_std(out_features, depth)
         self.key_tokens = nn.Parameter(torch.empty(num_tokens, in_features, **factory))
         self.value_tokens = nn.Parameter(torch.empty(num_tokens, out_features, **factory))
@@ -130,11 +183,26 @@ class Pattention(nn.Module):
         nn.init.normal_(self.key_tokens, std=KEY_INIT_STD)
         nn.init.normal_(self.value_tokens, std=self.value_init_std)
 
+    @torch.jit.unused
+    def uses_fused_path(self) -> bool:
+        """Whether ``forward`` takes the fused path now (dropout must be inactive: the fused
+        backward recomputes ``theta`` and could not replay a dropout mask)."""
+        dropout_active = self.training and self.dropout.p > 0
+        return self.fused and _fused_enabled and not dropout_active
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_in_features(x, self.in_features)
+        if not torch.jit.is_scripting() and self.uses_fused_path():
+            return self._forward_fused(x)
         scores = F.linear(x, self.key_tokens)  # (..., n)
         weights = self.dropout(pattention_theta(scores, self.norm, self.tau, self.eps))
         return weights @ self.value_tokens  # (..., d_out)
+
+    @torch.jit.unused
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_pattention(
+            x, [self.key_tokens], [self.value_tokens], self.tau.view(1), self.norm, self.eps
+        )[0]
 
     def extra_repr(self) -> str:
         return (
@@ -142,3 +210,39 @@ class Pattention(nn.Module):
             f"num_tokens={self.num_tokens}, norm={self.norm}, kind={self.kind}, "
             f"tau={self.tau.item():.4g}"
         )
+
+
+def pattention_group(layers: Sequence[Pattention], x: torch.Tensor) -> list[torch.Tensor]:
+    """``[layer(x) for layer in layers]``, as one fused call where that is the same thing.
+
+    Layers that read one input (a block's q, k and v) share a matmul against their concatenated
+    keys and save ``x`` once. The group runs layer by layer instead when a layer is off the fused
+    path, when token counts, norms or eps differ (after an uneven growth), when a layer has
+    hooks that must see its own call, or under torch.fx tracing (token counts are proxies then).
+    """
+    first = layers[0]
+    if (
+        len(layers) > 1
+        and not torch.fx._symbolic_trace.is_fx_tracing()
+        and all(
+            layer.uses_fused_path()
+            and layer.num_tokens == first.num_tokens
+            and layer.norm == first.norm
+            and layer.eps == first.eps
+            and layer.in_features == first.in_features
+            and not (layer._forward_hooks or layer._forward_pre_hooks)
+            for layer in layers
+        )
+    ):
+        _check_in_features(x, first.in_features)
+        return list(
+            fused_pattention(
+                x,
+                [layer.key_tokens for layer in layers],
+                [layer.value_tokens for layer in layers],
+                torch.stack([layer.tau for layer in layers]),
+                first.norm,
+                first.eps,
+            )
+        )
+    return [layer(x) for layer in layers]

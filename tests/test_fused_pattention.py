@@ -1,0 +1,166 @@
+"""The fused Pattention path against the plain (reference) path: values, gradients, memory."""
+
+import pytest
+import torch
+
+from tokenformer_mm import Pattention, TokenformerBlock, grow_model
+from tokenformer_mm.pattention import (
+    NORMS,
+    fused_pattention_enabled,
+    official_pattention,
+    pattention_group,
+    set_fused_pattention,
+)
+
+
+def outputs_and_grads(layers, x, fused, dy):
+    """Run ``layers`` on ``x`` on one path; return the outputs and every gradient."""
+    for layer in layers:
+        layer.fused = fused
+        layer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    ys = pattention_group(layers, x) if len(layers) > 1 else [layers[0](x)]
+    torch.autograd.backward(ys, dy)
+    grads = [x.grad] + [p.grad for layer in layers for p in (layer.key_tokens, layer.value_tokens)]
+    return ys, grads
+
+
+def assert_paths_agree(layers, x, dtype):
+    dy = [torch.randn(*x.shape[:-1], layer.out_features, dtype=dtype) for layer in layers]
+    fused_out, fused_grads = outputs_and_grads(layers, x, True, dy)
+    plain_out, plain_grads = outputs_and_grads(layers, x, False, dy)
+    for fused, plain in zip(fused_out + fused_grads, plain_out + plain_grads, strict=True):
+        assert fused.dtype == plain.dtype == dtype
+        scale = plain.abs().max().item()
+        if dtype == torch.float32:
+            torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5 * max(scale, 1))
+        else:  # bf16: both paths round differently; compare in fp32 against the tensor's scale
+            error = (fused.float() - plain.float()).abs().max().item()
+            assert error <= 0.03 * scale, (error, scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", NORMS)
+def test_fused_matches_plain_values_and_grads(norm, dtype):
+    torch.manual_seed(0)
+    layer = Pattention(13, 7, 11, norm=norm, dtype=dtype)  # odd sizes everywhere
+    with torch.no_grad():  # larger values than the init, so the norms have work to do
+        layer.key_tokens.normal_(0, 1.0)
+        layer.value_tokens.normal_(0, 0.5)
+    assert_paths_agree([layer], torch.randn(3, 5, 13, dtype=dtype), dtype)
+    assert_paths_agree([layer], torch.randn(9, 13, dtype=dtype), dtype)  # 2-D input
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_group_of_three_matches_separate_plain_layers(norm):
+    torch.manual_seed(1)
+    layers = [Pattention(12, out, 10, norm=norm) for out in (12, 12, 6)]
+    if norm != "softmax":  # grown: 20 tokens each, tau still sqrt(10)
+        grow_model(torch.nn.ModuleList(layers), 2.0)
+    with torch.no_grad():
+        for layer in layers:
+            layer.key_tokens.normal_(0, 1.0)
+    assert_paths_agree(layers, torch.randn(2, 7, 12), torch.float32)
+
+
+def test_zero_rows_clamp_like_the_plain_path():
+    for norm in NORMS:
+        layer = Pattention(6, 6, 8, norm=norm)
+        x = torch.randn(4, 6)
+        x[1] = 0  # the score norm is clamped to eps on this row
+        assert_paths_agree([layer], x, torch.float32)
+
+
+def saved_activation_bytes(forward, x, params):
+    """Bytes autograd saves for backward of ``forward(x)``; params excluded, storages once."""
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    storages = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in param_ptrs:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward(x.detach().requires_grad_())
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_fused_path_saves_at_most_half_of_the_official_formula(norm):
+    layer = Pattention(64, 64, 64, norm=norm)
+    params = list(layer.parameters())
+    x = torch.randn(4, 32, 64)
+
+    def bytes_on(path):
+        layer.fused = path == "fused"
+        return saved_activation_bytes(layer, x, params)
+
+    fused, plain = bytes_on("fused"), bytes_on("plain")
+    official = saved_activation_bytes(
+        lambda x: official_pattention(x, layer.key_tokens, layer.value_tokens, norm), x, params
+    )
+    row = 4 * 32 * 64 * 4  # one [tokens, 64] fp32 tensor, e.g. x
+    assert fused <= 2 * row + 4 * 32 * 4 + 64  # x, one [tokens, n] tensor, a norm per row
+    assert fused < plain
+    if norm == "softmax":  # its backward needs x and the weights, like the official one...
+        assert fused - row <= 0.5 * (official - row)  # ...but half of everything else
+    else:
+        assert fused <= 0.5 * official
+
+
+def test_block_groups_qkv_and_keeps_hooks_working():
+    torch.manual_seed(0)
+    block = TokenformerBlock(16, 2, 8, 8, 32)
+    x = torch.randn(2, 5, 16)
+    expected = block(x)
+    seen = []
+    handle = block.k.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    torch.testing.assert_close(block(x), expected)  # hooked: q, k, v run one by one
+    assert seen == [torch.Size([2, 5, 16])]
+    handle.remove()
+    for layer in (block.q, block.k, block.v, block.proj, block.ffn):
+        layer.fused = False
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_path_is_chosen_for_dropout_and_by_the_flags():
+    layer = Pattention(8, 8, 8, dropout=0.1)
+    assert not layer.train().uses_fused_path()  # the backward could not replay the mask
+    assert layer.eval().uses_fused_path()
+    assert Pattention(8, 8, 8).uses_fused_path()
+    assert not Pattention(8, 8, 8, fused=False).uses_fused_path()
+    assert fused_pattention_enabled()
+    set_fused_pattention(False)
+    try:
+        assert not Pattention(8, 8, 8).uses_fused_path()
+    finally:
+        set_fused_pattention(True)
+
+
+def test_fused_path_under_cpu_autocast_matches_plain():
+    torch.manual_seed(0)
+    layer = Pattention(16, 16, 24)
+    x = torch.randn(3, 16)
+    results = []
+    for fused in (True, False):
+        layer.fused = fused
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(layer(x).float())
+    torch.testing.assert_close(results[0], results[1], rtol=0.02, atol=0.02)
+
+
+def test_torch_compile_traces_forward_and_backward():
+    torch.manual_seed(0)
+    block = TokenformerBlock(16, 2, 8, 8, 32)
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    compiled(x).square().sum().backward()
+    grads = [x.grad] + [p.grad for p in block.parameters()]
+    x.grad = None
+    block.zero_grad()
+    block(x).square().sum().backward()
+    eager_grads = [x.grad] + [p.grad for p in block.parameters()]
+    for compiled_grad, eager_grad in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-5, atol=1e-4)

@@ -1,0 +1,191 @@
+"""The fused Pattention path: one autograd function that keeps only what backward needs.
+
+Autograd over the plain formula saves every elementwise intermediate of ``theta`` (the scores,
+the norm, the scaled scores, the GELU output, ...), several ``[tokens, n]`` tensors per layer.
+``PattentionFunction`` saves the input and ONE ``[tokens, n]`` tensor (plus a ``[tokens]`` norm)
+and recomputes the cheap elementwise part in backward, where the analytic gradient of the norm
+and GELU takes a handful of in-place passes.
+
+Several Pattentions that read the same input (a block's q, k and v) run as one *group*: their
+scores in one ``[m, tokens, n]`` buffer, one set of elementwise passes over it, the input saved
+once, and its gradient accumulated in place instead of summed by autograd. (One matmul against
+the concatenated keys measured no faster on CPU than ``m`` matmuls into one buffer, and it
+costs a copy of the keys.)
+
+Everything here is plain ATen, so the same code runs on CPU and CUDA, and ``torch.compile``
+traces through it (forward and backward), fusing the elementwise passes into generated kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+gelu_backward = torch.ops.aten.gelu_backward.grad_input  # the out= overload
+
+
+def _row_norm(values: torch.Tensor) -> torch.Tensor:
+    """Row-wise L2 norm in fp32 (bf16 rows would lose the norm's precision)."""
+    return torch.linalg.vector_norm(values, dim=-1, keepdim=True, dtype=torch.float32)
+
+
+def _row_scale(norm: torch.Tensor, tau: torch.Tensor, eps: float, dtype: torch.dtype):
+    """``tau / max(norm, eps)``, the factor that puts a row on the sphere of radius tau."""
+    return (tau / norm.clamp_min(eps)).to(dtype)
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor | None) -> torch.Tensor:
+    """Row-wise ``<a, b>`` in fp32, the product written into ``scratch`` (a new buffer if None)."""
+    return torch.mul(a, b, out=scratch).sum(-1, keepdim=True, dtype=torch.float32)
+
+
+def _unit_norm_backward(
+    grad: torch.Tensor,
+    scaled: torch.Tensor,
+    norm: torch.Tensor,
+    tau: torch.Tensor,
+    eps: float,
+    scratch: torch.Tensor | None,
+) -> torch.Tensor:
+    """Gradient through ``scaled = tau · v / max(‖v‖, eps)`` given ``grad`` wrt ``scaled``.
+
+    ``c · (grad − scaled · <grad, scaled> / tau²)`` with ``c = tau / max(‖v‖, eps)``; the
+    projection term vanishes on rows whose norm was clamped (the denominator is constant there).
+    Written into ``grad``.
+    """
+    dot = _row_dot(grad, scaled, scratch) / (tau * tau)
+    dot = dot.masked_fill_(norm < eps, 0.0).to(grad.dtype)
+    return grad.addcmul_(scaled, dot, value=-1.0).mul_(_row_scale(norm, tau, eps, grad.dtype))
+
+
+def theta_forward(
+    scores: torch.Tensor, norm: str, tau: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``theta(scores)`` over the last dim, and the tensors its backward needs.
+
+    ``scores`` is consumed (overwritten in place). ``tau`` broadcasts against ``scores[..., :1]``.
+    """
+    if norm == "l2_norm_gelu":
+        row_norm = _row_norm(scores)
+        scaled = scores.mul_(_row_scale(row_norm, tau, eps, scores.dtype))  # s · tau / ‖s‖
+        return F.gelu(scaled), (scaled, row_norm)
+    if norm == "gelu_l2_norm":
+        activated = F.gelu(scores)
+        row_norm = _row_norm(activated)
+        return activated.mul_(_row_scale(row_norm, tau, eps, scores.dtype)), (scores, row_norm)
+    if norm == "softmax":
+        weights = torch.softmax(scores, dim=-1).mul_(tau * tau)
+        return weights, (weights,)
+    raise ValueError(f"unknown Pattention norm {norm!r}")
+
+
+def theta_recompute(
+    saved: tuple[torch.Tensor, ...], norm: str, tau: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """``theta(scores)`` again, from what ``theta_forward`` saved."""
+    if norm == "l2_norm_gelu":
+        return F.gelu(saved[0])
+    if norm == "gelu_l2_norm":
+        scores, row_norm = saved
+        return F.gelu(scores).mul_(_row_scale(row_norm, tau, eps, scores.dtype))
+    return saved[0]  # softmax saves its weights
+
+
+def theta_backward(
+    grad: torch.Tensor,
+    weights: torch.Tensor,
+    saved: tuple[torch.Tensor, ...],
+    norm: str,
+    tau: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """d loss / d scores from ``grad`` = d loss / d theta (overwritten).
+
+    ``weights`` is ``theta_recompute``'s result; the caller is done with it, so it may serve as
+    scratch space.
+    """
+    if norm == "l2_norm_gelu":
+        scaled, row_norm = saved
+        grad = gelu_backward(grad, scaled, grad_input=grad)  # out= the input: no new buffer
+        return _unit_norm_backward(grad, scaled, row_norm, tau, eps, scratch=weights)
+    if norm == "gelu_l2_norm":
+        scores, row_norm = saved  # here the weights are the normalised vector itself
+        grad = _unit_norm_backward(grad, weights, row_norm, tau, eps, scratch=None)
+        return gelu_backward(grad, scores, grad_input=grad)
+    # softmax · tau²: d/ds = w ⊙ (grad − <grad, w> / tau²), w the saved weights
+    dot = _row_dot(grad, weights, scratch=None) / (tau * tau)
+    return grad.sub_(dot.to(grad.dtype)).mul_(weights)
+
+
+class PattentionFunction(torch.autograd.Function):
+    """``m`` Pattentions with the same input and token count, evaluated together.
+
+    Inputs: ``x`` (..., d_in), ``tau`` (m,), then the ``m`` key tensors (n, d_in) and the ``m``
+    value tensors (n, d_out_i). Returns the ``m`` outputs (..., d_out_i). Scores live in one
+    ``(m, tokens, n)`` buffer, so each member's slice is contiguous for its matmuls.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tau: torch.Tensor, norm: str, eps: float, *tokens):
+        members = len(tokens) // 2
+        keys, values = tokens[:members], tokens[members:]
+        flat = x.reshape(-1, x.shape[-1])
+        scores = flat.new_empty(members, flat.shape[0], keys[0].shape[0])  # (m, T, n)
+        for i, key in enumerate(keys):
+            torch.mm(flat, key.t(), out=scores[i])
+        tau = tau.to(scores.dtype).view(members, 1, 1)
+        weights, saved = theta_forward(scores, norm, tau, eps)
+        outputs = [weights[i] @ value for i, value in enumerate(values)]
+        ctx.save_for_backward(flat, tau, *keys, *values, *saved)
+        ctx.norm, ctx.eps, ctx.members, ctx.input_shape = norm, eps, members, x.shape
+        return tuple(y.view(*x.shape[:-1], y.shape[-1]) for y in outputs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        members = ctx.members
+        flat, tau, *rest = ctx.saved_tensors
+        keys, values = rest[:members], rest[members : 2 * members]
+        saved = tuple(rest[2 * members :])
+        grads = [g.reshape(-1, g.shape[-1]) for g in grads]
+        grad_weights = flat.new_empty(members, flat.shape[0], keys[0].shape[0])
+        for i, (grad, value) in enumerate(zip(grads, values, strict=True)):
+            torch.mm(grad, value.t(), out=grad_weights[i])
+        weights = theta_recompute(saved, ctx.norm, tau, ctx.eps)
+        needs = ctx.needs_input_grad
+        grad_values = []
+        for i, grad in enumerate(grads):  # a loop: a comprehension would make `weights` a cell
+            grad_values.append(weights[i].t() @ grad if needs[4 + members + i] else None)
+        grad_scores = theta_backward(grad_weights, weights, saved, ctx.norm, tau, ctx.eps)
+        del weights  # (dynamo cannot trace deleting a cell variable)
+        grad_keys = [grad_scores[i].t() @ flat if needs[4 + i] else None for i in range(members)]
+        grad_x = None
+        if needs[0]:
+            grad_x = grad_scores[0] @ keys[0]
+            for i in range(1, members):  # out= rather than addmm_: FlopCounterMode counts it
+                torch.addmm(grad_x, grad_scores[i], keys[i], out=grad_x)
+            grad_x = grad_x.view(ctx.input_shape)
+        return grad_x, None, None, None, *grad_keys, *grad_values
+
+
+def fused_pattention(
+    x: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    tau: torch.Tensor,
+    norm: str,
+    eps: float,
+) -> tuple[torch.Tensor, ...]:
+    """Run Pattentions sharing the input ``x`` through ``PattentionFunction``.
+
+    Under autocast the inputs are cast once to the autocast dtype (what autocast does to a
+    matmul) and the function runs with autocast off, so its saved tensors stay in that dtype.
+    """
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x = x.to(dtype)
+        keys = [k.to(dtype) for k in keys]
+        values = [v.to(dtype) for v in values]
+        with torch.autocast(device_type, enabled=False):
+            return PattentionFunction.apply(x, tau, norm, eps, *keys, *values)
+    return PattentionFunction.apply(x, tau, norm, eps, *keys, *values)

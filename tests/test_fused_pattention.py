@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tokenformer_mm import Pattention, TokenformerBlock, grow_model
+from tokenformer_mm.memory import saved_activation_bytes
 from tokenformer_mm.pattention import (
     NORMS,
     fused_pattention_enabled,
@@ -71,35 +72,21 @@ def test_zero_rows_clamp_like_the_plain_path():
         assert_paths_agree([layer], x, torch.float32)
 
 
-def saved_activation_bytes(forward, x, params):
-    """Bytes autograd saves for backward of ``forward(x)``; params excluded, storages once."""
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    storages = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in param_ptrs:
-            storages[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        forward(x.detach().requires_grad_())
-    return sum(storages.values())
-
-
 @pytest.mark.parametrize("norm", NORMS)
 def test_fused_path_saves_at_most_half_of_the_official_formula(norm):
     layer = Pattention(64, 64, 64, norm=norm)
     params = list(layer.parameters())
     x = torch.randn(4, 32, 64)
 
+    x = x.requires_grad_()
+
     def bytes_on(path):
         layer.fused = path == "fused"
-        return saved_activation_bytes(layer, x, params)
+        return saved_activation_bytes(lambda: layer(x), exclude=params)
 
     fused, plain = bytes_on("fused"), bytes_on("plain")
     official = saved_activation_bytes(
-        lambda x: official_pattention(x, layer.key_tokens, layer.value_tokens, norm), x, params
+        lambda: official_pattention(x, layer.key_tokens, layer.value_tokens, norm), exclude=params
     )
     row = 4 * 32 * 64 * 4  # one [tokens, 64] fp32 tensor, e.g. x
     assert fused <= 2 * row + 4 * 32 * 4 + 64  # x, one [tokens, n] tensor, a norm per row

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import shlex
@@ -204,6 +205,108 @@ def bench_pattention(args: argparse.Namespace) -> None:
     )
 
 
+# timm's ViT of the same width whose FLOPs and parameters match a Tokenformer of n = d tokens
+# (q/k/v/proj) and 4d (FFN): per block and token both have 32·d² FLOPs and 16·d² parameters
+# when the MLP is 6d wide (8d² + 4·6·d²); depth, width, heads and attention are then identical.
+MATCHED_MLP_RATIO = 6.0
+VIT_OF_WIDTH = {
+    192: "vit_tiny_patch16_224",
+    384: "vit_small_patch16_224",
+    768: "vit_base_patch16_224",
+    1024: "vit_large_patch16_224",
+}
+
+
+def counted_training_flops(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> int:
+    """FLOPs of one fwd+bwd, SDPA included whatever the device (see ``tokenformer_mm.flops``)."""
+    from tokenformer_mm.flops import training_flops
+
+    timm_attention = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    for m in timm_attention:  # timm's explicit attention path, so FlopCounterMode sees it
+        m.fused_attn = False
+    try:
+        return training_flops(model, loss_fn)
+    finally:
+        for m in timm_attention:
+            m.fused_attn = True
+
+
+def bench_vision(args: argparse.Namespace) -> None:
+    import timm
+
+    import tokenformer_mm  # noqa: F401  (registers the tokenformer_* models)
+
+    device = default_device()
+    ours = timm.create_model(args.model)
+    width = ours.num_features
+    if width not in VIT_OF_WIDTH:
+        raise ValueError(f"no timm ViT of width {width}; benchmark one of {sorted(VIT_OF_WIDTH)}")
+    vit = VIT_OF_WIDTH[width]
+    models = {
+        args.model: ours,
+        f"{vit}, mlp_ratio {MATCHED_MLP_RATIO:g} (equal FLOPs and params)": timm.create_model(
+            vit, mlp_ratio=MATCHED_MLP_RATIO
+        ),
+        f"{vit} (reference)": timm.create_model(vit),
+    }
+    size = ours.pretrained_cfg["input_size"][-1]
+    images = torch.randn(args.batch_size, 3, size, size, device=device)
+    labels = torch.randint(0, 1000, (args.batch_size,), device=device)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    steps, inference, flops = {}, {}, {}
+    for name, model in models.items():
+        model.to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def loss(model: torch.nn.Module = model) -> torch.Tensor:
+            with autocast:
+                return torch.nn.functional.cross_entropy(model(images[:2]).float(), labels[:2])
+
+        flops[name] = counted_training_flops(model, loss) / 2  # per image
+
+        def train_step(model: torch.nn.Module = model, optimizer=optimizer) -> None:
+            with autocast:
+                out = model(images)
+            torch.nn.functional.cross_entropy(out.float(), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        @torch.no_grad()
+        def infer(model: torch.nn.Module = model) -> None:
+            with autocast:
+                model.eval()(images)
+            model.train()
+
+        steps[name], inference[name] = train_step, infer
+    train_s = interleaved_seconds(steps, args.repeats, device)
+    infer_s = interleaved_seconds(inference, args.repeats, device)
+    matched = list(models)[1]
+    per_flop = {name: train_s[name] / (flops[name] * args.batch_size) for name in models}
+    rows = [
+        {
+            "model": name,
+            "params (M)": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}",
+            "train GFLOPs / image": f"{flops[name] / 1e9:.2f}",
+            "train step (ms)": f"{train_s[name] * 1e3:.0f}",
+            "train ms / image": f"{train_s[name] * 1e3 / args.batch_size:.1f}",
+            "time per FLOP vs matched ViT": f"{per_flop[name] / per_flop[matched]:.2f}x",
+            "inference images/s": f"{args.batch_size / infer_s[name]:.0f}",
+        }
+        for name, model in models.items()
+    ]
+    record(
+        f"Vision: {args.model} vs timm ViT ({device.type})",
+        rows,
+        notes=(
+            f"Batch {args.batch_size} at {size}², AdamW step included, medians of {args.repeats} "
+            "interleaved steps; "
+            + ("bf16 autocast" if device.type == "cuda" else "fp32")
+            + ". FLOPs counted by FlopCounterMode on one fwd+bwd (attention included)."
+        ),
+        report=args.report,
+    )
+
+
 def throughput(batches: Iterable, count: Callable[[object], int], warmup: int) -> float:
     """Items per second over ``batches``, after ``warmup`` batches (worker start-up excluded)."""
     seen, start = 0, None
@@ -241,7 +344,7 @@ def photo_folder(root: Path, num_images: int, num_classes: int = 8, seed: int = 
     return root
 
 
-def bench_data(args: argparse.Namespace) -> None:
+def bench_image_data(args: argparse.Namespace) -> None:
     import torchvision.transforms as T
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
@@ -311,64 +414,222 @@ def bench_data(args: argparse.Namespace) -> None:
     )
 
 
+def bench_text_data(args: argparse.Namespace) -> None:
+    from language.data import text_train_loader
+    from language.sources import write_pydoc_shards
+    from language.tokenizer import ByteTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pydoc_shards(tmp)
+        shards = str(Path(tmp) / "train-*.tar")
+        rates = []
+        for _ in range(args.repeats):
+            loader = text_train_loader(
+                shards, ByteTokenizer(), args.batch_size, args.seq_len, args.workers
+            )
+            rates.append(
+                throughput(
+                    (b for _ in range(args.epochs) for b in loader),
+                    lambda b: int(b["length"].sum()),
+                    1,
+                )
+            )
+    median = float(np.median(rates))
+    record(
+        f"Text loader throughput (byte tokenizer, {args.workers} workers)",
+        [
+            {
+                "pipeline": "tokenformer-mm webdataset: decode, tokenize, pack, shuffle",
+                "tokens/s (median)": f"{median:,.0f}",
+                "sequences/s": f"{median / args.seq_len:,.0f}",
+                "runs (tokens/s)": ", ".join(f"{r:,.0f}" for r in rates),
+            }
+        ],
+        notes=(
+            f"The embedded CPython-docs corpus, sequences of {args.seq_len} + 1 tokens, batch "
+            f"{args.batch_size}, {args.epochs} epochs per run after one warm-up batch."
+        ),
+        report=args.report,
+    )
+
+
+def bench_data(args: argparse.Namespace) -> None:
+    bench_image_data(args)
+    bench_text_data(args)
+
+
+class GPTBlock(torch.nn.Module):
+    """A nanoGPT block: LayerNorm, causal self-attention (SDPA), LayerNorm, GELU MLP; no biases."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.fused_attn = True
+        self.ln_1 = torch.nn.LayerNorm(dim, bias=False)
+        self.c_attn = torch.nn.Linear(dim, 3 * dim, bias=False)
+        self.c_proj = torch.nn.Linear(dim, dim, bias=False)
+        self.ln_2 = torch.nn.LayerNorm(dim, bias=False)
+        hidden = int(mlp_ratio * dim)
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(dim, hidden, bias=False),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, dim, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (
+            t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2) for t in (q, k, v)
+        )
+        if self.fused_attn:
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # explicit, so FlopCounterMode sees it (as timm's Attention does)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            y = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1) @ v
+        x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(torch.nn.Module):
+    """nanoGPT's model in brief: learned positions, blocks, final LayerNorm, tied logits.
+
+    With ``mlp_ratio=6`` it has the FLOPs and parameters of a Tokenformer of the same width and
+    depth with n = d tokens (q/k/v/proj) and 4d (FFN): see ``MATCHED_MLP_RATIO``.
+    """
+
+    def __init__(
+        self, vocab: int, context: int, dim: int, depth: int, heads: int, mlp_ratio: float
+    ):
+        super().__init__()
+        self.context = context
+        self.wte = torch.nn.Embedding(vocab, dim)
+        self.wpe = torch.nn.Embedding(context, dim)
+        self.blocks = torch.nn.ModuleList(GPTBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.ln_f = torch.nn.LayerNorm(dim, bias=False)
+        for name, p in self.named_parameters():  # nanoGPT's init (N(0, 1) logits would saturate)
+            if p.dim() == 2:
+                std = (
+                    0.02 / math.sqrt(2 * depth)
+                    if name.endswith(("c_proj.weight", "2.weight"))
+                    else 0.02
+                )
+                torch.nn.init.normal_(p, std=std)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.wte(tokens) + self.wpe(positions)
+        for block in self.blocks:
+            x = block(x)
+        return torch.nn.functional.linear(self.ln_f(x), self.wte.weight)
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, max_new_tokens: int, top_k: int) -> torch.Tensor:
+        """nanoGPT's sampling loop: the whole (cropped) context again for every new token."""
+        from language.model import sample_next
+
+        for _ in range(max_new_tokens):
+            logits = self(tokens[:, -self.context :])
+            tokens = torch.cat([tokens, sample_next(logits[:, -1], 1.0, top_k, None)[:, None]], 1)
+        return tokens
+
+
 def bench_language(args: argparse.Namespace) -> None:
     from language import TokenformerLM, lm_config
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     config = lm_config(args.model, context_length=args.seq_len + args.new_tokens + 16)
-    model = TokenformerLM(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if (
+        not config.qkv_tokens == config.proj_tokens == config.dim
+        or config.ffn_tokens != 4 * config.dim
+    ):
+        raise ValueError(
+            f"the matched GPT assumes n = dim (q/k/v/proj) and 4 x dim (FFN) tokens; config "
+            f"{args.model!r} has {config.qkv_tokens}/{config.proj_tokens}/{config.ffn_tokens} "
+            f"at dim {config.dim}: pick one of the official-shaped configs (small, 150M, ...)"
+        )
+    models = {
+        f"Tokenformer {args.model}": TokenformerLM(config),
+        f"nanoGPT-style GPT, mlp_ratio {MATCHED_MLP_RATIO:g} (equal FLOPs and params)": GPT(
+            config.vocab_size,
+            config.context_length,
+            config.dim,
+            config.depth,
+            config.num_heads,
+            MATCHED_MLP_RATIO,
+        ),
+    }
     tokens = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    steps, flops = {}, {}
+    for name, model in models.items():
+        model.to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    def train_step() -> None:
-        with autocast:
-            logits = model(tokens[:, :-1])
-            loss = torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1).float(), tokens[:, 1:].flatten()
+        def loss(model: torch.nn.Module = model, batch: slice = slice(None)) -> torch.Tensor:
+            with autocast:
+                logits = model(tokens[batch, :-1])
+            return torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), tokens[batch, 1:].flatten()
             )
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    def timed(fn: Callable[[], object], repeats: int) -> float:
-        fn()  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / repeats
+        flops[name] = counted_training_flops(model, lambda m=model: loss(m, slice(0, 1)))
 
-    step = timed(train_step, args.steps)
-    prompt = tokens[:1, :16]
+        def train_step(model: torch.nn.Module = model, optimizer=optimizer) -> None:
+            loss(model).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        steps[name] = train_step
+    seconds = interleaved_seconds(steps, args.repeats, device)
+    step_tokens = args.batch_size * args.seq_len
+    ours, gpt = list(models)
+    per_flop = {name: seconds[name] / flops[name] for name in models}
     rows = [
         {
-            "measure": f"training, batch {args.batch_size} x {args.seq_len} tokens",
-            "tokens/s": f"{args.batch_size * args.seq_len / step:,.0f}",
-            "time": f"{step * 1000:.0f} ms/step",
+            "model": name,
+            "params (M)": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}",
+            "measure": f"training, batch {args.batch_size} x {args.seq_len}",
+            "tokens/s": f"{step_tokens / seconds[name]:,.0f}",
+            "time per FLOP vs GPT": f"{per_flop[name] / per_flop[gpt]:.2f}x",
         }
+        for name, model in models.items()
     ]
-    for use_cache in (True, False):
-        with autocast:
-            seconds = timed(
-                lambda c=use_cache: model.generate(prompt, args.new_tokens, top_k=50, use_cache=c),
-                1,
-            )
+    prompt = tokens[:1, :16]
+    generation = {
+        (ours, "KV cache on"): lambda: models[ours].generate(prompt, args.new_tokens, top_k=50),
+        (ours, "KV cache off"): lambda: models[ours].generate(
+            prompt, args.new_tokens, top_k=50, use_cache=False
+        ),
+        (gpt, "no cache (nanoGPT's loop)"): lambda: models[gpt].generate(
+            prompt, args.new_tokens, top_k=50
+        ),
+    }
+    with autocast:
+        gen_seconds = interleaved_seconds(generation, 1, device, warmup=1)
+    for (name, how), sec in gen_seconds.items():
         rows.append(
             {
-                "measure": f"generation of {args.new_tokens} tokens, KV cache "
-                + ("on" if use_cache else "off"),
-                "tokens/s": f"{args.new_tokens / seconds:,.0f}",
-                "time": f"{seconds:.2f} s",
+                "model": name,
+                "params (M)": "",
+                "measure": f"generation of {args.new_tokens} tokens, {how}",
+                "tokens/s": f"{args.new_tokens / sec:,.0f}",
+                "time per FLOP vs GPT": "",
             }
         )
     record(
-        f"Language Tokenformer ({args.model}: {model.num_params() / 1e6:.1f}M parameters)",
+        f"Language: Tokenformer {args.model} vs a nanoGPT-style GPT ({device.type})",
         rows,
-        notes=f"Device {device}; fp32 on CPU, bf16 autocast on CUDA; training includes AdamW.",
+        notes=(
+            f"Training: medians of {args.repeats} interleaved AdamW steps, "
+            + ("bf16 autocast" if device.type == "cuda" else "fp32")
+            + "; FLOPs counted by FlopCounterMode (attention included): "
+            + ", ".join(
+                f"{flops[n] / 1e9:.2f} GFLOPs per sequence for {n.split(',')[0]}" for n in models
+            )
+            + ". Generation: batch 1 from a 16-token prompt, top-k 50."
+        ),
         report=args.report,
     )
 
@@ -385,19 +646,25 @@ def main(argv: list[str] | None = None) -> None:
     patt.add_argument("--norm", default="l2_norm_gelu")
     patt.add_argument("--repeats", type=int, default=15)
     patt.set_defaults(run=bench_pattention)
-    data = commands.add_parser("data", help="image loader throughput vs torchvision ImageFolder")
+    data = commands.add_parser("data", help="image (vs torchvision ImageFolder) and text loaders")
     data.add_argument("--images", type=int, default=1024)
     data.add_argument("--img-size", type=int, default=224)
     data.add_argument("--batch-size", type=int, default=64)
     data.add_argument("--workers", type=int, default=2)
     data.add_argument("--epochs", type=int, default=2)
     data.add_argument("--repeats", type=int, default=3)
+    data.add_argument("--seq-len", type=int, default=256, help="text pipeline sequence length")
     data.set_defaults(run=bench_data)
+    vis = commands.add_parser("vision", help="tokenformer_* vs timm ViT, training and inference")
+    vis.add_argument("--model", default="tokenformer_tiny_patch16_224")
+    vis.add_argument("--batch-size", type=int, default=16)
+    vis.add_argument("--repeats", type=int, default=8)
+    vis.set_defaults(run=bench_vision)
     lang = commands.add_parser("language", help="LM training and generation throughput")
     lang.add_argument("--model", default="small", help="a name in language.model.CONFIGS")
     lang.add_argument("--batch-size", type=int, default=16)
     lang.add_argument("--seq-len", type=int, default=256)
-    lang.add_argument("--steps", type=int, default=20)
+    lang.add_argument("--repeats", type=int, default=10)
     lang.add_argument("--new-tokens", type=int, default=512)
     lang.set_defaults(run=bench_language)
     for command in commands.choices.values():

@@ -225,7 +225,7 @@ def pattention_group(layers: Sequence[Pattention], x: torch.Tensor) -> list[torc
     first = layers[0]
     if (
         len(layers) > 1
-        and not torch.fx._symbolic_trace.is_fx_tracing()
+        and not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
         and all(
             layer.uses_fused_path()
             and layer.num_tokens == first.num_tokens

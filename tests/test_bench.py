@@ -1,0 +1,45 @@
+"""scripts/bench.py end to end at small sizes: each subcommand measures and writes its table."""
+
+import re
+import sys
+
+from .engine_utils import ROOT, run
+
+
+def table_rows(report_text: str) -> list[list[str]]:
+    """The data rows of the markdown tables in a report."""
+    rows = [line.strip("|").split("|") for line in report_text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row] for row in rows if not set(row[0]) <= {"-"}]
+
+
+def bench(tmp_path, *args: str) -> list[list[str]]:
+    report = tmp_path / "bench.md"
+    run([sys.executable, str(ROOT / "scripts" / "bench.py"), *args, "--report", str(report)])
+    text = report.read_text()
+    assert "- command: `python" in text and "- machine:" in text and "- date:" in text
+    return table_rows(text)
+
+
+def test_pattention_bench_reports_every_variant_and_the_memory_saving(tmp_path):
+    rows = bench(tmp_path, "pattention", "--shapes", "2x5x8x8", "2x5x8x8x3", "--repeats", "2")
+    data = {(row[0], row[1]): row for row in rows[1:]}  # (shape, variant) -> row
+    for shape in ("B2·T5 d8 n8", "B2·T5 d8 n8 ×3 (q/k/v group)"):
+        for variant in ("matmul-only bound", "fused", "plain", "official"):
+            assert float(data[shape, variant][2]) > 0  # fwd+bwd ms
+        assert float(data[shape, "matmul-only bound"][3]) == 1.0
+        assert float(data[shape, "official"][5]) == 1.0  # saved bytes relative to the official
+        assert float(data[shape, "fused"][5]) < float(data[shape, "plain"][5])
+
+
+def test_language_bench_matches_the_gpt_flops_and_measures_generation(tmp_path):
+    rows = bench(
+        tmp_path,
+        "language",
+        *("--batch-size", "2", "--seq-len", "32", "--repeats", "1", "--new-tokens", "4"),
+    )
+    measures = [row[2] for row in rows[1:]]
+    assert measures[:2] == ["training, batch 2 x 32"] * 2
+    assert any("KV cache on" in m for m in measures) and any("nanoGPT" in m for m in measures)
+    text = (tmp_path / "bench.md").read_text()
+    flops = re.findall(r"([\d.]+) GFLOPs per sequence", text)
+    assert len(flops) == 2 and flops[0] == flops[1]  # equal FLOPs by construction, and counted

@@ -551,7 +551,8 @@ def bench_language(args: argparse.Namespace) -> None:
         )
     models = {
         f"Tokenformer {args.model}": TokenformerLM(config),
-        f"nanoGPT-style GPT, mlp_ratio {MATCHED_MLP_RATIO:g} (equal FLOPs and params)": GPT(
+        f"nanoGPT-style GPT, mlp_ratio {MATCHED_MLP_RATIO:g} (equal FLOPs; equal params "
+        "but for its position table)": GPT(
             config.vocab_size,
             config.context_length,
             config.dim,

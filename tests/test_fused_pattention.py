@@ -151,3 +151,17 @@ def test_torch_compile_traces_forward_and_backward():
     eager_grads = [x.grad] + [p.grad for p in block.parameters()]
     for compiled_grad, eager_grad in zip(grads, eager_grads, strict=True):
         torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-5, atol=1e-4)
+
+
+def test_double_backward_needs_the_plain_path():
+    layer = Pattention(6, 6, 8)
+    x = torch.randn(3, 6, requires_grad=True)
+    for fused in (True, False):
+        layer.fused = fused
+        (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+        if fused:  # the fused backward is not itself differentiable, and says so
+            with pytest.raises(RuntimeError, match="once_differentiable"):
+                grad.sum().backward()
+        else:  # e.g. a gradient penalty
+            grad.sum().backward()
+            assert torch.isfinite(x.grad).all()

@@ -2,9 +2,10 @@
 
 Autograd over the plain formula saves every elementwise intermediate of ``theta`` (the scores,
 the norm, the scaled scores, the GELU output, ...), several ``[tokens, n]`` tensors per layer.
-``PattentionFunction`` saves the input and ONE ``[tokens, n]`` tensor (plus a ``[tokens]`` norm)
-and recomputes the cheap elementwise part in backward, where the analytic gradient of the norm
-and GELU takes a handful of in-place passes.
+``PattentionFunction`` saves the input and ONE ``[tokens, n]`` tensor (plus a ``[tokens]`` norm),
+as much as the bare ``(x @ K.T) @ V`` keeps, and recomputes the elementwise part in backward,
+where the analytic gradient of the norm and GELU takes a handful of in-place passes. It is
+differentiable once (a gradient penalty needs the plain path).
 
 Several Pattentions that read the same input (a block's q, k and v) run as one *group*: their
 scores in one ``[m, tokens, n]`` buffer, one set of elementwise passes over it, the input saved
@@ -13,13 +14,16 @@ the concatenated keys measured no faster on CPU than ``m`` matmuls into one buff
 costs a copy of the keys.)
 
 Everything here is plain ATen, so the same code runs on CPU and CUDA, and ``torch.compile``
-traces through it (forward and backward), fusing the elementwise passes into generated kernels.
+traces through it, forward and backward. What remains above the cost of the matmuls is memory
+traffic: about twenty reads or writes of ``[tokens, n]`` per forward + backward (see
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 gelu_backward = torch.ops.aten.gelu_backward.grad_input  # the out= overload
 
@@ -58,6 +62,15 @@ def _unit_norm_backward(
     return grad.addcmul_(scaled, dot, value=-1.0).mul_(_row_scale(norm, tau, eps, grad.dtype))
 
 
+def value_scale(norm: str, tau: torch.Tensor) -> torch.Tensor | None:
+    """A linear factor of theta moved onto the values: ``(c·w) @ V = w @ (c·V)``.
+
+    ``softmax · tau²`` scales ``[n, d]`` values instead of ``[tokens, n]`` weights, and its
+    backward becomes the plain softmax backward, one fused kernel.
+    """
+    return tau * tau if norm == "softmax" else None
+
+
 def theta_forward(
     scores: torch.Tensor, norm: str, tau: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -73,8 +86,8 @@ def theta_forward(
         activated = F.gelu(scores)
         row_norm = _row_norm(activated)
         return activated.mul_(_row_scale(row_norm, tau, eps, scores.dtype)), (scores, row_norm)
-    if norm == "softmax":
-        weights = torch.softmax(scores, dim=-1).mul_(tau * tau)
+    if norm == "softmax":  # its factor tau² rides on the values (see value_scale)
+        weights = torch.softmax(scores, dim=-1)
         return weights, (weights,)
     raise ValueError(f"unknown Pattention norm {norm!r}")
 
@@ -88,7 +101,7 @@ def theta_recompute(
     if norm == "gelu_l2_norm":
         scores, row_norm = saved
         return F.gelu(scores).mul_(_row_scale(row_norm, tau, eps, scores.dtype))
-    return saved[0]  # softmax saves its weights
+    return saved[0]  # softmax saves its weights, softmax(scores)
 
 
 def theta_backward(
@@ -112,9 +125,13 @@ def theta_backward(
         scores, row_norm = saved  # here the weights are the normalised vector itself
         grad = _unit_norm_backward(grad, weights, row_norm, tau, eps, scratch=None)
         return gelu_backward(grad, scores, grad_input=grad)
-    # softmax · tau²: d/ds = w ⊙ (grad − <grad, w> / tau²), w the saved weights
-    dot = _row_dot(grad, weights, scratch=None) / (tau * tau)
-    return grad.sub_(dot.to(grad.dtype)).mul_(weights)
+    return torch._softmax_backward_data(grad, weights, -1, grad.dtype)  # one fused kernel
+
+
+def _scaled(values, norm: str, tau: torch.Tensor) -> list[torch.Tensor]:
+    """The values as the matmuls use them: times ``value_scale`` where theta has one."""
+    scale = value_scale(norm, tau)
+    return list(values) if scale is None else [v * scale[i] for i, v in enumerate(values)]
 
 
 class PattentionFunction(torch.autograd.Function):
@@ -135,12 +152,13 @@ class PattentionFunction(torch.autograd.Function):
             torch.mm(flat, key.t(), out=scores[i])
         tau = tau.to(scores.dtype).view(members, 1, 1)
         weights, saved = theta_forward(scores, norm, tau, eps)
-        outputs = [weights[i] @ value for i, value in enumerate(values)]
+        outputs = [weights[i] @ value for i, value in enumerate(_scaled(values, norm, tau))]
         ctx.save_for_backward(flat, tau, *keys, *values, *saved)
         ctx.norm, ctx.eps, ctx.members, ctx.input_shape = norm, eps, members, x.shape
         return tuple(y.view(*x.shape[:-1], y.shape[-1]) for y in outputs)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grads: torch.Tensor):
         members = ctx.members
         flat, tau, *rest = ctx.saved_tensors
@@ -148,13 +166,17 @@ class PattentionFunction(torch.autograd.Function):
         saved = tuple(rest[2 * members :])
         grads = [g.reshape(-1, g.shape[-1]) for g in grads]
         grad_weights = flat.new_empty(members, flat.shape[0], keys[0].shape[0])
-        for i, (grad, value) in enumerate(zip(grads, values, strict=True)):
+        for i, (grad, value) in enumerate(zip(grads, _scaled(values, ctx.norm, tau), strict=True)):
             torch.mm(grad, value.t(), out=grad_weights[i])
         weights = theta_recompute(saved, ctx.norm, tau, ctx.eps)
         needs = ctx.needs_input_grad
+        scale = value_scale(ctx.norm, tau)
         grad_values = []
         for i, grad in enumerate(grads):  # a loop: a comprehension would make `weights` a cell
-            grad_values.append(weights[i].t() @ grad if needs[4 + members + i] else None)
+            grad_value = weights[i].t() @ grad if needs[4 + members + i] else None
+            if grad_value is not None and scale is not None:
+                grad_value.mul_(scale[i])
+            grad_values.append(grad_value)
         grad_scores = theta_backward(grad_weights, weights, saved, ctx.norm, tau, ctx.eps)
         del weights  # (dynamo cannot trace deleting a cell variable)
         grad_keys = [grad_scores[i].t() @ flat if needs[4 + i] else None for i in range(members)]

@@ -131,7 +131,9 @@ def theta_backward(
 def _scaled(values, norm: str, tau: torch.Tensor) -> list[torch.Tensor]:
     """The values as the matmuls use them: times ``value_scale`` where theta has one."""
     scale = value_scale(norm, tau)
-    return list(values) if scale is None else [v * scale[i] for i, v in enumerate(values)]
+    if scale is None:
+        return list(values)
+    return [value * scale[i].to(value.dtype) for i, value in enumerate(values)]
 
 
 class PattentionFunction(torch.autograd.Function):
@@ -150,7 +152,7 @@ class PattentionFunction(torch.autograd.Function):
         scores = flat.new_empty(members, flat.shape[0], keys[0].shape[0])  # (m, T, n)
         for i, key in enumerate(keys):
             torch.mm(flat, key.t(), out=scores[i])
-        tau = tau.to(scores.dtype).view(members, 1, 1)
+        tau = tau.view(members, 1, 1)  # its own dtype: scales are computed in fp32
         weights, saved = theta_forward(scores, norm, tau, eps)
         outputs = [weights[i] @ value for i, value in enumerate(_scaled(values, norm, tau))]
         ctx.save_for_backward(flat, tau, *keys, *values, *saved)

@@ -217,24 +217,11 @@ VIT_OF_WIDTH = {
 }
 
 
-def counted_training_flops(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> int:
-    """FLOPs of one fwd+bwd, SDPA included whatever the device (see ``tokenformer_mm.flops``)."""
-    from tokenformer_mm.flops import training_flops
-
-    timm_attention = [m for m in model.modules() if hasattr(m, "fused_attn")]
-    for m in timm_attention:  # timm's explicit attention path, so FlopCounterMode sees it
-        m.fused_attn = False
-    try:
-        return training_flops(model, loss_fn)
-    finally:
-        for m in timm_attention:
-            m.fused_attn = True
-
-
 def bench_vision(args: argparse.Namespace) -> None:
     import timm
 
     import tokenformer_mm  # noqa: F401  (registers the tokenformer_* models)
+    from tokenformer_mm.flops import training_flops
 
     device = default_device()
     ours = timm.create_model(args.model)
@@ -262,7 +249,7 @@ def bench_vision(args: argparse.Namespace) -> None:
             with autocast:
                 return torch.nn.functional.cross_entropy(model(images[:2]).float(), labels[:2])
 
-        flops[name] = counted_training_flops(model, loss) / 2  # per image
+        flops[name] = training_flops(model, loss) / 2  # per image
 
         def train_step(model: torch.nn.Module = model, optimizer=optimizer) -> None:
             with autocast:
@@ -301,7 +288,8 @@ def bench_vision(args: argparse.Namespace) -> None:
             f"Batch {args.batch_size} at {size}², AdamW step included, medians of {args.repeats} "
             "interleaved steps; "
             + ("bf16 autocast" if device.type == "cuda" else "fp32")
-            + ". FLOPs counted by FlopCounterMode on one fwd+bwd (attention included)."
+            + ". FLOPs: FlopCounterMode on one fwd+bwd, attention by one convention "
+            "(tokenformer_mm.flops)."
         ),
         report=args.report,
     )
@@ -464,7 +452,6 @@ class GPTBlock(torch.nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.fused_attn = True
         self.ln_1 = torch.nn.LayerNorm(dim, bias=False)
         self.c_attn = torch.nn.Linear(dim, 3 * dim, bias=False)
         self.c_proj = torch.nn.Linear(dim, dim, bias=False)
@@ -482,12 +469,7 @@ class GPTBlock(torch.nn.Module):
         q, k, v = (
             t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2) for t in (q, k, v)
         )
-        if self.fused_attn:
-            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # explicit, so FlopCounterMode sees it (as timm's Attention does)
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            y = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1) @ v
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp(self.ln_2(x))
 
@@ -537,6 +519,7 @@ class GPT(torch.nn.Module):
 
 def bench_language(args: argparse.Namespace) -> None:
     from language import TokenformerLM, lm_config
+    from tokenformer_mm.flops import training_flops
 
     device = default_device()
     config = lm_config(args.model, context_length=args.seq_len + args.new_tokens + 16)
@@ -575,7 +558,7 @@ def bench_language(args: argparse.Namespace) -> None:
                 logits.flatten(0, 1).float(), tokens[batch, 1:].flatten()
             )
 
-        flops[name] = counted_training_flops(model, lambda m=model: loss(m, slice(0, 1)))
+        flops[name] = training_flops(model, lambda m=model: loss(m, slice(0, 1)))
 
         def train_step(model: torch.nn.Module = model, optimizer=optimizer) -> None:
             loss(model).backward()
@@ -625,7 +608,7 @@ def bench_language(args: argparse.Namespace) -> None:
         notes=(
             f"Training: medians of {args.repeats} interleaved AdamW steps, "
             + ("bf16 autocast" if device.type == "cuda" else "fp32")
-            + "; FLOPs counted by FlopCounterMode (attention included): "
+            + "; FLOPs by FlopCounterMode, attention by one convention (tokenformer_mm.flops): "
             + ", ".join(
                 f"{flops[n] / 1e9:.2f} GFLOPs per sequence for {n.split(',')[0]}" for n in models
             )

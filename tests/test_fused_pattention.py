@@ -33,14 +33,16 @@ def assert_paths_agree(layers, x, dtype):
     for fused, plain in zip(fused_out + fused_grads, plain_out + plain_grads, strict=True):
         assert fused.dtype == plain.dtype == dtype
         scale = plain.abs().max().item()
-        if dtype == torch.float32:
+        if dtype == torch.float64:
+            torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-10 * max(scale, 1))
+        elif dtype == torch.float32:
             torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5 * max(scale, 1))
         else:  # bf16: both paths round differently; compare in fp32 against the tensor's scale
             error = (fused.float() - plain.float()).abs().max().item()
             assert error <= 0.03 * scale, (error, scale)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("norm", NORMS)
 def test_fused_matches_plain_values_and_grads(norm, dtype):
     torch.manual_seed(0)
@@ -172,3 +174,71 @@ def test_double_backward_needs_the_plain_path():
         else:  # e.g. a gradient penalty
             grad.sum().backward()
             assert torch.isfinite(x.grad).all()
+
+
+def test_group_falls_back_for_backward_hooks_global_hooks_subclasses_and_wrappers():
+    torch.manual_seed(0)
+    block = TokenformerBlock(8, 2, 8, 8, 16)
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    expected = block(x)
+    calls = []
+    handle = block.q.register_full_backward_hook(lambda *args: calls.append("q backward"))
+    block(x).sum().backward()
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: calls.append(type(module).__name__)
+    )
+    block(x)
+    handle.remove()
+    assert calls.count("q backward") == 1 and calls.count("Pattention") == 5
+
+    class Doubled(Pattention):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class Wrapper(torch.nn.Module):  # e.g. an adapter around a projection
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    doubled = Doubled(8, 8, 8)
+    doubled.load_state_dict(block.k.state_dict())
+    original_k, block.k = block.k, doubled
+    assert not torch.allclose(block(x), expected)  # the override runs
+    block.k = Wrapper(original_k)
+    torch.testing.assert_close(block(x), expected)  # the wrapper runs (no attribute error)
+
+
+def test_torch_func_transforms_take_the_plain_path():
+    torch.manual_seed(0)
+    layer = Pattention(6, 4, 8)
+    x = torch.randn(5, 6)
+    params = dict(layer.named_parameters())
+
+    def loss(params, x):
+        return torch.func.functional_call(layer, params, (x,)).square().sum()
+
+    grads = torch.func.grad(loss)(params, x)
+    loss(params, x).backward()  # the fused path, through autograd
+    for name, p in layer.named_parameters():  # two paths: equal to fp32 rounding
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-4)
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x[:, None])
+    assert per_sample["key_tokens"].shape == (5, 8, 6)
+
+
+def test_only_the_values_train():
+    torch.manual_seed(0)
+    layer = Pattention(6, 4, 8)
+    layer.key_tokens.requires_grad_(False)
+    x = torch.randn(3, 6)
+    grads = []
+    for fused in (True, False):
+        layer.fused = fused
+        layer.value_tokens.grad = None
+        layer(x).square().sum().backward()
+        grads.append(layer.value_tokens.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    assert layer.key_tokens.grad is None

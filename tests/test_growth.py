@@ -233,3 +233,24 @@ def test_training_flops_count_pattention_and_attention():
     expected = 3 * (tokens * pattention_flops_per_token(model) + 2 * 4 * 10 * 10 * 32)
     assert flops == expected
     assert pattention_flops_per_token(model) == 2 * (3 * 16 * 64 + 16 * 64 + 64 * 64)
+
+
+def test_attention_flops_follow_one_convention_whatever_the_kernel():
+    """A fused SDPA kernel counts what the explicit matmuls count: 4·T·S·d forward, 2x backward."""
+    from tokenformer_mm.flops import training_flops
+
+    q, k, v = (torch.randn(2, 3, 7, 8, requires_grad=True) for _ in range(3))
+
+    def explicit():
+        weights = (q @ k.transpose(-2, -1) / 8**0.5).softmax(-1)
+        return (weights @ v).sum()
+
+    def fused():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v).sum()
+
+    module = torch.nn.Module()
+    assert (
+        training_flops(module, fused)
+        == training_flops(module, explicit)
+        == 3 * 4 * 2 * 3 * 7 * 7 * 8
+    )

@@ -1,42 +1,60 @@
 """Training FLOPs of a model, so runs of different sizes are compared at equal compute.
 
-Counted by torch's ``FlopCounterMode`` on one real forward + backward pass (every matmul,
-convolution and attention kernel it knows). Attention kernels it cannot see (the CPU SDPA
-kernel) are added from the blocks' shapes: ``4·T²·d`` per sequence forward (QKᵀ and AV), three
-times that for training, the usual convention (PaLM's MFU), causal or not.
+Counted by torch's ``FlopCounterMode`` on one real forward + backward pass (every matmul and
+convolution). Fused attention kernels are counted by one convention on every device, PaLM's:
+``4·T·S·d`` per sequence forward (QKᵀ and AV) and twice that backward, causal or not. torch's own
+formulas for the CUDA kernels count the backward's recomputation, and it has none for the CPU
+kernel, so the same model would otherwise count differently on CPU and GPU.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .block import TokenformerBlock
+_ATTENTION_KERNELS = (
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_fused_attention_overrideable",
+)
+
+
+def _attention_flops(query: torch.Size, key: torch.Size) -> int:
+    """QKᵀ and AV of (..., T, d) queries against (..., S, d) keys: 2 matmuls of 2·T·S·d."""
+    *batch, t, d = query
+    return 4 * math.prod(batch) * t * key[-2] * d
+
+
+def _attention_forward(query, key, *_args, out_shape=None, **_kwargs) -> int:
+    return _attention_flops(query, key)
+
+
+def _attention_backward(_grad, query, key, *_args, out_shape=None, **_kwargs) -> int:
+    return 2 * _attention_flops(query, key)
+
+
+def _attention_mapping() -> dict:
+    mapping = {}
+    for name in _ATTENTION_KERNELS:
+        for suffix, formula in (("", _attention_forward), ("_backward", _attention_backward)):
+            op = getattr(torch.ops.aten, name + suffix, None)
+            if op is not None:  # kernels differ between torch versions
+                mapping[op] = formula
+    return mapping
 
 
 def training_flops(model: nn.Module, loss_fn: Callable[[], torch.Tensor]) -> int:
     """FLOPs of ``loss_fn().backward()``: one training step's forward and backward passes."""
-    shapes: list[torch.Size] = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _args, out: shapes.append(out.shape))
-        for m in model.modules()
-        if isinstance(m, TokenformerBlock)
-    ]
-    try:
-        with FlopCounterMode(display=False) as counter:
-            loss_fn().backward()
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with FlopCounterMode(display=False, custom_mapping=_attention_mapping()) as counter:
+        loss_fn().backward()
     model.zero_grad(set_to_none=True)
-    total = counter.get_total_flops()
-    counted_ops = {str(op) for op in counter.get_flop_counts().get("Global", {})}
-    if not any("scaled_dot_product" in op for op in counted_ops):
-        total += sum(3 * 4 * b * t * t * d for b, t, d in shapes)
-    return int(total)
+    return int(counter.get_total_flops())
 
 
 def pattention_flops_per_token(model: nn.Module) -> int:

@@ -28,9 +28,15 @@ from torch.autograd.function import once_differentiable
 gelu_backward = torch.ops.aten.gelu_backward.grad_input  # the out= overload
 
 
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for bf16/fp16 tensors (their sums would lose precision), else their own dtype."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _row_norm(values: torch.Tensor) -> torch.Tensor:
-    """Row-wise L2 norm in fp32 (bf16 rows would lose the norm's precision)."""
-    return torch.linalg.vector_norm(values, dim=-1, keepdim=True, dtype=torch.float32)
+    """Row-wise L2 norm, accumulated in at least fp32."""
+    dtype = _accumulation_dtype(values.dtype)
+    return torch.linalg.vector_norm(values, dim=-1, keepdim=True, dtype=dtype)
 
 
 def _row_scale(norm: torch.Tensor, tau: torch.Tensor, eps: float, dtype: torch.dtype):
@@ -39,8 +45,9 @@ def _row_scale(norm: torch.Tensor, tau: torch.Tensor, eps: float, dtype: torch.d
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor | None) -> torch.Tensor:
-    """Row-wise ``<a, b>`` in fp32, the product written into ``scratch`` (a new buffer if None)."""
-    return torch.mul(a, b, out=scratch).sum(-1, keepdim=True, dtype=torch.float32)
+    """Row-wise ``<a, b>`` (at least fp32), the product written into ``scratch`` (new if None)."""
+    product = torch.mul(a, b, out=scratch)
+    return product.sum(-1, keepdim=True, dtype=_accumulation_dtype(a.dtype))
 
 
 def _unit_norm_backward(
@@ -87,7 +94,8 @@ def theta_forward(
         row_norm = _row_norm(activated)
         return activated.mul_(_row_scale(row_norm, tau, eps, scores.dtype)), (scores, row_norm)
     if norm == "softmax":  # its factor tau² rides on the values (see value_scale)
-        weights = torch.softmax(scores, dim=-1)
+        weights = torch.softmax(scores, dim=-1, dtype=_accumulation_dtype(scores.dtype))
+        weights = weights.to(scores.dtype)  # a no-op in fp32; bf16 as autocast's matmul wants
         return weights, (weights,)
     raise ValueError(f"unknown Pattention norm {norm!r}")
 
@@ -167,11 +175,8 @@ class PattentionFunction(torch.autograd.Function):
         keys, values = rest[:members], rest[members : 2 * members]
         saved = tuple(rest[2 * members :])
         grads = [g.reshape(-1, g.shape[-1]) for g in grads]
-        grad_weights = flat.new_empty(members, flat.shape[0], keys[0].shape[0])
-        for i, (grad, value) in enumerate(zip(grads, _scaled(values, ctx.norm, tau), strict=True)):
-            torch.mm(grad, value.t(), out=grad_weights[i])
-        weights = theta_recompute(saved, ctx.norm, tau, ctx.eps)
         needs = ctx.needs_input_grad
+        weights = theta_recompute(saved, ctx.norm, tau, ctx.eps)
         scale = value_scale(ctx.norm, tau)
         grad_values = []
         for i, grad in enumerate(grads):  # a loop: a comprehension would make `weights` a cell
@@ -179,10 +184,15 @@ class PattentionFunction(torch.autograd.Function):
             if grad_value is not None and scale is not None:
                 grad_value.mul_(scale[i])
             grad_values.append(grad_value)
+        grad_keys, grad_x = [None] * members, None
+        if not (needs[0] or any(needs[4 : 4 + members])):  # only the values train
+            return grad_x, None, None, None, *grad_keys, *grad_values
+        grad_weights = flat.new_empty(members, flat.shape[0], keys[0].shape[0])
+        for i, (grad, value) in enumerate(zip(grads, _scaled(values, ctx.norm, tau), strict=True)):
+            torch.mm(grad, value.t(), out=grad_weights[i])
         grad_scores = theta_backward(grad_weights, weights, saved, ctx.norm, tau, ctx.eps)
-        del weights  # (dynamo cannot trace deleting a cell variable)
+        del weights  # before the last matmuls (dynamo could not delete a closure's cell)
         grad_keys = [grad_scores[i].t() @ flat if needs[4 + i] else None for i in range(members)]
-        grad_x = None
         if needs[0]:
             grad_x = grad_scores[0] @ keys[0]
             for i in range(1, members):  # out= rather than addmm_: FlopCounterMode counts it

@@ -185,10 +185,20 @@ class Pattention(nn.Module):
 
     @torch.jit.unused
     def uses_fused_path(self) -> bool:
-        """Whether ``forward`` takes the fused path now (dropout must be inactive: the fused
-        backward recomputes ``theta`` and could not replay a dropout mask)."""
-        dropout_active = self.training and self.dropout.p > 0
-        return self.fused and _fused_enabled and not dropout_active
+        """Whether ``forward`` takes the fused path now.
+
+        Not while dropout is active (the fused backward recomputes ``theta`` and could not
+        replay the mask; under fx tracing a graph keeps its path, so any dropout counts), nor
+        under ``torch.func`` transforms (grad, vmap, jvp), which the plain path supports.
+        """
+        tracing = torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+        dropout_active = self.dropout.p > 0 and (self.training or tracing)
+        return (
+            self.fused
+            and _fused_enabled
+            and not dropout_active
+            and not torch._C._are_functorch_transforms_active()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_in_features(x, self.in_features)
@@ -214,25 +224,50 @@ class Pattention(nn.Module):
         )
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+    )
+
+
+def _global_module_hooks() -> bool:
+    """Hooks registered for every module (``nn.modules.module.register_module_*_hook``)."""
+    from torch.nn.modules import module
+
+    return bool(
+        module._global_forward_hooks
+        or module._global_forward_pre_hooks
+        or module._global_backward_hooks
+        or module._global_backward_pre_hooks
+    )
+
+
 def pattention_group(layers: Sequence[Pattention], x: torch.Tensor) -> list[torch.Tensor]:
     """``[layer(x) for layer in layers]``, as one fused call where that is the same thing.
 
-    Layers that read one input (a block's q, k and v) share a matmul against their concatenated
-    keys and save ``x`` once. The group runs layer by layer instead when a layer is off the fused
-    path, when token counts, norms or eps differ (after an uneven growth), when a layer has
-    hooks that must see its own call, or under torch.fx tracing (token counts are proxies then).
+    Layers that read one input (a block's q, k and v) share one fused call and save ``x`` once.
+    The group runs layer by layer instead whenever calling each layer could differ: a layer
+    that is not a plain ``Pattention`` (a subclass overriding ``forward``, a wrapper), is off
+    the fused path, has hooks (its own or global ones) that must see its call, or differs in
+    token count, norm or eps (after an uneven growth); and under torch.fx tracing (token
+    counts are proxies then).
     """
     first = layers[0]
     if (
         len(layers) > 1
         and not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+        and not _global_module_hooks()
         and all(
-            layer.uses_fused_path()
+            type(layer).forward is Pattention.forward
+            and layer.uses_fused_path()
+            and not _has_hooks(layer)
             and layer.num_tokens == first.num_tokens
             and layer.norm == first.norm
             and layer.eps == first.eps
             and layer.in_features == first.in_features
-            and not (layer._forward_hooks or layer._forward_pre_hooks)
             for layer in layers
         )
     ):

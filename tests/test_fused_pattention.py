@@ -6,6 +6,7 @@ import torch
 from tokenformer_mm import Pattention, TokenformerBlock, grow_model
 from tokenformer_mm.memory import saved_activation_bytes
 from tokenformer_mm.pattention import (
+    FUSED_MIN_SCORES,
     NORMS,
     fused_pattention_enabled,
     official_pattention,
@@ -120,6 +121,11 @@ def test_plain_path_is_chosen_for_dropout_and_by_the_flags():
     assert layer.eval().uses_fused_path()
     assert Pattention(8, 8, 8).uses_fused_path()
     assert not Pattention(8, 8, 8, fused=False).uses_fused_path()
+    # by default, by size: tiny inputs (e.g. one token per generation step) take the plain path
+    small, large = torch.randn(2, 8), torch.randn(FUSED_MIN_SCORES // 8, 8)
+    assert not Pattention(8, 8, 8).uses_fused_path(small)
+    assert Pattention(8, 8, 8).uses_fused_path(large)
+    assert Pattention(8, 8, 8, fused=True).uses_fused_path(small)
     assert fused_pattention_enabled()
     set_fused_pattention(False)
     try:

@@ -93,6 +93,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def mixed_precision(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA, as training there runs; fp32 on CPU."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+
+
+def precision_note(device: torch.device) -> str:
+    return "bf16 autocast" if device.type == "cuda" else "fp32"
+
+
 def parse_shape(text: str) -> tuple[int, int, int, int, int]:
     """``BxTxDxN`` or ``BxTxDxNxM`` (M layers sharing the input, like q/k/v) -> (B, T, D, N, M)."""
     parts = text.lower().split("x")
@@ -131,7 +140,7 @@ def pattention_case(
     params = [p for layer in layers for p in layer.parameters()]
     x = torch.randn(B, T, d, device=device, requires_grad=True)
     grads = [torch.randn(B, T, d, device=device) for _ in layers]
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    autocast = mixed_precision(device)
 
     def on_path(fused: bool) -> Callable[[], list[torch.Tensor]]:
         def forward() -> list[torch.Tensor]:
@@ -196,7 +205,7 @@ def bench_pattention(args: argparse.Namespace) -> None:
         rows,
         notes=(
             f"Medians of {args.repeats} interleaved runs per variant; "
-            + ("bf16 autocast" if device.type == "cuda" else "fp32")
+            + precision_note(device)
             + ". 'saved for backward' = bytes autograd keeps between forward and backward "
             "(saved_tensors_hooks; parameters excluded, the input x included). The fused path is "
             f"within 1.10x of the matmul-only bound at {met} of {len(ratios)} shapes."
@@ -239,7 +248,7 @@ def bench_vision(args: argparse.Namespace) -> None:
     size = ours.pretrained_cfg["input_size"][-1]
     images = torch.randn(args.batch_size, 3, size, size, device=device)
     labels = torch.randint(0, 1000, (args.batch_size,), device=device)
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    autocast = mixed_precision(device)
     steps, inference, flops = {}, {}, {}
     for name, model in models.items():
         model.to(device)
@@ -287,7 +296,7 @@ def bench_vision(args: argparse.Namespace) -> None:
         notes=(
             f"Batch {args.batch_size} at {size}², AdamW step included, medians of {args.repeats} "
             "interleaved steps; "
-            + ("bf16 autocast" if device.type == "cuda" else "fp32")
+            + precision_note(device)
             + ". FLOPs: FlopCounterMode on one fwd+bwd, attention by one convention "
             "(tokenformer_mm.flops)."
         ),
@@ -545,7 +554,7 @@ def bench_language(args: argparse.Namespace) -> None:
         ),
     }
     tokens = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    autocast = mixed_precision(device)
     steps, flops = {}, {}
     for name, model in models.items():
         model.to(device)
@@ -607,7 +616,7 @@ def bench_language(args: argparse.Namespace) -> None:
         rows,
         notes=(
             f"Training: medians of {args.repeats} interleaved AdamW steps, "
-            + ("bf16 autocast" if device.type == "cuda" else "fp32")
+            + precision_note(device)
             + "; FLOPs by FlopCounterMode, attention by one convention (tokenformer_mm.flops): "
             + ", ".join(
                 f"{flops[n] / 1e9:.2f} GFLOPs per sequence for {n.split(',')[0]}" for n in models

@@ -102,6 +102,22 @@ def precision_note(device: torch.device) -> str:
     return "bf16 autocast" if device.type == "cuda" else "fp32"
 
 
+def adamw_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    """One training step (backward and an AdamW update): the unit the model benchmarks time."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        loss().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def millions_of_params(model: torch.nn.Module) -> str:
+    return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}"
+
+
 def parse_shape(text: str) -> tuple[int, int, int, int, int]:
     """``BxTxDxN`` or ``BxTxDxNxM`` (M layers sharing the input, like q/k/v) -> (B, T, D, N, M)."""
     parts = text.lower().split("x")
@@ -252,20 +268,13 @@ def bench_vision(args: argparse.Namespace) -> None:
     steps, inference, flops = {}, {}, {}
     for name, model in models.items():
         model.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-        def loss(model: torch.nn.Module = model) -> torch.Tensor:
+        def loss(model: torch.nn.Module = model, batch: slice = slice(None)) -> torch.Tensor:
             with autocast:
-                return torch.nn.functional.cross_entropy(model(images[:2]).float(), labels[:2])
+                logits = model(images[batch])
+            return torch.nn.functional.cross_entropy(logits.float(), labels[batch])
 
-        flops[name] = training_flops(model, loss) / 2  # per image
-
-        def train_step(model: torch.nn.Module = model, optimizer=optimizer) -> None:
-            with autocast:
-                out = model(images)
-            torch.nn.functional.cross_entropy(out.float(), labels).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        flops[name] = training_flops(model, lambda m=model: loss(m, slice(0, 2))) / 2  # per image
 
         @torch.no_grad()
         def infer(model: torch.nn.Module = model) -> None:
@@ -273,7 +282,8 @@ def bench_vision(args: argparse.Namespace) -> None:
                 model.eval()(images)
             model.train()
 
-        steps[name], inference[name] = train_step, infer
+        steps[name] = adamw_step(model, lambda m=model: loss(m))
+        inference[name] = infer
     train_s = interleaved_seconds(steps, args.repeats, device)
     infer_s = interleaved_seconds(inference, args.repeats, device)
     matched = list(models)[1]
@@ -281,7 +291,7 @@ def bench_vision(args: argparse.Namespace) -> None:
     rows = [
         {
             "model": name,
-            "params (M)": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}",
+            "params (M)": millions_of_params(model),
             "train GFLOPs / image": f"{flops[name] / 1e9:.2f}",
             "train step (ms)": f"{train_s[name] * 1e3:.0f}",
             "train ms / image": f"{train_s[name] * 1e3 / args.batch_size:.1f}",
@@ -558,7 +568,6 @@ def bench_language(args: argparse.Namespace) -> None:
     steps, flops = {}, {}
     for name, model in models.items():
         model.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def loss(model: torch.nn.Module = model, batch: slice = slice(None)) -> torch.Tensor:
             with autocast:
@@ -568,13 +577,7 @@ def bench_language(args: argparse.Namespace) -> None:
             )
 
         flops[name] = training_flops(model, lambda m=model: loss(m, slice(0, 1)))
-
-        def train_step(model: torch.nn.Module = model, optimizer=optimizer) -> None:
-            loss(model).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        steps[name] = train_step
+        steps[name] = adamw_step(model, lambda m=model: loss(m))
     seconds = interleaved_seconds(steps, args.repeats, device)
     step_tokens = args.batch_size * args.seq_len
     ours, gpt = list(models)
@@ -582,7 +585,7 @@ def bench_language(args: argparse.Namespace) -> None:
     rows = [
         {
             "model": name,
-            "params (M)": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}",
+            "params (M)": millions_of_params(model),
             "measure": f"training, batch {args.batch_size} x {args.seq_len}",
             "tokens/s": f"{step_tokens / seconds[name]:,.0f}",
             "time per FLOP vs GPT": f"{per_flop[name] / per_flop[gpt]:.2f}x",

@@ -1,9 +1,12 @@
-"""The text tower: a causal Tokenformer LM, tokenizers, the text pipeline, official checkpoints."""
+"""The text tower, installed as ``tokenformer_mm.language``: a causal Tokenformer LM.
 
-from .config import LanguageRunConfig
+The model, the released official checkpoints and the tokenizers are here; the text pipeline
+(``tokenformer_mm.language.data``, ``.sources``) and the training run (``.task``, ``.config``)
+are imported where they are used.
+"""
+
 from .model import CONFIGS, LMConfig, TokenformerLM, lm_config
 from .official import load_official
-from .task import LanguageModelingTask
 from .tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 
 __all__ = [
@@ -11,8 +14,6 @@ __all__ = [
     "ByteTokenizer",
     "HFTokenizer",
     "LMConfig",
-    "LanguageModelingTask",
-    "LanguageRunConfig",
     "TokenformerLM",
     "lm_config",
     "load_official",

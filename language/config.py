@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenformer_mm.config import RunConfig
+from tokenformer_mm.train.config import RunConfig
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """A causal language Tokenformer, in the spirit of nanoGPT's ``model.py``.
 
 Token embedding, causal Tokenformer blocks (rotary on 25 % of each head's dims, NeoX style, base
-10000), a learnable final LayerNorm and logits tied to the embedding (DESIGN §4). The blocks are
-``tokenformer_mm.TokenformerBlock``: the language tower has no block of its own.
+10000), a learnable final LayerNorm and logits tied to the embedding (docs/design.md, "The
+towers"). The blocks are ``tokenformer_mm.TokenformerBlock``: the language tower has no block of
+its own. The rotary tables are made once per forward here and passed to every block.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokenformer_mm.block import TokenformerBlock
+from tokenformer_mm.rotary import Rotary, rotary_dims, rotary_tables
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,15 @@ class TokenformerLM(nn.Module):
             for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(config.dim, eps=1e-5)
+        self.rotary_dims = rotary_dims(config.dim // config.num_heads, config.rotary_pct)
         nn.init.normal_(self.embed.weight, std=0.02)
+
+    def _rotary(self, start: int, length: int, device: torch.device) -> Rotary | None:
+        """The rotary tables of positions ``start .. start + length - 1``, for every block."""
+        if self.rotary_dims == 0:
+            return None
+        positions = torch.arange(start, start + length, device=device)
+        return rotary_tables(positions, self.rotary_dims, self.config.rotary_base)
 
     def _check_length(self, length: int) -> None:
         if length > self.config.context_length:
@@ -96,8 +106,9 @@ class TokenformerLM(nn.Module):
         """(B, T) token ids -> (B, T, vocab) logits."""
         self._check_length(tokens.shape[1])
         x = self.embed(tokens)  # (B, T, C)
+        rotary = self._rotary(0, tokens.shape[1], tokens.device)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rotary=rotary)
         return F.linear(self.norm(x), self.embed.weight)  # tied output embedding
 
     def forward_cached(
@@ -107,9 +118,10 @@ class TokenformerLM(nn.Module):
         past_len = 0 if cache is None else cache[0][0].shape[2]
         self._check_length(past_len + tokens.shape[1])
         x = self.embed(tokens)
+        rotary = self._rotary(past_len, tokens.shape[1], tokens.device)
         present = []
         for i, block in enumerate(self.blocks):
-            x, kv = block.forward_cached(x, None if cache is None else cache[i])
+            x, kv = block.forward_cached(x, None if cache is None else cache[i], rotary=rotary)
             present.append(kv)
         return F.linear(self.norm(x), self.embed.weight), present
 

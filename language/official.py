@@ -1,6 +1,7 @@
 """Load the released TokenFormer language checkpoints without GPT-NeoX or DeepSpeed.
 
-The official ``pytorch_model.bin`` files are GPT-NeoX "sequential" state dicts (DESIGN §4)::
+The official ``pytorch_model.bin`` files are GPT-NeoX "sequential" state dicts (docs/design.md,
+"The towers")::
 
     sequential.0.word_embeddings.weight                                  # (vocab, dim)
     sequential.{i}.attention.{query,key,value,proj}.{key,value}_param_tokens   i = 2 .. L+1

@@ -6,12 +6,12 @@ import math
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from tokenformer_mm.shards import run_shards
+from tokenformer_mm.train.distributed import sum_over_ranks
 
 from .data import text_eval_loader, text_train_loader
 from .model import TokenformerLM, lm_config
@@ -83,18 +83,17 @@ class LanguageModelingTask:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, tokens
+        loss = torch.zeros((), dtype=torch.float64, device=device)  # summed over tokens
+        count = torch.zeros((), dtype=torch.float64, device=device)
         for batch in loader:
             inputs, targets = block_targets({k: v.to(device) for k, v in batch.items()})
             logits = model(inputs).float()
-            loss = F.cross_entropy(
+            loss += F.cross_entropy(
                 logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
             )
-            totals += torch.stack([loss.double(), (targets != IGNORE).sum().double()])
-        if dist.is_initialized():
-            dist.all_reduce(totals)
+            count += (targets != IGNORE).sum()
         model.train(was_training)
-        loss, count = totals.tolist()
+        loss, count = sum_over_ranks({"loss": loss, "count": count}).values()
         if count == 0:
             raise ValueError("the validation loader yielded no tokens; check data.val_shards")
         return {"val/loss": loss / count, "val/ppl": math.exp(loss / count)}

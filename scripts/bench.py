@@ -4,6 +4,7 @@
     python scripts/bench.py vision        # tokenformer_* vs timm vit_* of equal FLOPs / params
     python scripts/bench.py language      # vs a nanoGPT-style GPT; generation with/without cache
     python scripts/bench.py data          # image and text pipelines, samples/s
+    python scripts/bench.py clip-eval     # CLIP retrieval metrics of 50,000 pairs: peak memory
 
 Every entry records the command line, machine, torch version and date, so a figure can always be
 reproduced. On a CUDA machine the same commands measure GPU figures.
@@ -357,8 +358,8 @@ def bench_image_data(args: argparse.Namespace) -> None:
     from torchvision.datasets import ImageFolder
 
     from tokenformer_mm.shards import write_shards
-    from vision.data import image_train_loader
-    from vision.sources import imagefolder_samples
+    from tokenformer_mm.vision.data import image_train_loader
+    from tokenformer_mm.vision.sources import imagefolder_samples
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = photo_folder(Path(tmp) / "folder", args.images)
@@ -422,9 +423,9 @@ def bench_image_data(args: argparse.Namespace) -> None:
 
 
 def bench_text_data(args: argparse.Namespace) -> None:
-    from language.data import text_train_loader
-    from language.sources import write_pydoc_shards
-    from language.tokenizer import ByteTokenizer
+    from tokenformer_mm.language.data import text_train_loader
+    from tokenformer_mm.language.sources import write_pydoc_shards
+    from tokenformer_mm.language.tokenizer import ByteTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_pydoc_shards(tmp)
@@ -528,7 +529,7 @@ class GPT(torch.nn.Module):
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, top_k: int) -> torch.Tensor:
         """nanoGPT's sampling loop: the whole (cropped) context again for every new token."""
-        from language.model import sample_next
+        from tokenformer_mm.language.model import sample_next
 
         for _ in range(max_new_tokens):
             logits = self(tokens[:, -self.context :])
@@ -537,8 +538,8 @@ class GPT(torch.nn.Module):
 
 
 def bench_language(args: argparse.Namespace) -> None:
-    from language import TokenformerLM, lm_config
     from tokenformer_mm.flops import training_flops
+    from tokenformer_mm.language import TokenformerLM, lm_config
 
     device = default_device()
     config = lm_config(args.model, context_length=args.seq_len + args.new_tokens + 16)
@@ -630,6 +631,74 @@ def bench_language(args: argparse.Namespace) -> None:
     )
 
 
+def clip_eval_peak(pairs: int, chunked: bool, seed: int = 0) -> tuple[float, float, float]:
+    """(seconds, peak RSS GiB, peak above the features GiB) of one CLIP evaluation's metrics.
+
+    Runs in a fresh process (``clip_eval_memory`` spawns it), so the peak is this computation's:
+    TokenformerCLIP-micro's feature width (128) and context (20), captions from 40 templates.
+    """
+    import resource
+
+    import torch.nn.functional as F
+
+    from tokenformer_mm.clip.metrics import clip_metrics
+
+    def peak_gib() -> float:  # ru_maxrss is KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (pairs,), generator=generator)
+    template = torch.randint(0, 4, (pairs,), generator=generator)
+    tokens = torch.zeros(pairs, 20, dtype=torch.long)
+    tokens[:, 0], tokens[:, 1], tokens[:, 2] = 49406, labels, template
+    text = F.normalize(torch.randn(pairs, 128, generator=generator), dim=-1)
+    image = F.normalize(text + torch.randn(pairs, 128, generator=generator), dim=-1)
+    classes = F.normalize(torch.randn(10, 128, generator=generator), dim=-1)
+    before = peak_gib()
+    start = time.perf_counter()
+    if chunked:
+        clip_metrics(image, text, tokens, labels, classes, 100.0)
+    else:  # what the evaluation did before: the whole N x N matrix and an N x N x T comparison
+        logits = 100.0 * image @ text.T
+        same_caption = (tokens[:, None, :] == tokens[None, :, :]).all(-1)
+        target = torch.arange(pairs)
+        F.cross_entropy(logits, target), F.cross_entropy(logits.T, target)
+        same_caption[target, logits.argmax(1)].float().mean()
+    seconds = time.perf_counter() - start
+    return seconds, peak_gib(), peak_gib() - before
+
+
+def bench_clip_eval(args: argparse.Namespace) -> None:
+    """Peak memory and time of the CLIP evaluation's metrics, each case in a fresh process."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    cases = [(n, True) for n in args.pairs] + [(n, False) for n in args.full_matrix_pairs]
+    rows = []
+    for pairs, chunked in tqdm(cases, desc="clip-eval"):
+        with context.Pool(1) as pool:
+            seconds, peak, above = pool.apply(clip_eval_peak, (pairs, chunked))
+        rows.append(
+            {
+                "pairs": f"{pairs:,}",
+                "method": "chunked (clip_metrics)" if chunked else "whole N x N matrix",
+                "seconds": f"{seconds:.2f}",
+                "peak RSS GiB": f"{peak:.2f}",
+                "above the features GiB": f"{above:.2f}",
+            }
+        )
+    record(
+        "CLIP evaluation metrics: memory at ImageNet-validation size",
+        rows,
+        notes=(
+            "Random unit features of TokenformerCLIP-micro's width (128) and 20-token captions; "
+            "each case in a fresh process (peak RSS includes torch itself). The whole-matrix way "
+            "needs N² (4 + T) bytes: 60 GB at 50,000 pairs, so it is measured at smaller N only."
+        ),
+        report=args.report,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -663,6 +732,10 @@ def main(argv: list[str] | None = None) -> None:
     lang.add_argument("--repeats", type=int, default=10)
     lang.add_argument("--new-tokens", type=int, default=512)
     lang.set_defaults(run=bench_language)
+    clip = commands.add_parser("clip-eval", help="CLIP evaluation metrics: peak memory, time")
+    clip.add_argument("--pairs", type=int, nargs="+", default=[50_000])
+    clip.add_argument("--full-matrix-pairs", type=int, nargs="*", default=[5_000])
+    clip.set_defaults(run=bench_clip_eval)
     for command in commands.choices.values():
         command.add_argument(
             "--report", type=Path, default=REPORT, help="markdown file to append to"

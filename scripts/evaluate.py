@@ -16,7 +16,7 @@ import logging
 
 import torch
 
-from tokenformer_mm.tasks import load_run
+from tokenformer_mm.train import load_run
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

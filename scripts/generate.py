@@ -13,8 +13,8 @@ import logging
 import torch
 from tqdm import tqdm
 
-from language import load_official, load_tokenizer
-from tokenformer_mm.tasks import load_run
+from tokenformer_mm.language import load_official, load_tokenizer
+from tokenformer_mm.train import load_run
 
 
 def main(argv: list[str] | None = None) -> list[str]:

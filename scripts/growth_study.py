@@ -22,8 +22,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 
-from tokenformer_mm.engine import Trainer
-from tokenformer_mm.tasks import build_task, register_schemas
+from tokenformer_mm.train import Trainer, build_task, register_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("small", "exact", "official", "scratch")

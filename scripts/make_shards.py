@@ -11,10 +11,10 @@ import logging
 
 from tqdm import tqdm
 
-from language.sources import pydoc_samples, text_file_samples
+from tokenformer_mm.clip.pairs import caption_folder_samples, digits_pair_samples
+from tokenformer_mm.language.sources import pydoc_samples, text_file_samples
 from tokenformer_mm.shards import write_shards
-from vision.pairs import caption_folder_samples, digits_pair_samples
-from vision.sources import digits_samples, imagefolder_samples
+from tokenformer_mm.vision.sources import digits_samples, imagefolder_samples
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,8 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tokenformer_mm.engine import Trainer
-from tokenformer_mm.tasks import build_task, register_schemas
+from tokenformer_mm.train import Trainer, build_task, register_schemas
 
 register_schemas()
 

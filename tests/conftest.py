@@ -26,3 +26,14 @@ def block_stack(depth: int = 2, dim: int = 32, heads: int = 4, tokens: int = 16,
             for _ in range(depth)
         ]
     )
+
+
+def assert_same_function(after: torch.Tensor, before: torch.Tensor) -> None:
+    """Exact growth adds only zero terms to every sum, so outputs differ by float rounding alone.
+
+    The extra terms change the summation order (and the CPU's kernel blocking): fp32 rounds at
+    2^-24 ≈ 6e-8 per operation, which over the few-hundred-term sums of a few layers stays well
+    below 1e-5 of the outputs' scale; a change of function (official growth) is ~1e-2 of it.
+    """
+    scale = before.abs().max().item()
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5 * scale)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from tokenformer_mm.tasks import register_schemas
+from tokenformer_mm.train import register_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,11 +11,11 @@ import safetensors.torch
 import torch
 from hydra.errors import ConfigCompositionException
 
-from tokenformer_mm import Pattention, checkpoint
-from tokenformer_mm.engine import Trainer, WarmupCosine, param_groups
+from tokenformer_mm import Pattention
 from tokenformer_mm.shards import write_shards
-from tokenformer_mm.tasks import build_task
-from vision.sources import digits_samples
+from tokenformer_mm.train import Trainer, build_task, checkpoint
+from tokenformer_mm.train.optim import WarmupCosine, param_groups
+from tokenformer_mm.vision.sources import digits_samples
 
 from .engine_utils import TINY_VISION, compose_config, run, step_losses, train_command
 
@@ -217,7 +217,7 @@ def test_kill_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     script = f"""
 import sys, torch
 from torch import nn
-from tokenformer_mm import checkpoint
+from tokenformer_mm.train import checkpoint
 model = nn.Linear(4096, 4096)
 checkpoint.save({str(tmp_path)!r}, 1, model, {{"step": 1}})
 print("saved", flush=True)

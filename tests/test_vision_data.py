@@ -11,9 +11,10 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from tokenformer_mm.data import expand_shards, to_device
+from tokenformer_mm.data import expand_shards
 from tokenformer_mm.shards import write_shards
-from vision.data import (
+from tokenformer_mm.train.batches import to_device
+from tokenformer_mm.vision.data import (
     DeviceImageTransform,
     EvalDecode,
     TrainDecode,
@@ -21,7 +22,7 @@ from vision.data import (
     image_train_loader,
     random_resized_crop_box,
 )
-from vision.sources import digits_samples, ensure_digits_shards, imagefolder_classes
+from tokenformer_mm.vision.sources import digits_samples, ensure_digits_shards, imagefolder_classes
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -1,8 +1,14 @@
 """tokenformer-mm: Tokenformer (Pattention) models for vision and language.
 
-The shared core: the Pattention layer, the Tokenformer block and the growth utility.
+The shared core: the Pattention layer, the Tokenformer block and the growth utility. The towers
+are sub-packages (``tokenformer_mm.vision``, ``tokenformer_mm.language``), the open_clip
+integration is ``tokenformer_mm.clip`` and the training engine ``tokenformer_mm.train``; none of
+them is imported here except the image tower's model definitions, which register the
+``tokenformer_*`` family with timm (timm has no plugin discovery), so that
+``import tokenformer_mm; timm.create_model("tokenformer_tiny_patch16_224")`` works.
 """
 
+from . import _source_tree  # noqa: F401  (first: maps the towers when run from a checkout)
 from .block import TokenformerBlock
 from .growth import (
     GrownLayer,
@@ -12,7 +18,9 @@ from .growth import (
     load_grown,
     match_token_counts,
 )
-from .pattention import Pattention, pattention_theta
+from .pattention import Pattention, pattention_group, set_fused_pattention
+from .theta import pattention_theta
+from .vision import tokenformer_vit  # noqa: F401  (registers the timm models; no data pipeline)
 
 __all__ = [
     "GrownLayer",
@@ -23,10 +31,8 @@ __all__ = [
     "grow_optimizer_state",
     "load_grown",
     "match_token_counts",
+    "pattention_group",
     "pattention_theta",
+    "set_fused_pattention",
 ]
 __version__ = "0.1.0"
-
-# Registers the tokenformer_* models with timm, so ``import tokenformer_mm`` is enough for
-# ``timm.create_model("tokenformer_base_patch16_224")``. Last, because the towers import the core.
-import vision  # noqa: F401

@@ -1,4 +1,4 @@
-"""The Tokenformer block shared by the image and the text tower (DESIGN §3).
+"""The Tokenformer block shared by the image and the text tower (docs/design.md, "The block").
 
 Pre-norm residual block without biases, every projection a Pattention::
 
@@ -17,27 +17,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from .pattention import Pattention, pattention_group
-
-
-def rotary_cos_sin(
-    positions: torch.Tensor, rotary_dims: int, base: float, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """NeoX rotary tables for integer ``positions`` (T,): cos and sin of shape (T, rotary_dims)."""
-    inv_freq = 1.0 / (
-        base ** (torch.arange(0, rotary_dims, 2, device=positions.device).float() / rotary_dims)
-    )
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, rotary_dims / 2)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, rotary_dims): NeoX halves, not interleaved
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``cos.shape[-1]`` dims of ``x`` (B, nh, T, hs); the rest pass through."""
-    rotary_dims = cos.shape[-1]
-    x_rot, x_pass = x[..., :rotary_dims], x[..., rotary_dims:]
-    half = rotary_dims // 2
-    rotated_half = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
-    return torch.cat([x_rot * cos + rotated_half * sin, x_pass], dim=-1)
+from .rotary import Rotary, apply_rotary, rotary_dims, rotary_tables
 
 
 class TokenformerBlock(nn.Module):
@@ -60,7 +40,9 @@ class TokenformerBlock(nn.Module):
         eps: epsilon of the non-parametric LayerNorms.
 
     ``block(x)`` maps (B, T, dim) to (B, T, dim), so blocks compose in ``nn.Sequential``;
-    ``forward_cached`` adds incremental decoding for the language tower.
+    ``forward_cached`` adds incremental decoding for the language tower. A model of rotary
+    blocks passes the rotary tables of its positions (``rotary.rotary_tables``, made once per
+    forward) as ``rotary``; without them a rotary block makes its own.
     """
 
     def __init__(
@@ -85,19 +67,10 @@ class TokenformerBlock(nn.Module):
             raise ValueError(
                 f"dim={dim} must be divisible by a positive num_heads, got {num_heads}"
             )
-        head_dim = dim // num_heads
-        if not 0.0 <= rotary_pct <= 1.0:
-            raise ValueError(f"rotary_pct must be in [0, 1], got {rotary_pct}")
-        rotary_dims = int(head_dim * rotary_pct)
-        rotary_dims -= rotary_dims % 2  # rotary rotates pairs of dims
-        if rotary_pct > 0 and rotary_dims == 0:
-            raise ValueError(
-                f"rotary_pct={rotary_pct} of head_dim={head_dim} rotates no dims; raise it or use 0"
-            )
         self.dim = dim
         self.num_heads = num_heads
         self.causal = causal
-        self.rotary_dims = rotary_dims
+        self.rotary_dims = rotary_dims(dim // num_heads, rotary_pct)
         self.rotary_base = rotary_base
         self.attn_dropout = attn_dropout
 
@@ -116,24 +89,30 @@ class TokenformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        rotary: Rotary | None = None,
     ) -> torch.Tensor:
-        """(B, T, dim) -> (B, T, dim). ``key_padding_mask`` (B, T) is True where a token is real."""
-        return self._forward(x, key_padding_mask, None)[0]
+        """(B, T, dim) -> (B, T, dim). ``key_padding_mask`` (B, T) is True where a token is real;
+        ``rotary``: the (cos, sin) tables of the T positions."""
+        return self._forward(x, key_padding_mask, None, rotary)[0]
 
     def forward_cached(
         self,
         x: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
         key_padding_mask: torch.Tensor | None = None,
+        rotary: Rotary | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Incremental decoding: ``x`` (B, T, dim) continues the sequence cached in ``past``.
 
         ``past`` is the ``present`` returned by the previous call (keys and values, each
         (B, nh, P, hs), rotary already applied) or None at the start. ``key_padding_mask``, if
-        given, covers all P + T keys. Returns ``(y, present)``.
+        given, covers all P + T keys; ``rotary`` holds the tables of positions P .. P + T - 1.
+        Returns ``(y, present)``.
         """
-        y, k, v = self._forward(x, key_padding_mask, past)
+        y, k, v = self._forward(x, key_padding_mask, past, rotary)
         return y, (k, v)
 
     def _forward(
@@ -141,6 +120,7 @@ class TokenformerBlock(nn.Module):
         x: torch.Tensor,
         key_padding_mask: torch.Tensor | None,
         past: tuple[torch.Tensor, torch.Tensor] | None,
+        rotary: Rotary | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         past_len = 0 if past is None else past[0].shape[2]
@@ -152,9 +132,10 @@ class TokenformerBlock(nn.Module):
         heads = (B, T, self.num_heads, C // self.num_heads)
         q, k, v = (t.view(heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if self.rotary_dims > 0:
-            positions = torch.arange(past_len, past_len + T, device=x.device)
-            cos, sin = rotary_cos_sin(positions, self.rotary_dims, self.rotary_base, q.dtype)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            if rotary is None:  # called on its own: no model made the tables
+                positions = torch.arange(past_len, past_len + T, device=x.device)
+                rotary = rotary_tables(positions, self.rotary_dims, self.rotary_base)
+            q, k = apply_rotary(q, rotary[0], rotary[1]), apply_rotary(k, rotary[0], rotary[1])
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, nh, P + T, hs)
             v = torch.cat([past[1], v], dim=2)

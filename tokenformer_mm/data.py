@@ -19,15 +19,16 @@ import logging
 import multiprocessing as mp
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import braceexpand
 import torch
-import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .train.distributed import rank_and_world_size
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +74,6 @@ def read_shard_lengths(urls: Iterable[str]) -> dict[str, int]:
             for name, count in zip(split["filenames"], split["shard_lengths"], strict=True):
                 lengths[os.path.join(directory, os.path.basename(name))] = int(count)
     return {u: lengths[os.path.abspath(u)] for u in urls if os.path.abspath(u) in lengths}
-
-
-def rank_and_world_size() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class _SharedCounter:
@@ -254,10 +249,3 @@ def stream_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
     )
-
-
-def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
-    """Move a batch's tensors to ``device``, non-blocking: pinned batches overlap compute."""
-    return {
-        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-    }

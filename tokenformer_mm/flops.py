@@ -58,7 +58,7 @@ def training_flops(model: nn.Module, loss_fn: Callable[[], torch.Tensor]) -> int
 
 
 def pattention_flops_per_token(model: nn.Module) -> int:
-    """Forward FLOPs per token of all Pattention layers, ``Σ 2·n·(d_in + d_out)`` (DESIGN §1)."""
+    """Forward FLOPs per token of all Pattention layers: ``Σ 2·n·(d_in + d_out)``."""
     from .pattention import Pattention
 
     return sum(

@@ -25,29 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .theta import accumulation_dtype, row_scale, theta, value_scale
+
 gelu_backward = torch.ops.aten.gelu_backward.grad_input  # the out= overload
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for bf16/fp16 tensors (their sums would lose precision), else their own dtype."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _row_norm(values: torch.Tensor) -> torch.Tensor:
-    """Row-wise L2 norm, accumulated in at least fp32."""
-    dtype = _accumulation_dtype(values.dtype)
-    return torch.linalg.vector_norm(values, dim=-1, keepdim=True, dtype=dtype)
-
-
-def _row_scale(norm: torch.Tensor, tau: torch.Tensor, eps: float, dtype: torch.dtype):
-    """``tau / max(norm, eps)``, the factor that puts a row on the sphere of radius tau."""
-    return (tau / norm.clamp_min(eps)).to(dtype)
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor | None) -> torch.Tensor:
     """Row-wise ``<a, b>`` (at least fp32), the product written into ``scratch`` (new if None)."""
     product = torch.mul(a, b, out=scratch)
-    return product.sum(-1, keepdim=True, dtype=_accumulation_dtype(a.dtype))
+    return product.sum(-1, keepdim=True, dtype=accumulation_dtype(a.dtype))
 
 
 def _unit_norm_backward(
@@ -66,49 +52,18 @@ def _unit_norm_backward(
     """
     dot = _row_dot(grad, scaled, scratch) / (tau * tau)
     dot = dot.masked_fill_(norm < eps, 0.0).to(grad.dtype)
-    return grad.addcmul_(scaled, dot, value=-1.0).mul_(_row_scale(norm, tau, eps, grad.dtype))
-
-
-def value_scale(norm: str, tau: torch.Tensor) -> torch.Tensor | None:
-    """A linear factor of theta moved onto the values: ``(c·w) @ V = w @ (c·V)``.
-
-    ``softmax · tau²`` scales ``[n, d]`` values instead of ``[tokens, n]`` weights, and its
-    backward becomes the plain softmax backward, one fused kernel.
-    """
-    return tau * tau if norm == "softmax" else None
-
-
-def theta_forward(
-    scores: torch.Tensor, norm: str, tau: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """``theta(scores)`` over the last dim, and the tensors its backward needs.
-
-    ``scores`` is consumed (overwritten in place). ``tau`` broadcasts against ``scores[..., :1]``.
-    """
-    if norm == "l2_norm_gelu":
-        row_norm = _row_norm(scores)
-        scaled = scores.mul_(_row_scale(row_norm, tau, eps, scores.dtype))  # s · tau / ‖s‖
-        return F.gelu(scaled), (scaled, row_norm)
-    if norm == "gelu_l2_norm":
-        activated = F.gelu(scores)
-        row_norm = _row_norm(activated)
-        return activated.mul_(_row_scale(row_norm, tau, eps, scores.dtype)), (scores, row_norm)
-    if norm == "softmax":  # its factor tau² rides on the values (see value_scale)
-        weights = torch.softmax(scores, dim=-1, dtype=_accumulation_dtype(scores.dtype))
-        weights = weights.to(scores.dtype)  # a no-op in fp32; bf16 as autocast's matmul wants
-        return weights, (weights,)
-    raise ValueError(f"unknown Pattention norm {norm!r}")
+    return grad.addcmul_(scaled, dot, value=-1.0).mul_(row_scale(norm, tau, eps, grad.dtype))
 
 
 def theta_recompute(
     saved: tuple[torch.Tensor, ...], norm: str, tau: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """``theta(scores)`` again, from what ``theta_forward`` saved."""
+    """``theta(scores)`` again, from what ``theta.theta`` saved."""
     if norm == "l2_norm_gelu":
         return F.gelu(saved[0])
     if norm == "gelu_l2_norm":
         scores, row_norm = saved
-        return F.gelu(scores).mul_(_row_scale(row_norm, tau, eps, scores.dtype))
+        return F.gelu(scores).mul_(row_scale(row_norm, tau, eps, scores.dtype))
     return saved[0]  # softmax saves its weights, softmax(scores)
 
 
@@ -161,7 +116,7 @@ class PattentionFunction(torch.autograd.Function):
         for i, key in enumerate(keys):
             torch.mm(flat, key.t(), out=scores[i])
         tau = tau.view(members, 1, 1)  # its own dtype: scales are computed in fp32
-        weights, saved = theta_forward(scores, norm, tau, eps)
+        weights, saved = theta(scores, norm, tau, eps, inplace=True)
         outputs = [weights[i] @ value for i, value in enumerate(_scaled(values, norm, tau))]
         ctx.save_for_backward(flat, tau, *keys, *values, *saved)
         ctx.norm, ctx.eps, ctx.members, ctx.input_shape = norm, eps, members, x.shape

@@ -1,4 +1,4 @@
-"""Growth: scale a Tokenformer by appending parameter tokens (DESIGN §2).
+"""Growth: scale a Tokenformer by appending parameter tokens (docs/design.md, "Growth").
 
 Growing a Pattention from ``n`` to ``n + m`` tokens appends ``m`` rows to its keys and values.
 

@@ -1,17 +1,19 @@
 """Pattention: a linear projection replaced by attention over learnable parameter tokens.
 
 Input tokens ``x[..., d_in]`` attend to ``n`` parameter tokens with keys ``K[n, d_in]`` and values
-``V[n, d_out]`` (DESIGN §1)::
+``V[n, d_out]`` (docs/design.md, "Pattention")::
 
     s = x @ K.T            # (..., n)  no 1/sqrt(d) scale: the official scale is 1
     y = theta(s) @ V       # (..., d_out)
 
-``theta`` is a modified softmax chosen by ``norm``. Its temperature τ is a buffer pinned at
-construction to ``sqrt(n)``: growing the layer later keeps τ, which is what makes growth exact.
+``theta`` is a modified softmax chosen by ``norm`` (``theta.py``). Its temperature τ is a buffer
+pinned at construction to ``sqrt(n)``: growing the layer later keeps τ, which is what makes
+growth exact.
 
-Two code paths compute the same function: the *fused* one (``fused_pattention.py``: saves one
-``[tokens, n]`` tensor for backward instead of several) is used where it applies and pays off,
-the *plain* one (autograd over ``pattention_theta``) is the reference and serves TorchScript,
+Two code paths compute the same function from the same ``theta.theta``: the *fused* one
+(``fused_pattention.py``: saves one ``[tokens, n]`` tensor for backward instead of several) is
+used where it applies and pays off, the *plain* one (autograd over it) is the reference and
+serves TorchScript,
 ``torch.func``, active dropout and tiny inputs. ``Pattention(fused=False)``,
 ``set_fused_pattention(False)`` or the environment variable ``TOKENFORMER_MM_FUSED_PATTENTION=0``
 force the plain path.
@@ -28,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fused_pattention import fused_pattention
+from .theta import NORMS, theta, value_scale
 
-NORMS = ("l2_norm_gelu", "gelu_l2_norm", "softmax")
 KINDS = ("qkv", "proj", "ffn")
 KEY_INIT_STD = 0.02  # official init of the key tokens: N(0, 0.02)
 
@@ -48,29 +50,6 @@ def set_fused_pattention(enable: bool) -> None:
 
 def fused_pattention_enabled() -> bool:
     return _fused_enabled
-
-
-def pattention_theta(
-    scores: torch.Tensor, norm: str, tau: torch.Tensor, eps: float
-) -> torch.Tensor:
-    """The modified softmax ``theta(s)`` over the last dim of the scores.
-
-    - ``l2_norm_gelu``: ``gelu(s / ‖s‖₂ · τ)`` (the official default, paper Eq. 16)
-    - ``gelu_l2_norm``: ``gelu(s) / ‖gelu(s)‖₂ · τ``
-    - ``softmax``: ``softmax(s) · τ²`` (the official ``exp / L1 · n``, computed stably)
-
-    Norms are clamped below by ``eps``, so an all-zero row maps to zeros, never NaN.
-    """
-    if norm == "l2_norm_gelu":
-        return F.gelu(F.normalize(scores, dim=-1, eps=eps) * tau)
-    if norm == "gelu_l2_norm":
-        return F.normalize(F.gelu(scores), dim=-1, eps=eps) * tau
-    if norm == "softmax":
-        return torch.softmax(scores, dim=-1) * (tau * tau)
-    # a literal message: TorchScript cannot read the NORMS global
-    raise ValueError(
-        "unknown Pattention norm '" + norm + "'; expected l2_norm_gelu, gelu_l2_norm or softmax"
-    )
 
 
 def official_pattention(
@@ -217,8 +196,12 @@ class Pattention(nn.Module):
             if self.uses_fused_path(x):
                 return self._forward_fused(x)
         scores = F.linear(x, self.key_tokens)  # (..., n)
-        weights = self.dropout(pattention_theta(scores, self.norm, self.tau, self.eps))
-        return weights @ self.value_tokens  # (..., d_out)
+        weights = self.dropout(theta(scores, self.norm, self.tau, self.eps)[0])
+        values = self.value_tokens  # (n, d_out), times theta's linear factor where it has one
+        scale = value_scale(self.norm, self.tau)
+        if scale is not None:
+            values = values * scale.to(values.dtype)
+        return weights @ values  # (..., d_out)
 
     @torch.jit.unused
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:

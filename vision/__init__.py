@@ -1,17 +1,11 @@
-"""The image tower: the timm-registered Tokenformer ViT family, the ImageNet pipeline, the task.
+"""The image tower, installed as ``tokenformer_mm.vision``: the timm-registered Tokenformer ViT.
 
-Importing this package registers every ``tokenformer_*`` model with timm (timm has no plugin
-discovery, so registration happens on import).
+Importing it registers every ``tokenformer_*`` model with timm. The rest of the tower is imported
+where it is used, so a model user never loads the data pipeline:
+``tokenformer_mm.vision.data`` (the ImageNet webdataset pipeline), ``.sources`` (ImageFolder
+trees, the embedded digits), ``.task`` and ``.config`` (the Hydra training run).
 """
 
-from .config import VisionRunConfig
-from .task import ImageClassificationTask, create_model
 from .tokenformer_vit import TokenformerViT, checkpoint_filter_fn
 
-__all__ = [
-    "ImageClassificationTask",
-    "TokenformerViT",
-    "VisionRunConfig",
-    "checkpoint_filter_fn",
-    "create_model",
-]
+__all__ = ["TokenformerViT", "checkpoint_filter_fn"]

@@ -1,4 +1,4 @@
-"""ImageNet-style webdataset pipeline that keeps a GPU fed (DESIGN §5).
+"""ImageNet-style webdataset pipeline that keeps a GPU fed (docs/design.md, "Data").
 
 CPU workers do the least work possible: decode the JPEG (at reduced resolution when the crop
 allows, via PIL's JPEG draft mode) and crop + resize in one PIL call to a ``uint8`` tensor.

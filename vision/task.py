@@ -6,13 +6,13 @@ from typing import Any
 
 import timm
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader
 
 from tokenformer_mm.shards import run_shards
+from tokenformer_mm.train.distributed import sum_over_ranks
 
 from .data import DeviceImageTransform, image_eval_loader, image_train_loader
 from .sources import ensure_digits_shards
@@ -98,24 +98,21 @@ class ImageClassificationTask:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+        totals = {
+            k: torch.zeros((), dtype=torch.float64, device=device)
+            for k in ("loss", "top1", "top5", "count")
+        }
         for batch in loader:
             labels = batch["label"].to(device, non_blocking=True)
             images, _ = self.transform(batch["image"].to(device, non_blocking=True), labels)
             logits = model(images).float()
             top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-            totals += torch.stack(
-                [
-                    F.cross_entropy(logits, labels, reduction="sum"),
-                    (top5[:, 0] == labels).sum(),
-                    (top5 == labels[:, None]).any(-1).sum(),
-                    torch.tensor(len(labels), device=device),
-                ]
-            ).double()
-        if dist.is_initialized():
-            dist.all_reduce(totals)
+            totals["loss"] += F.cross_entropy(logits, labels, reduction="sum")
+            totals["top1"] += (top5[:, 0] == labels).sum()
+            totals["top5"] += (top5 == labels[:, None]).any(-1).sum()
+            totals["count"] += len(labels)
         model.train(was_training)
-        loss, top1, top5, count = totals.tolist()
+        loss, top1, top5, count = sum_over_ranks(totals).values()
         if count == 0:
             raise ValueError("the validation loader yielded no samples; check data.val_shards")
         return {

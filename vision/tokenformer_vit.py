@@ -1,11 +1,12 @@
 """Image Tokenformer: a ViT whose every projection is a Pattention, registered with timm.
 
-ViT-style (DESIGN §4): conv patch embedding, class token, learned position embedding (resampled
-for other image sizes), Tokenformer blocks, learnable final LayerNorm, ``nn.Linear`` head.
+ViT-style (docs/design.md, "The towers"): conv patch embedding, class token, learned position
+embedding (resampled for other image sizes), Tokenformer blocks, learnable final LayerNorm,
+``nn.Linear`` head.
 The model exposes timm's model API, so every timm tool (``create_model``, ``features_only``,
 ``forward_intermediates``, optimizers with ``no_weight_decay``, layer decay) works unchanged.
 
-    import vision  # or: import tokenformer_mm
+    import tokenformer_mm  # or: import tokenformer_mm.vision
     model = timm.create_model("tokenformer_base_patch16_224", num_classes=10)
 """
 

@@ -1,4 +1,4 @@
-"""Structured configs shared by every domain's Hydra run (DESIGN §6).
+"""Structured configs shared by every domain's Hydra run (docs/design.md, "The engine").
 
 Hydra merges the YAML files under ``configs/`` into these dataclasses, so a misspelt key or a
 value of the wrong type fails before anything is built, with Hydra's own message. Checks that a

@@ -12,15 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vision.data import DeviceImageTransform
-from vision.pairs import CAPTION_TEMPLATES, ensure_digits_pair_shards, pair_loader, tokens_equal
-from vision.sources import DIGIT_NAMES
-
-from . import clip  # registers the TokenformerCLIP-* configs with open_clip
-from .config import RunConfig
-from .data import rank_and_world_size
-from .engine import gather_objects
-from .shards import run_shards
+from ..shards import run_shards
+from ..train.config import RunConfig
+from ..train.distributed import broadcast_from_main, gather_rows_to_main, rank_and_world_size
+from ..vision.data import DeviceImageTransform
+from ..vision.sources import DIGIT_NAMES
+from . import MODEL_NAMES  # importing the package registered the TokenformerCLIP-* configs
+from .metrics import clip_metrics
+from .pairs import CAPTION_TEMPLATES, ensure_digits_pair_shards, pair_loader
 
 
 @dataclass
@@ -53,9 +52,9 @@ class ClipTask:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         model_cfg = open_clip.get_model_config(cfg.model.name)
-        if model_cfg is None or cfg.model.name not in clip.MODEL_NAMES:
+        if model_cfg is None or cfg.model.name not in MODEL_NAMES:
             raise ValueError(
-                f"unknown CLIP model {cfg.model.name!r}; expected one of {clip.MODEL_NAMES}"
+                f"unknown CLIP model {cfg.model.name!r}; expected one of {MODEL_NAMES}"
             )
         vision_cfg = model_cfg["vision_cfg"]
         timm_cfg = timm.models.get_pretrained_cfg(vision_cfg["timm_model_name"]).to_dict()
@@ -92,10 +91,8 @@ class ClipTask:
         return self._loader(self.val_shards, self.cfg.data.eval_batch_size, train=False)
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        if (
-            self.loss.world_size != rank_and_world_size()[1]
-        ):  # under torchrun: gather like open_clip
-            rank, world_size = rank_and_world_size()
+        rank, world_size = rank_and_world_size()
+        if self.loss.world_size != world_size:  # under torchrun: gather like open_clip
             self.loss = open_clip.ClipLoss(gather_with_grad=True, rank=rank, world_size=world_size)
         images, _ = self.transform(batch["image"], batch["label"], train=True)
         image_features, text_features, logit_scale = model(images, batch["text"])
@@ -114,39 +111,40 @@ class ClipTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
-        """Zero-shot accuracy from class-name prompts, retrieval recall@1 both ways, loss."""
+        """Zero-shot accuracy from class-name prompts, retrieval recall@1 both ways, loss.
+
+        Each rank embeds its share of the pairs; rank 0 gathers the features (not the N x N
+        similarities), computes the metrics in chunks (``metrics.clip_metrics``) and sends them
+        to every rank.
+        """
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        classes = self.class_embeddings(model, device)
-        parts: dict[str, list[torch.Tensor]] = {"image": [], "text": [], "tokens": [], "label": []}
+        classes = self.class_embeddings(model, device).float().cpu()
+        parts: dict[str, list[torch.Tensor]] = {"image": [], "text": [], "tokens": [], "labels": []}
         for batch in loader:
             images, _ = self.transform(batch["image"].to(device), batch["label"])
+            text = batch["text"].to(device)
             parts["image"].append(F.normalize(model.encode_image(images), dim=-1).float().cpu())
-            parts["text"].append(
-                F.normalize(model.encode_text(batch["text"].to(device)), dim=-1).float().cpu()
-            )
+            parts["text"].append(F.normalize(model.encode_text(text), dim=-1).float().cpu())
             parts["tokens"].append(batch["text"])
-            parts["label"].append(batch["label"])
+            parts["labels"].append(batch["label"])
         model.train(was_training)
-        local = {k: torch.cat(v) for k, v in parts.items()}
-        everything = {k: torch.cat([g[k] for g in gather_objects(local)]) for k in local}
-        image, text, tokens, label = (everything[k] for k in ("image", "text", "tokens", "label"))
-        if len(image) == 0:
-            raise ValueError("the validation loader yielded no pairs; check data.val_shards")
-        scale = model.logit_scale.exp().item()
-        logits = scale * image @ text.T
-        target = torch.arange(len(image))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        same_caption = tokens_equal(tokens, tokens)
-        labelled = label >= 0
-        zero_shot = (image[labelled] @ classes.float().cpu().T).argmax(-1) == label[labelled]
-        return {
-            "val/loss": loss.item(),
-            "val/zeroshot_top1": 100 * zero_shot.float().mean().item() if labelled.any() else 0.0,
-            "val/i2t_r1": 100 * same_caption[target, logits.argmax(1)].float().mean().item(),
-            "val/t2i_r1": 100 * same_caption[target, logits.argmax(0)].float().mean().item(),
+        # A rank whose shards held no pair still joins the gather, with empty rows of each shape.
+        empty = {
+            "image": torch.empty(0, classes.shape[1]),
+            "text": torch.empty(0, classes.shape[1]),
+            "tokens": torch.empty(0, self.tokenizer.context_length, dtype=torch.long),
+            "labels": torch.empty(0, dtype=torch.long),
         }
+        gathered = {
+            k: gather_rows_to_main(torch.cat(v) if v else empty[k]) for k, v in parts.items()
+        }
+        metrics = None
+        if gathered["image"] is not None:  # rank 0
+            scale = model.logit_scale.exp().item()
+            metrics = clip_metrics(**gathered, class_embeddings=classes, logit_scale=scale)
+        return broadcast_from_main(metrics)
 
     def batch_items(self, batch: dict[str, Any]) -> int:
         return len(batch["text"])

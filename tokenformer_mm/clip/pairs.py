@@ -13,14 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader
 
-from tokenformer_mm.data import ShardedStream, expand_shards, stream_loader
-from tokenformer_mm.shards import cached_shards, write_shards
-
-from .data import EvalDecode, TrainDecode
-from .sources import DIGIT_NAMES, IMAGE_FILE_SUFFIXES, digits_samples
+from ..data import ShardedStream, expand_shards, stream_loader
+from ..shards import cached_shards, write_shards
+from ..vision.data import EvalDecode, TrainDecode
+from ..vision.sources import DIGIT_NAMES, IMAGE_FILE_SUFFIXES, digits_samples
 
 CAPTION_TEMPLATES = (
     "a photo of the digit {}.",
@@ -101,8 +99,3 @@ def write_digits_pair_shards(out_dir: Any, samples_per_shard: int = 200) -> Any:
 def ensure_digits_pair_shards(cache_dir: Any = None) -> Any:
     """The digits pairs in the cache directory, built on first use."""
     return cached_shards("digits_pairs", write_digits_pair_shards, cache_dir)
-
-
-def tokens_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, M) mask: which captions of ``a`` (N, T) are the same text as those of ``b`` (M, T)."""
-    return (a[:, None, :] == b[None, :, :]).all(-1)

@@ -26,6 +26,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from ..growth import match_token_counts
+
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
@@ -61,6 +63,18 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}; expected a checkpoint dir or .safetensors")
     return safetensors.torch.load_file(str(path))
+
+
+def load_model(model: nn.Module, source: str | os.PathLike | dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's weights into ``model``, built at its initial size: the one way.
+
+    A run that grew saved more parameter tokens than the model it builds has, so every Pattention
+    is first resized to the checkpoint's token counts; then every tensor loads strictly.
+    ``source``: a checkpoint directory, a ``.safetensors`` file or a state dict.
+    """
+    weights = source if isinstance(source, dict) else load_weights(source)
+    match_token_counts(model, weights)
+    model.load_state_dict(weights)
 
 
 def save(

@@ -1,0 +1,220 @@
+"""The package's shape: one import namespace, the import rules of docs/design.md, the wheel."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tokenformer_mm._source_tree import SourceTreeTowers
+
+from .engine_utils import ROOT
+
+# Where each installed package's source lives in the repository (pyproject's package-dir).
+SOURCE_ROOTS = {
+    "tokenformer_mm": ROOT / "tokenformer_mm",
+    "tokenformer_mm.vision": ROOT / "vision",
+    "tokenformer_mm.language": ROOT / "language",
+}
+TOWERS = ("tokenformer_mm.vision", "tokenformer_mm.language")
+INTEGRATION = "tokenformer_mm.clip"  # the one package that joins the towers
+# The model core: readable on its own, built on torch (and timm's small layers) alone.
+MODEL_CORE = {
+    f"tokenformer_mm.{name}"
+    for name in ("pattention", "fused_pattention", "theta", "block", "rotary", "growth")
+}
+
+
+def library_modules() -> dict[str, Path]:
+    """Every installed module name and its source file."""
+    modules = {}
+    for package, folder in SOURCE_ROOTS.items():
+        for path in folder.rglob("*.py"):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if package == "tokenformer_mm" and parts[0] in ("vision", "language"):
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join((package, *parts))] = path
+    return modules
+
+
+MODULES = library_modules()
+
+
+def top_level_imports(name: str, path: Path) -> set[str]:
+    """Absolute names of what a module imports at import time (not inside functions).
+
+    ``from package import name`` counts as an import of ``package.name`` when that is a module.
+    """
+    is_package = path.name == "__init__.py"
+    base = name.split(".") if is_package else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            prefix = base[: len(base) - node.level + 1] if node.level else []
+            module = ".".join([*prefix, *([node.module] if node.module else [])])
+            for alias in node.names:
+                submodule = f"{module}.{alias.name}"
+                found.add(submodule if submodule in MODULES else module)
+    return found
+
+
+IMPORTS = {name: top_level_imports(name, path) for name, path in MODULES.items()}
+
+
+def _inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_installed_modules_are_one_namespace():
+    assert all(name.split(".")[0] == "tokenformer_mm" for name in MODULES)
+    assert {"tokenformer_mm.vision.tokenformer_vit", "tokenformer_mm.language.model"} <= set(
+        MODULES
+    )
+
+
+def test_library_never_imports_generic_names_scripts_or_tests():
+    forbidden = ("vision", "language", "scripts", "tests")
+    offenders = {
+        name: sorted(i for i in imports if i.split(".")[0] in forbidden)
+        for name, imports in IMPORTS.items()
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_core_imports_no_tower():
+    """Only the package's own ``__init__`` reaches a tower: the timm model definitions."""
+    core = [
+        name
+        for name in MODULES
+        if name != "tokenformer_mm" and not any(_inside(name, p) for p in (*TOWERS, INTEGRATION))
+    ]
+    offenders = {
+        name: sorted(i for i in IMPORTS[name] if any(_inside(i, p) for p in (*TOWERS, INTEGRATION)))
+        for name in core
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+    tower_imports = {i for i in IMPORTS["tokenformer_mm"] if any(_inside(i, t) for t in TOWERS)}
+    assert tower_imports == {"tokenformer_mm.vision.tokenformer_vit"}
+
+
+def test_towers_never_import_each_other_or_the_integration():
+    for tower in TOWERS:
+        others = [t for t in (*TOWERS, INTEGRATION) if t != tower]
+        for name in (m for m in MODULES if _inside(m, tower)):
+            assert not [i for i in IMPORTS[name] if any(_inside(i, o) for o in others)], name
+
+
+def test_the_model_core_builds_on_torch_alone():
+    allowed_third_party = ("torch", "timm.layers")
+    for name in MODEL_CORE:
+        for imported in IMPORTS[name]:
+            root = imported.split(".")[0]
+            if root == "tokenformer_mm":
+                assert imported in MODEL_CORE, f"{name} imports {imported}"
+            elif root not in sys.stdlib_module_names and root != "__future__":
+                assert imported.startswith(allowed_third_party), f"{name} imports {imported}"
+
+
+def test_no_import_cycles():
+    graph = {name: {i for i in imports if i in MODULES} for name, imports in IMPORTS.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(name) :], name]))
+        if name not in done:
+            for imported in sorted(graph[name]):
+                visit(imported, [*path, name])
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+def _python(code: str, cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def test_importing_the_core_loads_no_data_pipeline_and_registers_timm(tmp_path):
+    code = (
+        "import sys, timm, tokenformer_mm\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'webdataset', 'braceexpand', 'vision', 'language'} or "
+        "m.endswith(('.data', '.pairs', '.sources')) and m.startswith('tokenformer_mm')))\n"
+        "print(len(timm.list_models('tokenformer_*')) > 0)\n"
+        "import tokenformer_mm.language\n"
+        "print('webdataset' in sys.modules)\n"
+    )
+    result = _python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "True", "False"]
+
+
+def test_source_tree_finder_maps_only_the_two_towers():
+    finder = SourceTreeTowers(ROOT)
+    for name, folder in (
+        ("tokenformer_mm.vision", "vision"),
+        ("tokenformer_mm.language", "language"),
+    ):
+        spec = finder.find_spec(name)
+        assert Path(spec.origin) == ROOT / folder / "__init__.py"
+        assert spec.submodule_search_locations == [str(ROOT / folder)]
+    assert finder.find_spec("vision") is None and finder.find_spec("tokenformer_mm.scripts") is None
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    result = subprocess.run(
+        [*build, "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = out.glob("tokenformer_mm-*.whl")
+    return path
+
+
+def test_the_wheel_installs_one_top_level_package_with_every_subpackage(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {
+        "tokenformer_mm"
+    }
+    packages = {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("__init__.py")}
+    assert packages == {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert "tokenformer_mm/clip/configs/TokenformerCLIP-micro.json" in names
+
+
+def test_a_regular_install_imports_every_part_and_no_generic_name(wheel, tmp_path):
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = (
+        "import importlib, tokenformer_mm, tokenformer_mm.vision, tokenformer_mm.language\n"
+        "import tokenformer_mm.clip, tokenformer_mm.train, tokenformer_mm.clip.task\n"
+        "import open_clip, timm\n"
+        f"assert tokenformer_mm.__file__.startswith({str(site)!r}), tokenformer_mm.__file__\n"
+        f"assert tokenformer_mm.vision.__file__.startswith({str(site)!r})\n"
+        "assert 'TokenformerCLIP-micro' in open_clip.list_models()\n"
+        "timm.create_model('tokenformer_micro_patch4_32')\n"
+        "for name in ('vision', 'language'):\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError:\n"
+        "        print(name, 'absent')\n"
+    )
+    result = _python(code, cwd=tmp_path, pythonpath=site)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["vision absent", "language absent"]

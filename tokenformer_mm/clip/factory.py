@@ -1,0 +1,66 @@
+"""open_clip has no plug-in point for a text tower: the two wrappers that give it one.
+
+Each wrapper acts on Tokenformer configs only and leaves every other model as open_clip builds
+it: the text-tower builder (a ``"tokenformer": true`` text config builds our encoder) and the
+preprocessing setter (our image mean/std, from the timm config, replace OpenAI's defaults; an
+explicit ``image_mean`` / ``image_std`` still wins). ``register`` installs them once and adds the
+JSON model configs of ``configs/``, as open_clip keeps its own.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import open_clip.factory
+import open_clip.model
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+
+from ..vision import TokenformerViT
+from .text_tower import TokenformerTextEncoder
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def _text_tower_builder(build: Any) -> Any:
+    @functools.wraps(build)
+    def build_text_tower(embed_dim: int, text_cfg: Any, *args: Any, **kwargs: Any) -> nn.Module:
+        if isinstance(text_cfg, dict) and text_cfg.get("tokenformer"):
+            cfg = {k: v for k, v in text_cfg.items() if k != "tokenformer"}
+            return TokenformerTextEncoder(embed_dim, **cfg)
+        return build(embed_dim, text_cfg, *args, **kwargs)
+
+    build_text_tower.tokenformer = True
+    return build_text_tower
+
+
+def _preprocess_setter(set_cfg: Any) -> Any:
+    @functools.wraps(set_cfg)
+    def set_model_preprocess_cfg(model: nn.Module, preprocess_cfg: dict[str, Any]) -> None:
+        trunk = getattr(getattr(model, "visual", None), "trunk", None)
+        uses_default = tuple(preprocess_cfg["mean"]) == OPENAI_DATASET_MEAN and (
+            tuple(preprocess_cfg["std"]) == OPENAI_DATASET_STD
+        )
+        if isinstance(trunk, TokenformerViT) and uses_default:
+            timm_cfg = trunk.pretrained_cfg
+            ours = {k: timm_cfg[k] for k in ("mean", "std", "interpolation")}
+            preprocess_cfg = {**preprocess_cfg, **ours}
+        set_cfg(model, preprocess_cfg)
+
+    set_model_preprocess_cfg.tokenformer = True
+    return set_model_preprocess_cfg
+
+
+def register() -> list[str]:
+    """Register the Tokenformer CLIP configs with open_clip (idempotent); returns their names."""
+    if not getattr(open_clip.model._build_text_tower, "tokenformer", False):
+        open_clip.model._build_text_tower = _text_tower_builder(open_clip.model._build_text_tower)
+    if not getattr(open_clip.factory.set_model_preprocess_cfg, "tokenformer", False):
+        open_clip.factory.set_model_preprocess_cfg = _preprocess_setter(
+            open_clip.factory.set_model_preprocess_cfg
+        )
+    open_clip.add_model_config(CONFIG_DIR)
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))

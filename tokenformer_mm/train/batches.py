@@ -1,0 +1,59 @@
+"""The data cursor: batches forever, with a position a checkpoint can save and a resume replay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+
+class EpochBatches:
+    """Batches forever, epoch after epoch; its position (epoch, batch) is saved with checkpoints.
+
+    Resuming mid-epoch replays the epoch's first batches without training on them: the pipelines
+    draw their augmentation from per-sample seeds, so the replayed stream is the same stream.
+    """
+
+    def __init__(self, loader: DataLoader, epoch: int = 0, batch: int = 0) -> None:
+        self.loader, self.epoch, self.batch = loader, epoch, batch
+        self._iterator: Iterator[Any] | None = None
+
+    def _start_epoch(self) -> None:
+        self.loader.dataset.set_epoch(self.epoch)
+        self._iterator = iter(self.loader)
+        for done in range(self.batch):  # fast-forward after a resume
+            if next(self._iterator, None) is None:
+                raise ValueError(
+                    f"cannot resume at batch {self.batch} of epoch {self.epoch}: the training "
+                    f"data now yields only {done} batches per epoch (did the shards or the batch "
+                    "size change?)"
+                )
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._start_epoch()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            if self.batch == 0:
+                raise ValueError(
+                    "the training loader yields no batch: fewer samples per rank than "
+                    "train.batch_size; lower the batch size or add data"
+                ) from None
+            self.epoch, self.batch = self.epoch + 1, 0
+            self._start_epoch()
+            batch = next(self._iterator)
+        self.batch += 1
+        return batch
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Move a batch's tensors to ``device``, non-blocking: pinned batches overlap compute."""
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }

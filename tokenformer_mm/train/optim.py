@@ -1,0 +1,70 @@
+"""The optimizer and its learning-rate schedule: AdamW with weight-decay groups, warmup + cosine."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..pattention import Pattention
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, token_weight_decay: float | None
+) -> list[dict[str, Any]]:
+    """AdamW groups: decay matrices, not norms, biases, position embeddings or class tokens.
+
+    One rule, as in nanoGPT: parameters with fewer than 2 dims (norms, biases; τ is a buffer) and
+    those the model names in ``no_weight_decay()`` are not decayed; Pattention key/value tokens
+    get ``token_weight_decay`` (default: ``weight_decay``).
+    """
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    tokens = {id(p) for m in model.modules() if isinstance(m, Pattention) for p in m.parameters()}
+    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "tokens": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if id(param) in tokens:
+            groups["tokens"].append(param)
+        elif param.ndim < 2 or name in skip or name.split(".")[-1] in skip:
+            groups["no_decay"].append(param)
+        else:
+            groups["decay"].append(param)
+    decay = {
+        "decay": weight_decay,
+        "no_decay": 0.0,
+        "tokens": weight_decay if token_weight_decay is None else token_weight_decay,
+    }
+    return [
+        {"params": params, "weight_decay": decay[name], "name": name}
+        for name, params in groups.items()
+        if params
+    ]
+
+
+class WarmupCosine:
+    """LR multiplier: linear warmup from 0, then cosine down to ``min_ratio`` at ``total`` steps."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float) -> None:
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(
+    model: nn.Module, optim: Any, total_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``param_groups`` and its warmup + cosine schedule, as ``optim`` configures."""
+    optimizer = torch.optim.AdamW(
+        param_groups(model, optim.weight_decay, optim.token_weight_decay),
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+    )
+    schedule = WarmupCosine(optim.warmup_steps, total_steps, optim.min_lr / optim.lr)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -1,0 +1,121 @@
+"""What a domain plugs into the engine: a ``Task``, its run schema, and the run it wrote.
+
+The engine knows domains only by name: each maps to a task class and a structured config,
+imported when a run asks for them (``"module:Class"`` strings), so the engine imports no tower.
+A new domain is one ``register_domain`` call (docs/design.md, "Where things go").
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import checkpoint
+
+
+class Task(Protocol):
+    """What a domain supplies: vision, language and CLIP each implement this, nothing more."""
+
+    unit: str  # what ``batch_items`` counts, for the throughput line: "img", "tok", "pair"
+
+    def build_model(self) -> nn.Module: ...
+
+    def train_loader(self) -> DataLoader: ...  # its dataset has ``set_epoch``
+
+    def eval_loader(self) -> DataLoader: ...
+
+    def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        """Metrics named ``val/...``, the same on every rank (``train.distributed``)."""
+        ...
+
+    def batch_items(self, batch: dict[str, Any]) -> int: ...
+
+
+# domain -> ("module:TaskClass", "module:RunConfigClass")
+DOMAINS: dict[str, tuple[str, str]] = {
+    "vision": (
+        "tokenformer_mm.vision.task:ImageClassificationTask",
+        "tokenformer_mm.vision.config:VisionRunConfig",
+    ),
+    "language": (
+        "tokenformer_mm.language.task:LanguageModelingTask",
+        "tokenformer_mm.language.config:LanguageRunConfig",
+    ),
+    "clip": ("tokenformer_mm.clip.task:ClipTask", "tokenformer_mm.clip.task:ClipRunConfig"),
+}
+
+
+def register_domain(name: str, task: str, schema: str) -> None:
+    """Make ``domain=name`` runnable: ``task`` and ``schema`` are ``"module:Class"`` names."""
+    for spec in (task, schema):
+        if spec.count(":") != 1:
+            raise ValueError(f"expected 'package.module:Class', got {spec!r}")
+    DOMAINS[name] = (task, schema)
+
+
+def _resolve(spec: str) -> Any:
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _domain(domain: str) -> tuple[str, str]:
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {sorted(DOMAINS)}")
+    return DOMAINS[domain]
+
+
+def run_schema(domain: str) -> type:
+    """The structured config a domain's run is validated against."""
+    return _resolve(_domain(domain)[1])
+
+
+def build_task(cfg: Any) -> Task:
+    return _resolve(_domain(cfg.domain)[0])(cfg)
+
+
+def register_schemas() -> None:
+    """Put each domain's run schema in Hydra's ConfigStore as ``<domain>_schema``."""
+    from hydra.core.config_store import ConfigStore
+
+    for domain in DOMAINS:
+        ConfigStore.instance().store(name=f"{domain}_schema", node=run_schema(domain))
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(checkpoint dir, run dir) from either: a run's newest checkpoint, or the one given."""
+    path = Path(path)
+    if (path / checkpoint.STATE_FILE).is_file():
+        return path, path.parent.parent
+    found = checkpoint.latest(path / "checkpoints")
+    if found is None:
+        raise ValueError(f"{path} is neither a checkpoint directory nor a run with checkpoints")
+    return found, path
+
+
+def load_run(
+    path: str | Path, overrides: dict[str, Any] | None = None, ema: bool = False
+) -> tuple[Any, Task, nn.Module, Path]:
+    """(config, task, model with the checkpoint's weights, checkpoint dir) of a training run.
+
+    The run's own config (``.hydra/config.yaml``) rebuilds the task; ``overrides`` replace
+    dotted keys (e.g. ``{"data.val_shards": ...}``); a model that grew during the run is rebuilt
+    at its grown size.
+    """
+    from omegaconf import OmegaConf
+
+    ckpt, run_dir = find_checkpoint(path)
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg = OmegaConf.merge(OmegaConf.structured(run_schema(saved.domain)), saved)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value)
+    task = build_task(cfg)
+    model = task.build_model()
+    checkpoint.load_model(model, ckpt / (checkpoint.EMA_FILE if ema else checkpoint.MODEL_FILE))
+    return cfg, task, model, ckpt

@@ -1,0 +1,312 @@
+"""The training loop every domain shares (docs/design.md, "The engine").
+
+A domain supplies a ``Task`` (model, loaders, training loss, evaluation); the ``Trainer`` owns the
+rest: AdamW with weight-decay groups, warmup + cosine, gradient clipping and accumulation, bf16
+autocast on CUDA, EMA, periodic evaluation and checkpoints, exact resume, growth inside the run,
+DDP under torchrun, and the run's record (``metric_log``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..flops import training_flops
+from ..growth import grow_model, load_grown
+from ..pattention import KINDS
+from . import checkpoint
+from .batches import EpochBatches, to_device
+from .config import validate
+from .distributed import all_gather_objects, mean_over_ranks, setup_distributed
+from .metric_log import MetricLog
+from .optim import build_optimizer
+from .tasks import Task
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy (timm's mixup draws from it) and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains ``task`` as ``cfg`` says, writing everything under ``run_dir`` (rank 0 only).
+
+    Construction happens in this order, because each step needs the previous one:
+    the model at its initial size -> resized and loaded from the checkpoint it resumes (a run
+    that grew) or warm-started from a smaller run -> the optimizer over the final parameters ->
+    the EMA (a copy of the loaded model) -> the optimizer / schedule / RNG state of the resumed
+    checkpoint -> the FLOPs per item (measured unwrapped) -> DDP.
+    """
+
+    def __init__(self, cfg: Any, task: Task, run_dir: str | os.PathLike) -> None:
+        validate(cfg)
+        self.cfg, self.task = cfg, task
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.rank, self.world_size, self.device = setup_distributed(cfg.train.device)
+        self.is_main = self.rank == 0
+        self.use_bf16 = cfg.train.precision == "bf16" or (
+            cfg.train.precision == "auto" and self.device.type == "cuda"
+        )
+        self.log = MetricLog(self.run_dir, write=self.is_main)
+        self.step, self.total_flops = 0, 0  # total_flops: training FLOPs so far, all ranks
+        self.growth_events: list[dict[str, Any]] = []
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = task.build_model().to(self.device)
+        # Built now, before any training: a missing shard pattern fails here, not at step 1.
+        self.train_loader, self.eval_loader = task.train_loader(), task.eval_loader()
+        self.data = EpochBatches(self.train_loader)
+        resume_from = self._resume_checkpoint()
+        if resume_from is not None:
+            checkpoint.load_model(self.model, resume_from)
+        elif cfg.growth.init_from:
+            self._warm_start(cfg.growth.init_from)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.steps)
+        self.ema = (
+            ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
+        )
+        if resume_from is not None:
+            self._restore_state(resume_from)
+        else:
+            seed_everything(cfg.seed * 1000 + self.rank)  # per-rank augmentation and dropout
+        self.flops_per_item = self._measure_flops()
+        self.train_module = self._wrap()
+
+    @property
+    def eval_rows(self) -> list[dict[str, Any]]:
+        """Every evaluation of the run so far (the rows of ``metrics.csv``)."""
+        return self.log.eval_rows
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def fit(self, until: int | None = None) -> dict[str, Any]:
+        """Train to step ``until`` (default ``train.steps``); returns the metrics and outputs.
+
+        The LR schedule always spans ``train.steps``: ``fit(until=n)`` pauses a run, and a
+        later ``fit()`` continues it (e.g. after growing it by hand with ``grow``).
+        """
+        cfg = self.cfg.train
+        until = cfg.steps if until is None else until
+        growth_at = {event.step: event for event in self.cfg.growth.schedule}
+        progress = tqdm(
+            total=until,
+            initial=self.step,
+            disable=not self.is_main,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        window_loss, window_items, window_start = [], 0, time.perf_counter()
+        while self.step < until:
+            if self.step in growth_at:
+                self.grow(growth_at[self.step].factor, growth_at[self.step].kinds)
+            loss, grad_norm, items = self._train_step()
+            self.step += 1
+            self.total_flops += items * self.world_size * self.flops_per_item
+            window_loss.append(loss)
+            window_items += items
+            lr = self.scheduler.get_last_lr()[0]
+            self.log.log_step(self.step, self.data.epoch, loss, lr, grad_norm)
+            if self.step % cfg.log_every == 0 or self.step == until:
+                rate = window_items * self.world_size / (time.perf_counter() - window_start)
+                recent = window_loss[-cfg.log_every :]
+                progress.set_postfix(
+                    loss=f"{sum(recent) / len(recent):.4f}",
+                    lr=f"{lr:.2e}",
+                    **{f"{self.task.unit}/s": f"{rate:.0f}"},
+                    GFLOPs=f"{rate * self.flops_per_item / 1e9:.1f}",
+                )
+                window_items, window_start = 0, time.perf_counter()
+            progress.update(1)
+            if self.step % cfg.eval_every == 0 or self.step == until:
+                self._evaluate_and_log(sum(window_loss) / len(window_loss))
+                window_loss = []
+            if self.step % cfg.checkpoint_every == 0 or self.step == until:
+                self._save()
+        progress.close()
+        plot = self.log.plot([e["step"] for e in self.growth_events if e["step"] > 0])
+        return {
+            "metrics": self.eval_rows[-1] if self.eval_rows else {},
+            "checkpoint": str(checkpoint.latest(self.ckpt_dir)),
+            "metrics_csv": str(self.run_dir / "metrics.csv"),
+            "plot": str(plot),
+        }
+
+    def _train_step(self) -> tuple[float, float, int]:
+        """One optimizer step over ``accum_steps`` micro-batches: (mean loss, grad norm, items)."""
+        accum = self.cfg.train.accum_steps
+        total_loss, items = torch.zeros((), device=self.device), 0
+        for micro in range(accum):
+            batch = to_device(next(self.data), self.device)
+            items += self.task.batch_items(batch)
+            # DDP all-reduces gradients only in the last micro-step of an accumulation.
+            sync = self.world_size == 1 or micro == accum - 1
+            with contextlib.nullcontext() if sync else self.train_module.no_sync():
+                with self._autocast():
+                    loss = self.task.training_loss(self.train_module, batch) / accum
+                loss.backward()
+            total_loss += loss.detach()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        clip = self.cfg.optim.grad_clip
+        grad_norm = nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        return mean_over_ranks(total_loss).item(), grad_norm.item(), items
+
+    def grow(self, factor: float, kinds: Sequence[str] = KINDS) -> dict[str, Any]:
+        """Grow the live model, its optimizer state and EMA; evaluate before and after.
+
+        Returns the record also written to ``growth.jsonl``: parameters before and after and the
+        validation metrics on both sides (equal for ``growth.init=exact``).
+        """
+        before = self._evaluate(self.model)
+        init = self.cfg.growth.init
+        report = grow_model(self.model, factor, kinds=kinds, init=init, optimizer=self.optimizer)
+        self.flops_per_item = self._measure_flops()
+        self.train_module = self._wrap()  # DDP's buckets were sized for the old parameters
+        if self.ema is not None:
+            ema_state = self.ema.module.state_dict()
+            self.ema.module = copy.deepcopy(self.model)
+            load_grown(self.ema.module, ema_state, init)
+        after = self._evaluate(self.model)
+        record = {"step": self.step, "factor": factor, **_report_fields(report)}
+        record.update(val_before=before, val_after=after)
+        self.growth_events.append(record)
+        self.log.log_growth(self.growth_events)
+        logger.info("step %d: %s; val before %s, after %s", self.step, report, before, after)
+        return record
+
+    # --- evaluation and checkpoints ---------------------------------------------------------
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        with self._autocast():
+            return self.task.evaluate(model, self.eval_loader)
+
+    def _evaluate_and_log(self, train_loss: float) -> None:
+        metrics = self._evaluate(self.ema.module if self.ema is not None else self.model)
+        self.log.log_evaluation(
+            {
+                "step": self.step,
+                "epoch": self.data.epoch,
+                "train/loss": train_loss,
+                "lr": self.scheduler.get_last_lr()[0],
+                "params": sum(p.numel() for p in self.model.parameters()),
+                "flops": self.total_flops,
+                **metrics,
+            }
+        )
+        logger.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    def _save(self) -> None:
+        per_rank = all_gather_objects({"rng": checkpoint.rng_state(), "data": self.data.position()})
+        if not self.is_main:
+            return
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "growth_events": self.growth_events,
+            "total_flops": self.total_flops,
+            "ranks": per_rank,
+        }
+        ema = self.ema.module if self.ema is not None else None
+        checkpoint.save(
+            self.ckpt_dir, self.step, self.model, state, ema, self.cfg.train.keep_checkpoints
+        )
+
+    # --- set-up steps -----------------------------------------------------------------------
+
+    def _resume_checkpoint(self) -> Path | None:
+        found = checkpoint.latest(self.ckpt_dir)
+        if found is not None and not self.cfg.resume:
+            raise ValueError(
+                f"{self.run_dir} already holds checkpoints ({found.name}); pass resume=true to "
+                "continue that run, or choose another run_dir"
+            )
+        if self.cfg.resume and found is None:
+            logger.warning("resume=true but %s has no checkpoint: starting fresh", self.ckpt_dir)
+        return found
+
+    def _warm_start(self, source: str) -> None:
+        report = load_grown(self.model, checkpoint.load_weights(source), self.cfg.growth.init)
+        logger.info("warm start from %s: %s", source, report)
+        self.growth_events.append({"step": 0, "from": source, **_report_fields(report)})
+
+    def _restore_state(self, path: Path) -> None:
+        """Everything but the model weights: EMA, optimizer, schedule, step, RNGs, data position."""
+        state = checkpoint.load_state(path)
+        if self.ema is not None:
+            checkpoint.load_model(self.ema.module, path / checkpoint.EMA_FILE)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.total_flops = state["step"], state["total_flops"]
+        self.growth_events = state["growth_events"]
+        ranks = state["ranks"]
+        if len(ranks) == self.world_size:
+            checkpoint.set_rng_state(ranks[self.rank]["rng"])
+            self.data = EpochBatches(self.train_loader, **ranks[self.rank]["data"])
+        else:
+            epoch = ranks[0]["data"]["epoch"] + 1
+            logger.warning(
+                "checkpoint written by %d processes, resuming with %d: data restarts at epoch %d",
+                *(len(ranks), self.world_size, epoch),
+            )
+            seed_everything(self.cfg.seed * 1000 + self.rank + self.step)
+            self.data = EpochBatches(self.train_loader, epoch=epoch)
+        self.log.resume(self.step)
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def _measure_flops(self) -> float:
+        """Training FLOPs per item (image, token) of the current model, on one validation item.
+
+        Measured on the bare model (DDP's hooks expect DDP's own forward). Every RNG is restored
+        afterwards: measuring must not shift what an exact resume replays.
+        """
+        batch = next(iter(self.eval_loader))
+        two = to_device({k: v[:2] for k, v in batch.items()}, self.device)  # even: mixup needs it
+        rng = checkpoint.rng_state()
+        flops = training_flops(self.model, lambda: self.task.training_loss(self.model, two))
+        checkpoint.set_rng_state(rng)
+        per_item = flops / self.task.batch_items(two)
+        logger.info("training FLOPs per %s: %.4g", self.task.unit, per_item)
+        return per_item
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast on CUDA (or when asked); fp32 otherwise."""
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.use_bf16)
+
+    def _wrap(self) -> nn.Module:
+        """The module the training step calls: DDP around the model under torchrun."""
+        if self.world_size == 1:
+            return self.model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids)
+
+
+def _report_fields(report: Any) -> dict[str, Any]:
+    return {
+        "params_before": report.params_before,
+        "params_after": report.params_after,
+        "layers": len(report.layers),
+    }

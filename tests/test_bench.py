@@ -43,3 +43,11 @@ def test_language_bench_matches_the_gpt_flops_and_measures_generation(tmp_path):
     text = (tmp_path / "bench.md").read_text()
     flops = re.findall(r"([\d.]+) GFLOPs per sequence", text)
     assert len(flops) == 2 and flops[0] == flops[1]  # equal FLOPs by construction, and counted
+
+
+def test_clip_eval_bench_measures_memory_of_both_ways(tmp_path):
+    rows = bench(tmp_path, "clip-eval", "--pairs", "300", "--full-matrix-pairs", "300")
+    methods = {row[1]: row for row in rows[1:]}
+    assert set(methods) == {"chunked (clip_metrics)", "whole N x N matrix"}
+    for row in methods.values():
+        assert row[0] == "300" and float(row[2]) >= 0 and float(row[3]) > 0

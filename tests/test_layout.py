@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -178,10 +179,14 @@ def test_source_tree_finder_maps_only_the_two_towers():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the sources (no stale ``build/`` of the checkout in it)."""
+    source = tmp_path_factory.mktemp("source") / "tokenformer-mm"
+    leftovers = (".*", "build", "dist", "runs", "outputs", "multirun", "*.egg-info", "__pycache__")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*leftovers))
     out = tmp_path_factory.mktemp("wheel")
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     result = subprocess.run(
-        [*build, "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=300
+        [*build, "-w", str(out), str(source)], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = out.glob("tokenformer_mm-*.whl")

@@ -122,6 +122,13 @@ def load_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a run draws from: Python, NumPy (timm's mixup), torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG a run draws from (Python, NumPy for timm's mixup, torch CPU and CUDA)."""
     np_state = np.random.get_state()

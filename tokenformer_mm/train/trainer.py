@@ -12,13 +12,11 @@ import contextlib
 import copy
 import logging
 import os
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -37,13 +35,6 @@ from .optim import build_optimizer
 from .tasks import Task
 
 logger = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    """Python, NumPy (timm's mixup draws from it) and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -87,7 +78,8 @@ class Trainer:
         if resume_from is not None:
             self._restore_state(resume_from)
         else:
-            seed_everything(cfg.seed * 1000 + self.rank)  # per-rank augmentation and dropout
+            # per-rank augmentation and dropout
+            checkpoint.seed_everything(cfg.seed * 1000 + self.rank)
         self.flops_per_item = self._measure_flops()
         self.train_module = self._wrap()
 
@@ -272,7 +264,7 @@ class Trainer:
                 "checkpoint written by %d processes, resuming with %d: data restarts at epoch %d",
                 *(len(ranks), self.world_size, epoch),
             )
-            seed_everything(self.cfg.seed * 1000 + self.rank + self.step)
+            checkpoint.seed_everything(self.cfg.seed * 1000 + self.rank + self.step)
             self.data = EpochBatches(self.train_loader, epoch=epoch)
         self.log.resume(self.step)
         logger.info("resumed from %s at step %d", path, self.step)

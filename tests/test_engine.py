@@ -145,6 +145,8 @@ def test_warmup_cosine_schedule():
         (["train.batch_size=0"], "train.batch_size must be positive"),
         (["train.precision=fp16"], "train.precision must be one of"),
         (["growth.schedule=[{step: 5000, factor: 2}]"], "growth.schedule steps"),
+        (["growth.schedule=[{step: 5, factor: 2, kinds: [mlp]}]"], "growth.schedule kinds"),
+        (["growth.init=random"], "growth.init must be one of"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, overrides, message):

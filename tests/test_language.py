@@ -288,3 +288,29 @@ def test_generate_script_from_a_run_and_from_an_official_file(tmp_path):
     torch.save(official_state(config), tmp_path / "official.bin")
     out = run([*generate, str(tmp_path / "official.bin"), "--official", "--tokenizer", "byte"])
     assert out.stdout.strip().endswith("-" * 40)
+
+
+def test_rotary_tables_are_made_once_per_forward_by_the_model(monkeypatch):
+    """The LM makes the tables once per forward (and per decoding step); no block makes its own."""
+    import tokenformer_mm.block
+    import tokenformer_mm.language.model
+
+    made = []
+    real = tokenformer_mm.language.model.rotary_tables
+
+    def counted(positions, *args):
+        made.append(positions.tolist())
+        return real(positions, *args)
+
+    def forbidden(*args):
+        raise AssertionError("a block made its own rotary tables")
+
+    monkeypatch.setattr(tokenformer_mm.language.model, "rotary_tables", counted)
+    monkeypatch.setattr(tokenformer_mm.block, "rotary_tables", forbidden)
+    model = tiny_lm().eval()
+    assert len(model.blocks) == 2
+    model(torch.randint(0, 320, (2, 5)))
+    assert made == [[0, 1, 2, 3, 4]]
+    made.clear()
+    model.generate(torch.randint(0, 320, (1, 3)), max_new_tokens=3)
+    assert made == [[0, 1, 2], [3], [4]]  # the prompt, then one new position per step

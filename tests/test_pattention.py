@@ -8,7 +8,7 @@ from tokenformer_mm.pattention import official_pattention
 
 
 def reference_theta(scores: torch.Tensor, norm: str, n: int, eps: float = 1e-5) -> torch.Tensor:
-    """theta(s) written from DESIGN §1 in float64, independently of the library."""
+    """theta(s) written from docs/design.md in float64, independently of the library."""
     s = scores.double()
     tau = math.sqrt(n)
 

@@ -12,6 +12,9 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from ..growth import INITS
+from ..pattention import KINDS
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -35,7 +38,7 @@ class GrowthEvent:
 
     step: int = MISSING
     factor: float = MISSING
-    kinds: list[str] = field(default_factory=lambda: ["qkv", "proj", "ffn"])
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
 
 
 @dataclass
@@ -44,7 +47,7 @@ class GrowthConfig:
 
     schedule: list[GrowthEvent] = field(default_factory=list)
     init_from: str | None = None  # a checkpoint directory (or model.safetensors) of a smaller run
-    init: str = "exact"  # "exact" or "official", as in grow_model
+    init: str = "exact"  # one of growth.INITS, as in grow_model
 
 
 @dataclass
@@ -98,8 +101,8 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"optim.warmup_steps must be >= 0, got {optim.warmup_steps}")
     if train.ema_decay is not None and not 0 < train.ema_decay < 1:
         raise ValueError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
-    if growth.init not in ("exact", "official"):
-        raise ValueError(f"growth.init must be 'exact' or 'official', got {growth.init!r}")
+    if growth.init not in INITS:
+        raise ValueError(f"growth.init must be one of {INITS}, got {growth.init!r}")
     steps = [event.step for event in growth.schedule]
     if steps != sorted(set(steps)) or any(not 0 < s < train.steps for s in steps):
         raise ValueError(
@@ -109,3 +112,9 @@ def validate(cfg: Any) -> None:
     for event in growth.schedule:
         if event.factor <= 1:
             raise ValueError(f"growth.schedule factors must be > 1, got {event.factor}")
+        unknown = [kind for kind in event.kinds if kind not in KINDS]
+        if unknown or not event.kinds:
+            raise ValueError(
+                f"growth.schedule kinds must be a non-empty subset of {KINDS}, got "
+                f"{list(event.kinds)} at step {event.step}"
+            )

@@ -197,3 +197,17 @@ def test_chunked_clip_metrics_equal_the_full_matrix(chunk_size):
     for key in ("val/zeroshot_top1", "val/i2t_r1", "val/t2i_r1"):
         assert got[key] == expected[key], key  # argmax of the same scores: identical
     assert 0 < got["val/i2t_r1"] < 100 and 0 < got["val/t2i_r1"] < 100
+
+
+def test_a_grown_checkpoint_loads_back_through_open_clip(tmp_path):
+    model = open_clip.create_model("TokenformerCLIP-micro").eval()
+    grow_model(model, factor=2)
+    path = tmp_path / "grown.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    loaded = open_clip.create_model("TokenformerCLIP-micro", pretrained=str(path)).eval()
+    assert loaded.text.blocks[0].ffn.num_tokens == model.text.blocks[0].ffn.num_tokens == 768
+    images = torch.randn(2, 3, 32, 32)
+    tokens = open_clip.get_tokenizer("TokenformerCLIP-micro")(["a", "b"])
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), model.encode_image(images))
+        assert torch.equal(loaded.encode_text(tokens), model.encode_text(tokens))

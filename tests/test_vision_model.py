@@ -171,13 +171,40 @@ def test_grow_model_is_exact_on_the_vision_tower():
     assert sum(p.numel() for p in model.parameters()) == params + report.added_params
 
 
+def timm_fx_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The fx feature extractor timm's own model tests build (its leaf modules and functions)."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    tracer_kwargs = dict(
+        leaf_modules=get_notrace_modules(),
+        autowrap_functions=get_notrace_functions(),
+        param_shapes_constant=True,
+    )
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    return create_feature_extractor(
+        model,
+        train_return_nodes=[train_nodes[-1]],
+        eval_return_nodes=[eval_nodes[-1]],
+        tracer_kwargs=tracer_kwargs,
+    )
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-def test_torchscript_and_fx():
-    model = tiny()
-    x = torch.randn(1, 3, 64, 64)
-    torch.testing.assert_close(torch.jit.script(model)(x), model(x))
-    traced = torch.fx.symbolic_trace(model)
-    torch.testing.assert_close(traced(x), model(x))
+@pytest.mark.parametrize("size", [32, 64])  # 32: the small layers take the plain path eagerly
+def test_torchscript_fx_and_fx_torchscript_as_timm_tests_them(size):
+    """timm's test_model_forward_torchscript / _fx / _fx_torchscript, on our family's shape."""
+    model = tiny(img_size=size).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        expected = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected)
+        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), expected)
+        fx_model = timm_fx_model(model)
+        (fx_out,) = fx_model(x).values()
+        assert torch.equal(fx_out, expected)  # timm asserts equality, not closeness
+        (scripted_out,) = torch.jit.script(fx_model)(x).values()
+        torch.testing.assert_close(scripted_out, expected)
 
 
 def test_dynamic_img_size_and_set_input_size():
@@ -211,3 +238,20 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(x).sum().backward()
     for grad, p in zip(expected, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, grad)
+
+
+def test_a_grown_checkpoint_loads_through_timm_by_file(tmp_path):
+    """timm's own loading path (pretrained + file overlay) rebuilds a grown model exactly."""
+    model = timm.create_model("tokenformer_micro_patch4_32").eval()
+    grow_model(model, factor=2)
+    with torch.no_grad():
+        model.blocks[0].ffn.key_tokens[-1].normal_()  # the grown tokens carry trained weights
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    loaded = timm.create_model(
+        "tokenformer_micro_patch4_32", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+    ).eval()
+    assert loaded.blocks[0].ffn.num_tokens == model.blocks[0].ffn.num_tokens == 768
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -19,8 +19,6 @@ traffic: about twenty reads or writes of ``[tokens, n]`` per forward + backward 
 docs/benchmarks.md).
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -156,6 +154,7 @@ class PattentionFunction(torch.autograd.Function):
         return grad_x, None, None, None, *grad_keys, *grad_values
 
 
+@torch.jit.ignore  # an fx graph calls it as one node; TorchScript of that graph calls back here
 def fused_pattention(
     x: torch.Tensor,
     keys: list[torch.Tensor],
@@ -163,7 +162,7 @@ def fused_pattention(
     tau: torch.Tensor,
     norm: str,
     eps: float,
-) -> tuple[torch.Tensor, ...]:
+) -> list[torch.Tensor]:
     """Run Pattentions sharing the input ``x`` through ``PattentionFunction``.
 
     Under autocast the inputs are cast once to the autocast dtype (what autocast does to a
@@ -176,5 +175,5 @@ def fused_pattention(
         keys = [k.to(dtype) for k in keys]
         values = [v.to(dtype) for v in values]
         with torch.autocast(device_type, enabled=False):
-            return PattentionFunction.apply(x, tau, norm, eps, *keys, *values)
-    return PattentionFunction.apply(x, tau, norm, eps, *keys, *values)
+            return list(PattentionFunction.apply(x, tau, norm, eps, *keys, *values))
+    return list(PattentionFunction.apply(x, tau, norm, eps, *keys, *values))

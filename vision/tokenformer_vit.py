@@ -10,8 +10,6 @@ The model exposes timm's model API, so every timm tool (``create_model``, ``feat
     model = timm.create_model("tokenformer_base_patch16_224", num_classes=10)
 """
 
-from __future__ import annotations
-
 import logging
 from typing import Any
 
@@ -23,6 +21,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from tokenformer_mm.block import TokenformerBlock
+from tokenformer_mm.growth import match_token_counts
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +297,9 @@ def checkpoint_filter_fn(
 
     Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` and ``module.`` (DDP) prefixes, resamples
     the position embedding to the model's grid and the patch embedding to its patch size, and
-    drops the head when the class count differs (or the model has no head).
+    drops the head when the class count differs (or the model has no head). A checkpoint of a
+    model that grew has more parameter tokens than the registered size: the model's Pattention
+    layers are resized to the checkpoint's token counts, so it loads as it was saved.
     """
     for wrapper in ("model", "state_dict"):
         if isinstance(state_dict.get(wrapper), dict):
@@ -321,6 +322,9 @@ def checkpoint_filter_fn(
             logger.info("dropping %s %s: the model's head differs", key, tuple(value.shape))
             continue
         out[key] = value
+    resized = match_token_counts(model, out)
+    if resized:
+        logger.info("resized %d Pattention layers to the checkpoint's token counts", resized)
     return out
 
 

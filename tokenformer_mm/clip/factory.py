@@ -1,15 +1,18 @@
-"""open_clip has no plug-in point for a text tower: the two wrappers that give it one.
+"""open_clip has no plug-in point for a text tower: the wrappers that give it one.
 
-Each wrapper acts on Tokenformer configs only and leaves every other model as open_clip builds
-it: the text-tower builder (a ``"tokenformer": true`` text config builds our encoder) and the
+Each wrapper acts on Tokenformer models only and leaves every other model as open_clip builds
+it: the text-tower builder (a ``"tokenformer": true`` text config builds our encoder), the
 preprocessing setter (our image mean/std, from the timm config, replace OpenAI's defaults; an
-explicit ``image_mean`` / ``image_std`` still wins). ``register`` installs them once and adds the
-JSON model configs of ``configs/``, as open_clip keeps its own.
+explicit ``image_mean`` / ``image_std`` still wins) and the checkpoint converter (a checkpoint of
+a model that grew resizes the model's Pattention layers to its token counts, so
+``create_model(name, pretrained=file)`` loads it as saved). ``register`` installs them once and
+adds the JSON model configs of ``configs/``, as open_clip keeps its own.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,12 @@ import open_clip.model
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from ..growth import match_token_counts
+from ..pattention import Pattention
 from ..vision import TokenformerViT
 from .text_tower import TokenformerTextEncoder
 
+logger = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -54,6 +60,20 @@ def _preprocess_setter(set_cfg: Any) -> Any:
     return set_model_preprocess_cfg
 
 
+def _checkpoint_converter(convert: Any) -> Any:
+    @functools.wraps(convert)
+    def convert_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict = convert(model, state_dict)
+        if any(isinstance(m, Pattention) for m in model.modules()):
+            resized = match_token_counts(model, state_dict)
+            if resized:
+                logger.info("resized %d Pattention layers to the checkpoint", resized)
+        return state_dict
+
+    convert_state_dict.tokenformer = True
+    return convert_state_dict
+
+
 def register() -> list[str]:
     """Register the Tokenformer CLIP configs with open_clip (idempotent); returns their names."""
     if not getattr(open_clip.model._build_text_tower, "tokenformer", False):
@@ -61,6 +81,10 @@ def register() -> list[str]:
     if not getattr(open_clip.factory.set_model_preprocess_cfg, "tokenformer", False):
         open_clip.factory.set_model_preprocess_cfg = _preprocess_setter(
             open_clip.factory.set_model_preprocess_cfg
+        )
+    if not getattr(open_clip.factory.convert_state_dict, "tokenformer", False):
+        open_clip.factory.convert_state_dict = _checkpoint_converter(
+            open_clip.factory.convert_state_dict
         )
     open_clip.add_model_config(CONFIG_DIR)
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))

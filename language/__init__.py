@@ -5,6 +5,12 @@ The model, the released official checkpoints and the tokenizers are here; the te
 are imported where they are used.
 """
 
+if not __name__.startswith("tokenformer_mm."):  # e.g. ``import language`` from the repository root
+    raise ImportError(
+        f"this folder installs as tokenformer_mm.language; import that, not {__name__!r}: a "
+        "second copy of the tower would register its own classes with timm"
+    )
+
 from .model import CONFIGS, LMConfig, TokenformerLM, lm_config
 from .official import load_official
 from .tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer

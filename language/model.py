@@ -8,15 +8,25 @@ its own. The rotary tables are made once per forward here and passed to every bl
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, replace
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tokenformer_mm.block import TokenformerBlock
+from tokenformer_mm.growth import match_token_counts
 from tokenformer_mm.rotary import Rotary, rotary_dims, rotary_tables
+
+IGNORE_INDEX = -100  # targets not scored (PyTorch's and Hugging Face's default)
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -62,9 +72,18 @@ def lm_config(name: str, **overrides: object) -> LMConfig:
 
 
 class TokenformerLM(nn.Module):
+    """A causal Tokenformer LM with nanoGPT's interface and Hugging Face's loading habits.
+
+    ``model(tokens, targets)`` returns ``(logits, loss)``; ``generate`` decodes batched prompts
+    (left-padded, with ``attention_mask``) with a KV cache, cropping to the last
+    ``context_length`` tokens once a sequence outgrows it; ``save_pretrained`` /
+    ``from_pretrained`` write and read a directory with ``config.json`` + ``model.safetensors``.
+    """
+
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
         self.config = config
+        self.grad_checkpointing = False
         self.embed = nn.Embedding(config.vocab_size, config.dim)
         self.blocks = nn.ModuleList(
             TokenformerBlock(
@@ -87,43 +106,139 @@ class TokenformerLM(nn.Module):
         self.rotary_dims = rotary_dims(config.dim // config.num_heads, config.rotary_pct)
         nn.init.normal_(self.embed.weight, std=0.02)
 
-    def _rotary(self, start: int, length: int, device: torch.device) -> Rotary | None:
-        """The rotary tables of positions ``start .. start + length - 1``, for every block."""
+    # --- the forward pass -------------------------------------------------------------------
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        all_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, loss), as nanoGPT's ``forward(idx, targets)``.
+
+        Args:
+            tokens: (B, T) token ids, at most ``context_length`` of them.
+            targets: (B, T) the next token of each position, ``IGNORE_INDEX`` where not scored.
+                Given: logits of every position (B, T, vocab) and the mean cross-entropy.
+                None: the logits of the last position only (B, 1, vocab), loss None.
+            attention_mask: (B, T) 1 for real tokens, 0 for padding (left padding for batched
+                prompts); positions count real tokens only, padded keys are never attended.
+            all_logits: the logits of every position even without targets (scoring).
+        """
+        self._check_length(tokens.shape[1])
+        x = self._hidden(tokens, attention_mask, past_len=0)
+        if targets is None and not all_logits:
+            x = x[:, -1:]  # (B, 1, C): generation needs the last position only
+        logits = F.linear(x, self.embed.weight)  # tied output embedding
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+        )
+        return logits, loss
+
+    def forward_cached(
+        self,
+        tokens: torch.Tensor,
+        cache: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Logits (B, T, vocab) of ``tokens`` continuing the sequence in ``cache``, the new cache.
+
+        ``attention_mask``, if given, covers the cached and the new tokens: (B, P + T).
+        """
+        past_len = 0 if cache is None else cache[0][0].shape[2]
+        self._check_length(past_len + tokens.shape[1])
+        present: list[tuple[torch.Tensor, torch.Tensor]] = []
+        x = self._hidden(tokens, attention_mask, past_len, cache, present)
+        return F.linear(x, self.embed.weight), present
+
+    def _hidden(
+        self,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_len: int,
+        cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        present: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """The final-normed hidden states (B, T, C); with ``present``, through the KV cache."""
+        if attention_mask is not None and attention_mask.shape != (
+            tokens.shape[0],
+            past_len + tokens.shape[1],
+        ):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                f"{(tokens.shape[0], past_len + tokens.shape[1])} (batch, cached + new tokens)"
+            )
+        padding = None if attention_mask is None else attention_mask.bool()
+        rotary = self._rotary(attention_mask, past_len, tokens.shape[1], tokens.device)
+        x = self.embed(tokens)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            if present is not None:
+                past = None if cache is None else cache[i]
+                x, kv = block.forward_cached(x, past, key_padding_mask=padding, rotary=rotary)
+                present.append(kv)
+            elif self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, padding, rotary, use_reentrant=False)
+            else:
+                x = block(x, key_padding_mask=padding, rotary=rotary)
+        return self.norm(x)
+
+    def _rotary(
+        self, attention_mask: torch.Tensor | None, past_len: int, length: int, device: torch.device
+    ) -> Rotary | None:
+        """The rotary tables of the new tokens' positions, made once for every block.
+
+        Without a mask the positions are ``past_len ..``; with one, each sequence counts its
+        real tokens, so a left-padded prompt starts at position 0 like an unpadded one.
+        """
         if self.rotary_dims == 0:
             return None
-        positions = torch.arange(start, start + length, device=device)
-        return rotary_tables(positions, self.rotary_dims, self.config.rotary_base)
+        if attention_mask is None:
+            positions = torch.arange(past_len, past_len + length, device=device)
+            return rotary_tables(positions, self.rotary_dims, self.config.rotary_base)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past_len:]  # (B, T)
+        cos, sin = rotary_tables(positions.flatten(), self.rotary_dims, self.config.rotary_base)
+        shape = (positions.shape[0], 1, positions.shape[1], self.rotary_dims)  # broadcast on heads
+        return cos.view(shape), sin.view(shape)
 
     def _check_length(self, length: int) -> None:
         if length > self.config.context_length:
             raise ValueError(
                 f"sequence of {length} tokens is longer than the model's context of "
-                f"{self.config.context_length}; shorten it or build the model with a longer "
-                "context_length"
+                f"{self.config.context_length}; shorten it, or build the model with a longer "
+                "context_length (generate crops to the context by itself)"
             )
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab) logits."""
-        self._check_length(tokens.shape[1])
-        x = self.embed(tokens)  # (B, T, C)
-        rotary = self._rotary(0, tokens.shape[1], tokens.device)
-        for block in self.blocks:
-            x = block(x, rotary=rotary)
-        return F.linear(self.norm(x), self.embed.weight)  # tied output embedding
+    # --- nanoGPT's and Hugging Face's habits -------------------------------------------------
 
-    def forward_cached(
-        self, tokens: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]] | None
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Logits of ``tokens`` (B, T) continuing the sequence in ``cache``, and the new cache."""
-        past_len = 0 if cache is None else cache[0][0].shape[2]
-        self._check_length(past_len + tokens.shape[1])
-        x = self.embed(tokens)
-        rotary = self._rotary(past_len, tokens.shape[1], tokens.device)
-        present = []
-        for i, block in enumerate(self.blocks):
-            x, kv = block.forward_cached(x, None if cache is None else cache[i], rotary=rotary)
-            present.append(kv)
-        return F.linear(self.norm(x), self.embed.weight), present
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of keeping its activations (training only)."""
+        self.grad_checkpointing = enable
+
+    def crop_block_size(self, context_length: int) -> None:
+        """Shorten the context (nanoGPT's model surgery); rotary needs no table to crop."""
+        if not 0 < context_length <= self.config.context_length:
+            raise ValueError(
+                f"context_length must be in (0, {self.config.context_length}] to crop, got "
+                f"{context_length}"
+            )
+        self.config = replace(self.config, context_length=context_length)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write ``config.json`` (the current token counts) and ``model.safetensors``."""
+        return save_pretrained(self, directory, overwrite)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike) -> TokenformerLM:
+        """A model from ``save_pretrained``'s directory, or a Hugging Face Hub repo id."""
+        return from_pretrained(cls, name_or_path)
+
+    # --- generation -------------------------------------------------------------------------
 
     @torch.no_grad()
     def generate(
@@ -136,41 +251,103 @@ class TokenformerLM(nn.Module):
         stop_token: int | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Continue ``tokens`` (B, T) by up to ``max_new_tokens``; (B, T + new) ids.
 
         ``temperature=0`` is greedy. ``top_k`` keeps the k likeliest tokens, ``top_p`` the
         smallest set whose probability reaches p. Generation stops early once every sequence has
-        produced ``stop_token`` (later positions of finished sequences repeat it).
+        produced ``stop_token`` (later positions of finished sequences repeat it). Prompts of
+        different lengths go in one batch left-padded, ``attention_mask`` (B, T) marking the real
+        tokens. Past ``context_length`` the model sees the last ``context_length`` tokens (the
+        cache is dropped and the window recomputed each step, as nanoGPT crops).
         """
         if max_new_tokens < 0 or temperature < 0:
             raise ValueError(f"need max_new_tokens >= 0 and temperature >= 0, got "
                              f"{max_new_tokens} and {temperature}")  # fmt: skip
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        self._check_length(tokens.shape[1] + max_new_tokens - 1)  # the last one is never fed
+        if attention_mask is not None and attention_mask.shape != tokens.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected the tokens' "
+                f"{tuple(tokens.shape)}"
+            )
         was_training = self.training
         self.eval()
+        context = self.config.context_length
+        mask = attention_mask
         cache, step_input = None, tokens
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for _ in range(max_new_tokens):
-            if use_cache:
-                logits, cache = self.forward_cached(step_input, cache)
-            else:
-                logits = self(tokens)
+            if use_cache and tokens.shape[1] <= context:
+                logits, cache = self.forward_cached(step_input, cache, attention_mask=mask)
+            else:  # no cache, or past the context: the last `context` tokens, recomputed
+                window_mask = None if mask is None else mask[:, -context:]
+                logits, _ = self(tokens[:, -context:], attention_mask=window_mask)
             next_token = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)
             if stop_token is not None:
                 next_token = torch.where(finished, stop_token, next_token)
                 finished |= next_token == stop_token
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             step_input = next_token[:, None]
             if stop_token is not None and finished.all():
                 break
         self.train(was_training)
         return tokens
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+
+def save_pretrained(model: TokenformerLM, directory: str | os.PathLike, overwrite: bool) -> Path:
+    directory = Path(directory)
+    existing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (directory / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{directory} already holds {', '.join(existing)}; pass overwrite=True to replace "
+            "them, or choose another directory"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    block = model.blocks[0]  # a model that grew saves its grown sizes
+    config = replace(
+        model.config,
+        qkv_tokens=block.q.num_tokens,
+        proj_tokens=block.proj.num_tokens,
+        ffn_tokens=block.ffn.num_tokens,
+    )
+    (directory / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    safetensors.torch.save_file(tensors, str(directory / WEIGHTS_FILE))
+    return directory
+
+
+def from_pretrained(cls: type[TokenformerLM], name_or_path: str | os.PathLike) -> TokenformerLM:
+    directory = Path(name_or_path)
+    if not directory.is_dir():
+        if directory.exists() or str(name_or_path).count("/") != 1:
+            raise FileNotFoundError(
+                f"{name_or_path} is neither a directory written by save_pretrained (config.json "
+                "+ model.safetensors) nor a Hugging Face Hub repo id ('owner/name')"
+            )
+        from huggingface_hub import snapshot_download
+
+        directory = Path(
+            snapshot_download(str(name_or_path), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE])
+        )
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(
+                f"{directory / name} is missing; from_pretrained reads a directory written by "
+                "save_pretrained (released official checkpoints load with load_official)"
+            )
+    saved = json.loads((directory / CONFIG_FILE).read_text())
+    unknown = sorted(set(saved) - {field.name for field in fields(LMConfig)})
+    if unknown:
+        raise ValueError(f"{directory / CONFIG_FILE} has unknown LMConfig fields {unknown}")
+    model = cls(LMConfig(**saved))
+    weights = safetensors.torch.load_file(str(directory / WEIGHTS_FILE))
+    match_token_counts(model, weights)  # per-layer counts, should growth have been uneven
+    model.load_state_dict(weights)
+    return model
 
 
 def sample_next(

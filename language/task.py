@@ -10,15 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tokenformer_mm.distributed import sum_over_ranks
 from tokenformer_mm.shards import run_shards
-from tokenformer_mm.train.distributed import sum_over_ranks
 
 from .data import text_eval_loader, text_train_loader
-from .model import TokenformerLM, lm_config
+from .model import IGNORE_INDEX, TokenformerLM, lm_config
 from .sources import ensure_pydoc_shards
 from .tokenizer import load_tokenizer
-
-IGNORE = -100
 
 
 def block_targets(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,7 +24,7 @@ def block_targets(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = batch["tokens"]
     inputs, targets = tokens[:, :-1], tokens[:, 1:].clone()
     positions = torch.arange(targets.shape[1], device=tokens.device)
-    targets[positions[None, :] >= batch["length"][:, None] - 1] = IGNORE
+    targets[positions[None, :] >= batch["length"][:, None] - 1] = IGNORE_INDEX
     return inputs, targets
 
 
@@ -75,8 +73,7 @@ class LanguageModelingTask:
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         inputs, targets = block_targets(batch)
-        logits = model(inputs)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        return model(inputs, targets)[1]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
@@ -87,11 +84,11 @@ class LanguageModelingTask:
         count = torch.zeros((), dtype=torch.float64, device=device)
         for batch in loader:
             inputs, targets = block_targets({k: v.to(device) for k, v in batch.items()})
-            logits = model(inputs).float()
+            logits = model(inputs, targets)[0].float()
             loss += F.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+                logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
             )
-            count += (targets != IGNORE).sum()
+            count += (targets != IGNORE_INDEX).sum()
         model.train(was_training)
         loss, count = sum_over_ranks({"loss": loss, "count": count}).values()
         if count == 0:

@@ -519,12 +519,20 @@ class GPT(torch.nn.Module):
                 )
                 torch.nn.init.normal_(p, std=std)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """nanoGPT's (logits, loss): every position's logits with targets, else the last's."""
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         x = self.wte(tokens) + self.wpe(positions)
         for block in self.blocks:
             x = block(x)
-        return torch.nn.functional.linear(self.ln_f(x), self.wte.weight)
+        x = self.ln_f(x) if targets is not None else self.ln_f(x[:, -1:])
+        logits = torch.nn.functional.linear(x, self.wte.weight)
+        if targets is None:
+            return logits, None
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
 
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, top_k: int) -> torch.Tensor:
@@ -532,7 +540,7 @@ class GPT(torch.nn.Module):
         from tokenformer_mm.language.model import sample_next
 
         for _ in range(max_new_tokens):
-            logits = self(tokens[:, -self.context :])
+            logits, _ = self(tokens[:, -self.context :])
             tokens = torch.cat([tokens, sample_next(logits[:, -1], 1.0, top_k, None)[:, None]], 1)
         return tokens
 
@@ -571,11 +579,8 @@ def bench_language(args: argparse.Namespace) -> None:
         model.to(device)
 
         def loss(model: torch.nn.Module = model, batch: slice = slice(None)) -> torch.Tensor:
-            with autocast:
-                logits = model(tokens[batch, :-1])
-            return torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1).float(), tokens[batch, 1:].flatten()
-            )
+            with autocast:  # both models: nanoGPT's forward(idx, targets) -> (logits, loss)
+                return model(tokens[batch, :-1], tokens[batch, 1:])[1]
 
         flops[name] = training_flops(model, lambda m=model: loss(m, slice(0, 1)))
         steps[name] = adamw_step(model, lambda m=model: loss(m))
@@ -726,7 +731,7 @@ def main(argv: list[str] | None = None) -> None:
     vis.add_argument("--repeats", type=int, default=8)
     vis.set_defaults(run=bench_vision)
     lang = commands.add_parser("language", help="LM training and generation throughput")
-    lang.add_argument("--model", default="small", help="a name in language.model.CONFIGS")
+    lang.add_argument("--model", default="small", help="a name in tokenformer_mm.language.CONFIGS")
     lang.add_argument("--batch-size", type=int, default=16)
     lang.add_argument("--seq-len", type=int, default=256)
     lang.add_argument("--repeats", type=int, default=10)

@@ -3,7 +3,7 @@
     python scripts/train_tokenizer.py corpus/*.txt tokenizer.json --vocab-size 32000
 
 The end-of-text token ``<|endoftext|>`` is id 0; load the result with
-``language.load_tokenizer("tokenizer.json")`` or ``data.tokenizer=tokenizer.json``.
+``tokenformer_mm.language.load_tokenizer("tokenizer.json")`` or ``data.tokenizer=tokenizer.json``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from .engine_utils import run
 
 SCRIPT = """
 import pathlib, sys, torch, torch.distributed as dist
-from tokenformer_mm.train.distributed import (
+from tokenformer_mm.distributed import (
     broadcast_from_main, gather_rows_to_main, setup_distributed, sum_over_ranks,
 )
 rank, world, _ = setup_distributed("cpu")

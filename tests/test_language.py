@@ -1,3 +1,4 @@
+import json
 import math
 import sys
 
@@ -20,11 +21,15 @@ from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import Trainer, build_task
 
 from .conftest import assert_same_function
-from .engine_utils import compose_config, run
+from .engine_utils import compose_config, run, step_losses
 
 
 def tiny_lm(**overrides) -> TokenformerLM:
     return TokenformerLM(lm_config("tiny", **overrides)).eval()
+
+
+def all_logits(model: TokenformerLM, tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+    return model(tokens, all_logits=True, **kwargs)[0]
 
 
 def test_logits_at_t_ignore_later_tokens():
@@ -32,14 +37,16 @@ def test_logits_at_t_ignore_later_tokens():
     tokens = torch.randint(0, 320, (2, 20))
     changed = tokens.clone()
     changed[:, 12:] = torch.randint(0, 320, (2, 8))
-    torch.testing.assert_close(model(tokens)[:, :12], model(changed)[:, :12])
-    assert not torch.allclose(model(tokens)[:, 12:], model(changed)[:, 12:])
+    torch.testing.assert_close(
+        all_logits(model, tokens)[:, :12], all_logits(model, changed)[:, :12]
+    )
+    assert not torch.allclose(all_logits(model, tokens)[:, 12:], all_logits(model, changed)[:, 12:])
 
 
 def test_kv_cache_decoding_equals_full_forward_step_by_step():
     model = tiny_lm()
     tokens = torch.randint(0, 320, (2, 24))
-    full = model(tokens)
+    full = all_logits(model, tokens)
     logits, cache = model.forward_cached(tokens[:, :5], None)
     torch.testing.assert_close(logits, full[:, :5], atol=1e-5, rtol=0)
     for t in range(5, 24):
@@ -47,13 +54,19 @@ def test_kv_cache_decoding_equals_full_forward_step_by_step():
         torch.testing.assert_close(logits[:, 0], full[:, t], atol=1e-5, rtol=0)
 
 
-def test_too_long_sequences_name_both_lengths():
+def test_too_long_inputs_name_both_lengths_and_generation_crops_to_the_context():
     model = tiny_lm()
     with pytest.raises(ValueError, match="65 tokens is longer than the model's context of 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
-    with pytest.raises(ValueError, match="69 tokens"):
-        model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=60)
-    assert model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=55).shape[1] == 65
+    prompt = torch.randint(0, 320, (2, 10))
+    long = model.generate(prompt, max_new_tokens=70, temperature=0)
+    assert long.shape == (2, 80) and torch.equal(
+        long, model.generate(prompt, 70, 0, use_cache=False)
+    )
+    # every token past the context was predicted from the last 64 tokens alone (nanoGPT's crop)
+    for t in (64, 71, 79):
+        window = long[:, t - 64 : t]
+        assert torch.equal(model(window)[0][:, -1].argmax(-1), long[:, t])
 
 
 def test_generation_greedy_cache_stop_and_filters():
@@ -140,7 +153,7 @@ def test_load_official_matches_an_independent_reference(tmp_path):
     assert model.blocks[0].ffn.tau.item() == pytest.approx(math.sqrt(48))
     tokens = torch.randint(0, config.vocab_size, (2, 17))
     expected = reference_forward(state, tokens, depth=3, heads=4)
-    torch.testing.assert_close(model(tokens).double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(all_logits(model, tokens).double(), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_load_official_150m_shapes_build_the_official_config():
@@ -165,15 +178,15 @@ def test_growth_of_the_lm_is_exact_and_the_grown_lm_trains():
     model = tiny_lm()
     tokens = torch.randint(0, 320, (4, 33))
     with torch.no_grad():  # growth resizes parameters in place: no graph may outlive it
-        before = model(tokens)
+        before = all_logits(model, tokens)
     report = grow_model(model, factor=2)
     assert report.added_params > 0
-    assert_same_function(model(tokens), before)
+    assert_same_function(all_logits(model, tokens), before)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(8):
-        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -314,3 +327,122 @@ def test_rotary_tables_are_made_once_per_forward_by_the_model(monkeypatch):
     made.clear()
     model.generate(torch.randint(0, 320, (1, 3)), max_new_tokens=3)
     assert made == [[0, 1, 2], [3], [4]]  # the prompt, then one new position per step
+
+
+def test_forward_returns_logits_and_loss_like_nanogpt():
+    model = tiny_lm()
+    tokens = torch.randint(0, 320, (2, 12))
+    logits, loss = model(tokens)
+    assert logits.shape == (2, 1, 320) and loss is None  # inference: the last position only
+    targets = tokens.roll(-1, dims=1)
+    targets[:, -1] = -100  # IGNORE_INDEX: not scored
+    logits_all, loss = model(tokens, targets)
+    assert logits_all.shape == (2, 12, 320)
+    torch.testing.assert_close(logits, logits_all[:, -1:])
+    expected = F.cross_entropy(logits_all[:, :-1].flatten(0, 1), targets[:, :-1].flatten())
+    torch.testing.assert_close(loss, expected)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    model = tiny_lm().train()
+    tokens = torch.randint(0, 320, (2, 16))
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad(set_to_none=True)
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_crop_block_size_shortens_the_context():
+    model = tiny_lm()
+    model.crop_block_size(32)
+    assert model.config.context_length == 32
+    with pytest.raises(ValueError, match="33 tokens is longer than the model's context of 32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"context_length must be in \(0, 32\]"):
+        model.crop_block_size(64)
+
+
+def left_pad(prompts: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), width), pad)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        tokens[i, width - len(prompt) :], mask[i, width - len(prompt) :] = prompt, 1
+    return tokens, mask
+
+
+def test_left_padded_forward_equals_each_prompt_alone():
+    model = tiny_lm()
+    prompts = [torch.randint(0, 320, (n,)) for n in (3, 9, 6)]
+    tokens, mask = left_pad(prompts)
+    batched = all_logits(model, tokens, attention_mask=mask)
+    for i, prompt in enumerate(prompts):
+        alone = all_logits(model, prompt[None])[0]
+        torch.testing.assert_close(batched[i, -len(prompt) :], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batched_generation_with_attention_mask_equals_one_by_one(use_cache):
+    model = tiny_lm()
+    prompts = [torch.randint(0, 320, (n,)) for n in (2, 11, 5, 7)]
+    tokens, mask = left_pad(prompts)
+    new = 60  # the longest prompt outgrows the 64-token context: cropping with padding too
+    batched = model.generate(tokens, new, temperature=0, attention_mask=mask, use_cache=use_cache)
+    assert batched.shape == (4, tokens.shape[1] + new)
+    for i, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], new, temperature=0)
+        assert torch.equal(batched[i, tokens.shape[1] - len(prompt) :], alone[0]), i
+
+
+def test_save_pretrained_and_from_pretrained_round_trip_a_grown_model(tmp_path):
+    model = tiny_lm()
+    grow_model(model, factor=2)
+    model.save_pretrained(tmp_path / "lm")
+    config = json.loads((tmp_path / "lm" / "config.json").read_text())
+    assert config["ffn_tokens"] == 128 and config["qkv_tokens"] == 32  # the grown sizes
+    loaded = TokenformerLM.from_pretrained(tmp_path / "lm").eval()
+    tokens = torch.randint(0, 320, (2, 9))
+    assert torch.equal(all_logits(loaded, tokens), all_logits(model, tokens))
+    with pytest.raises(FileExistsError, match=r"already holds config\.json, model\.safetensors"):
+        model.save_pretrained(tmp_path / "lm")
+    model.save_pretrained(tmp_path / "lm", overwrite=True)
+
+
+def test_from_pretrained_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a directory written by save_pretrained"):
+        TokenformerLM.from_pretrained(tmp_path / "nowhere" / "deeper" / "lm")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors is missing"):
+        TokenformerLM.from_pretrained(tmp_path / "half")
+
+
+def test_grad_checkpointing_in_a_run_keeps_the_losses_and_the_flop_count(tmp_path):
+    """train.grad_checkpointing=true: same training (recompute is exact), same model FLOPs."""
+    runs = {}
+    for enable in (False, True):
+        run_dir = tmp_path / f"checkpointing-{enable}"
+        overrides = [
+            "train.steps=3",
+            "train.eval_every=3",
+            "train.batch_size=4",
+            "data.seq_len=64",
+            "++model.overrides.depth=1",
+            f"train.grad_checkpointing={enable}",
+            f"run_dir={run_dir}",
+        ]
+        cfg = compose_config("language", overrides)
+        trainer = Trainer(cfg, build_task(cfg), run_dir)
+        assert trainer.model.grad_checkpointing is enable
+        trainer.fit()
+        runs[enable] = trainer
+    assert runs[True].flops_per_item == runs[False].flops_per_item
+    losses = [step_losses(runs[enable].run_dir) for enable in (False, True)]
+    assert losses[0].keys() == losses[1].keys() == {1, 2, 3}
+    for step, loss in losses[0].items():  # fp32 on CPU: the recompute is the same arithmetic
+        assert losses[1][step] == pytest.approx(loss, rel=1e-6), step

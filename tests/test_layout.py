@@ -48,15 +48,16 @@ def library_modules() -> dict[str, Path]:
 MODULES = library_modules()
 
 
-def top_level_imports(name: str, path: Path) -> set[str]:
-    """Absolute names of what a module imports at import time (not inside functions).
+def imports_of(name: str, path: Path, everywhere: bool = False) -> set[str]:
+    """Absolute names of what a module imports at import time (``everywhere``: in functions too).
 
     ``from package import name`` counts as an import of ``package.name`` when that is a module.
     """
     is_package = path.name == "__init__.py"
     base = name.split(".") if is_package else name.split(".")[:-1]
     found: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree) if everywhere else tree.body:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -68,7 +69,7 @@ def top_level_imports(name: str, path: Path) -> set[str]:
     return found
 
 
-IMPORTS = {name: top_level_imports(name, path) for name, path in MODULES.items()}
+IMPORTS = {name: imports_of(name, path) for name, path in MODULES.items()}
 
 
 def _inside(module: str, package: str) -> bool:
@@ -85,8 +86,10 @@ def test_installed_modules_are_one_namespace():
 def test_library_never_imports_generic_names_scripts_or_tests():
     forbidden = ("vision", "language", "scripts", "tests")
     offenders = {
-        name: sorted(i for i in imports if i.split(".")[0] in forbidden)
-        for name, imports in IMPORTS.items()
+        name: sorted(
+            i for i in imports_of(name, path, everywhere=True) if i.split(".")[0] in forbidden
+        )
+        for name, path in MODULES.items()
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 
@@ -122,11 +125,27 @@ def test_the_model_core_builds_on_torch_alone():
             if root == "tokenformer_mm":
                 assert imported in MODEL_CORE, f"{name} imports {imported}"
             elif root not in sys.stdlib_module_names and root != "__future__":
-                assert imported.startswith(allowed_third_party), f"{name} imports {imported}"
+                allowed = any(_inside(imported, p) for p in allowed_third_party)
+                assert allowed, f"{name} imports {imported}"
+
+
+def _modules_run_by(importer: str, imported: str) -> set[str]:
+    """``imported`` and the package ``__init__`` files importing it runs first.
+
+    Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__``; those the importer sits in
+    are running already, so only the others can close a cycle.
+    """
+    parts = imported.split(".")
+    above = {".".join(parts[:i]) for i in range(1, len(parts))}
+    return {imported} | {p for p in above if p in MODULES and not _inside(importer, p)}
 
 
 def test_no_import_cycles():
-    graph = {name: {i for i in imports if i in MODULES} for name, imports in IMPORTS.items()}
+    """Cycles through a package's ``__init__`` count too (``a -> b.c`` runs ``b/__init__``)."""
+    graph = {
+        name: {m for i in imports if i in MODULES for m in _modules_run_by(name, i)}
+        for name, imports in IMPORTS.items()
+    }
     done: set[str] = set()
 
     def visit(name: str, path: list[str]) -> None:
@@ -165,16 +184,27 @@ def test_importing_the_core_loads_no_data_pipeline_and_registers_timm(tmp_path):
     assert result.stdout.split() == ["[]", "True", "False"]
 
 
-def test_source_tree_finder_maps_only_the_two_towers():
+def test_source_tree_finder_maps_only_the_two_towers_of_its_own_checkout(tmp_path):
     finder = SourceTreeTowers(ROOT)
+    package_path = [str(ROOT / "tokenformer_mm")]
     for name, folder in (
         ("tokenformer_mm.vision", "vision"),
         ("tokenformer_mm.language", "language"),
     ):
-        spec = finder.find_spec(name)
+        spec = finder.find_spec(name, package_path)
         assert Path(spec.origin) == ROOT / folder / "__init__.py"
         assert spec.submodule_search_locations == [str(ROOT / folder)]
-    assert finder.find_spec("vision") is None and finder.find_spec("tokenformer_mm.scripts") is None
+    assert finder.find_spec("vision", None) is None
+    assert finder.find_spec("tokenformer_mm.scripts", package_path) is None
+    other_checkout = [str(tmp_path / "tokenformer_mm")]  # another clone's core: not ours to map
+    assert finder.find_spec("tokenformer_mm.vision", other_checkout) is None
+
+
+def test_a_tower_imported_under_its_folder_name_says_what_to_import():
+    for tower in ("vision", "language"):
+        result = _python(f"import {tower}", cwd=ROOT)
+        assert result.returncode != 0
+        assert f"installs as tokenformer_mm.{tower}" in result.stderr
 
 
 @pytest.fixture(scope="module")

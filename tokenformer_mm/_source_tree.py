@@ -20,7 +20,11 @@ TOWER_FOLDERS = {"tokenformer_mm.vision": "vision", "tokenformer_mm.language": "
 
 
 class SourceTreeTowers(importlib.abc.MetaPathFinder):
-    """Finds ``tokenformer_mm.vision`` / ``.language`` in the checkout at ``root``."""
+    """Finds ``tokenformer_mm.vision`` / ``.language`` in the checkout at ``root``.
+
+    Only for the ``tokenformer_mm`` of that same checkout (``path`` is its ``__path__``): with
+    two checkouts, or an editable install of another, each core gets its own towers.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -29,7 +33,7 @@ class SourceTreeTowers(importlib.abc.MetaPathFinder):
         self, fullname: str, path: object = None, target: object = None
     ) -> importlib.machinery.ModuleSpec | None:
         folder = TOWER_FOLDERS.get(fullname)
-        if folder is None:
+        if folder is None or path is None or str(self.root / "tokenformer_mm") not in list(path):
             return None
         init = self.root / folder / "__init__.py"
         return importlib.util.spec_from_file_location(
@@ -42,9 +46,11 @@ def _map_towers() -> None:
     root = package.parent
     installed = (package / "vision").is_dir()  # a wheel: the towers are inside the package
     checkout = all((root / folder / "__init__.py").is_file() for folder in TOWER_FOLDERS.values())
-    mapped = any(isinstance(finder, SourceTreeTowers) for finder in sys.meta_path)
-    if checkout and not installed and not mapped:
-        sys.meta_path.append(SourceTreeTowers(root))
+    mapped = any(
+        isinstance(finder, SourceTreeTowers) and finder.root == root for finder in sys.meta_path
+    )
+    if checkout and not installed and not mapped:  # first: before any editable install's finder
+        sys.meta_path.insert(0, SourceTreeTowers(root))
 
 
 _map_towers()

@@ -28,7 +28,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .train.distributed import rank_and_world_size
+from .distributed import rank_and_world_size
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,12 @@ where it is used, so a model user never loads the data pipeline:
 trees, the embedded digits), ``.task`` and ``.config`` (the Hydra training run).
 """
 
+if not __name__.startswith("tokenformer_mm."):  # e.g. ``import vision`` from the repository root
+    raise ImportError(
+        f"this folder installs as tokenformer_mm.vision; import that, not {__name__!r}: a "
+        "second copy of the tower would register its own classes with timm"
+    )
+
 from .tokenformer_vit import TokenformerViT, checkpoint_filter_fn
 
 __all__ = ["TokenformerViT", "checkpoint_filter_fn"]

@@ -11,8 +11,8 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tokenformer_mm.distributed import sum_over_ranks
 from tokenformer_mm.shards import run_shards
-from tokenformer_mm.train.distributed import sum_over_ranks
 
 from .data import DeviceImageTransform, image_eval_loader, image_train_loader
 from .sources import ensure_digits_shards

@@ -12,9 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..distributed import (
+    broadcast_from_main,
+    gather_rows_to_main,
+    rank_and_world_size,
+    sum_over_ranks,
+)
 from ..shards import run_shards
 from ..train.config import RunConfig
-from ..train.distributed import broadcast_from_main, gather_rows_to_main, rank_and_world_size
 from ..vision.data import DeviceImageTransform
 from ..vision.sources import DIGIT_NAMES
 from . import MODEL_NAMES  # importing the package registered the TokenformerCLIP-* configs
@@ -130,6 +135,9 @@ class ClipTask:
             parts["tokens"].append(batch["text"])
             parts["labels"].append(batch["label"])
         model.train(was_training)
+        pairs = sum(len(labels) for labels in parts["labels"])
+        if sum_over_ranks({"pairs": torch.tensor(pairs)})["pairs"] == 0:  # raised on every rank
+            raise ValueError("the validation loader yielded no pairs; check data.val_shards")
         # A rank whose shards held no pair still joins the gather, with empty rows of each shape.
         empty = {
             "image": torch.empty(0, classes.shape[1]),
@@ -140,11 +148,17 @@ class ClipTask:
         gathered = {
             k: gather_rows_to_main(torch.cat(v) if v else empty[k]) for k, v in parts.items()
         }
-        metrics = None
-        if gathered["image"] is not None:  # rank 0
+        result: dict[str, Any] | None = None
+        if gathered["image"] is not None:  # rank 0; an error there must reach every rank
             scale = model.logit_scale.exp().item()
-            metrics = clip_metrics(**gathered, class_embeddings=classes, logit_scale=scale)
-        return broadcast_from_main(metrics)
+            try:
+                result = clip_metrics(**gathered, class_embeddings=classes, logit_scale=scale)
+            except Exception as error:  # the other ranks wait in the broadcast below
+                result = {"error": f"{type(error).__name__}: {error}"}
+        result = broadcast_from_main(result)
+        if "error" in result:
+            raise RuntimeError(f"CLIP evaluation failed on rank 0: {result['error']}")
+        return result
 
     def batch_items(self, batch: dict[str, Any]) -> int:
         return len(batch["text"])

@@ -6,8 +6,10 @@
 - ``optim.py``: AdamW weight-decay groups and the learning-rate schedule;
 - ``checkpoint.py``: atomic safetensors checkpoints, RNG state, ``load_model``;
 - ``metric_log.py``: CSV files, TensorBoard, growth events, the plot;
-- ``batches.py``: the resumable data cursor;
-- ``distributed.py``: process groups and the collectives.
+- ``batches.py``: the resumable data cursor.
+
+Process groups and collectives are ``tokenformer_mm.distributed``: the data pipelines and the
+tasks use them too, without importing the engine.
 """
 
 from .tasks import Task, build_task, load_run, register_domain, register_schemas

@@ -64,6 +64,9 @@ class TrainConfig:
     ema_decay: float | None = None  # e.g. 0.9998; evaluation then uses the EMA weights
     log_every: int = 10
     device: str = "auto"  # auto: the local rank's GPU when CUDA is available, else cpu
+    # Recompute each block in backward (the model's set_grad_checkpointing): activations of one
+    # block at a time, for the large configs; FLOPs are still counted without the recompute.
+    grad_checkpointing: bool = False
 
 
 @dataclass

@@ -77,6 +77,7 @@ class MetricLog:
     def plot(self, growth_steps: Sequence[int]) -> Path:
         path = self.run_dir / PLOT_FILE
         if self.write:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             plot_metrics(self.run_dir, growth_steps)
         return path
 

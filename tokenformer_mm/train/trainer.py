@@ -23,13 +23,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..distributed import all_gather_objects, mean_over_ranks, setup_distributed
 from ..flops import training_flops
 from ..growth import grow_model, load_grown
 from ..pattention import KINDS
 from . import checkpoint
 from .batches import EpochBatches, to_device
 from .config import validate
-from .distributed import all_gather_objects, mean_over_ranks, setup_distributed
 from .metric_log import MetricLog
 from .optim import build_optimizer
 from .tasks import Task
@@ -63,6 +63,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = task.build_model().to(self.device)
+        self._set_grad_checkpointing(cfg.train.grad_checkpointing)
         # Built now, before any training: a missing shard pattern fails here, not at step 1.
         self.train_loader, self.eval_loader = task.train_loader(), task.eval_loader()
         self.data = EpochBatches(self.train_loader)
@@ -278,11 +279,23 @@ class Trainer:
         batch = next(iter(self.eval_loader))
         two = to_device({k: v[:2] for k, v in batch.items()}, self.device)  # even: mixup needs it
         rng = checkpoint.rng_state()
+        self._set_grad_checkpointing(False)  # model FLOPs: the recompute is not counted
         flops = training_flops(self.model, lambda: self.task.training_loss(self.model, two))
+        self._set_grad_checkpointing(self.cfg.train.grad_checkpointing)
         checkpoint.set_rng_state(rng)
         per_item = flops / self.task.batch_items(two)
         logger.info("training FLOPs per %s: %.4g", self.task.unit, per_item)
         return per_item
+
+    def _set_grad_checkpointing(self, enable: bool) -> None:
+        if not hasattr(self.model, "set_grad_checkpointing"):
+            if enable:
+                raise ValueError(
+                    f"train.grad_checkpointing=true, but {type(self.model).__name__} has no "
+                    "set_grad_checkpointing(); set it to false"
+                )
+            return
+        self.model.set_grad_checkpointing(enable)
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast on CUDA (or when asked); fp32 otherwise."""

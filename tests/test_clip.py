@@ -117,6 +117,7 @@ def test_unknown_clip_model_is_a_clear_error(tmp_path):
         )
 
 
+@pytest.mark.webdataset
 def test_make_shards_pairs_from_a_captioned_folder(tmp_path):
     import sys
 

@@ -203,6 +203,7 @@ def test_pack_blocks_keeps_every_token_in_order():
     assert len(list(PackBlocks(4, 0, keep_remainder=False)(iter(documents)))) == 3
 
 
+@pytest.mark.webdataset
 def test_packing_across_two_workers_loses_and_duplicates_nothing(tmp_path):
     """Two shards of documents over disjoint alphabets, so each worker's blocks are recognisable:
     every worker's blocks, concatenated, are its documents with EOS between them."""
@@ -249,6 +250,7 @@ def test_tokenizers_round_trip_and_a_trained_bpe(tmp_path):
         load_tokenizer(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.webdataset
 def test_make_shards_text_from_txt_and_jsonl(tmp_path):
     (tmp_path / "a.txt").write_text("first document")
     (tmp_path / "b.jsonl").write_text('{"text": "second"}\n\n{"text": "third", "id": 3}\n')
@@ -263,6 +265,7 @@ def test_make_shards_text_from_txt_and_jsonl(tmp_path):
     assert text == "first document" + "second" + "third"  # EOS (256) decodes to nothing
 
 
+@pytest.mark.webdataset
 def test_short_run_on_the_embedded_corpus_beats_the_unigram_baseline(tmp_path):
     steps = ["train.steps=120", "train.eval_every=120", "train.checkpoint_every=120"]
     overrides = [*steps, "data.seq_len=128", "optim.warmup_steps=20", f"run_dir={tmp_path}"]

@@ -26,6 +26,8 @@ from tokenformer_mm.vision.sources import digits_samples, ensure_digits_shards, 
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
+pytestmark = pytest.mark.webdataset  # every test here reads or writes shards
+
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):

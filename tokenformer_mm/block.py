@@ -38,6 +38,7 @@ class TokenformerBlock(nn.Module):
         drop_path: stochastic depth on both residual branches.
         depth: number of blocks in the model, for the "wang init" of the value tokens.
         eps: epsilon of the non-parametric LayerNorms.
+        device, dtype: where and in which dtype the parameters are created.
 
     ``block(x)`` maps (B, T, dim) to (B, T, dim), so blocks compose in ``nn.Sequential``;
     ``forward_cached`` adds incremental decoding for the language tower. A model of rotary
@@ -61,6 +62,8 @@ class TokenformerBlock(nn.Module):
         drop_path: float = 0.0,
         depth: int = 1,
         eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if num_heads <= 0 or dim % num_heads != 0:
@@ -76,7 +79,15 @@ class TokenformerBlock(nn.Module):
 
         def pattention(n_in: int, n_out: int, tokens: int, kind: str) -> Pattention:
             return Pattention(
-                n_in, n_out, tokens, norm=norm, dropout=token_dropout, depth=depth, kind=kind
+                n_in,
+                n_out,
+                tokens,
+                norm=norm,
+                dropout=token_dropout,
+                depth=depth,
+                kind=kind,
+                device=device,
+                dtype=dtype,
             )
 
         self.ln1 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)

@@ -168,8 +168,8 @@ def fused_pattention(
     Under autocast the inputs are cast once to the autocast dtype (what autocast does to a
     matmul) and the function runs with autocast off, so its saved tensors stay in that dtype.
     """
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
+    device_type = x.device.type  # "meta" (structure-only models) has no autocast at all
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         x = x.to(dtype)
         keys = [k.to(dtype) for k in keys]

@@ -213,7 +213,7 @@ class Pattention(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"num_tokens={self.num_tokens}, norm={self.norm}, kind={self.kind}, "
-            f"tau={self.tau.item():.4g}"
+            f"tau={'meta' if self.tau.is_meta else format(self.tau.item(), '.4g')}"
         )
 
 

@@ -50,6 +50,8 @@ class TokenformerViT(nn.Module):
         attn_drop_rate: dropout on the token-token attention.
         token_drop_rate: dropout on every Pattention's ``theta(s)``.
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
+        device, dtype: where and in which dtype parameters are created (timm's factory kwargs;
+            ``device="meta"`` builds the structure without memory).
     """
 
     def __init__(
@@ -72,10 +74,14 @@ class TokenformerViT(nn.Module):
         attn_drop_rate: float = 0.0,
         token_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         _check_global_pool(global_pool)
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
@@ -89,15 +95,16 @@ class TokenformerViT(nn.Module):
             embed_dim=embed_dim,
             strict_img_size=not dynamic_img_size,
             output_fmt="NHWC" if dynamic_img_size else None,  # None: flattened (B, N, C)
+            **dd,
         )
         num_patches = self.patch_embed.num_patches
         reduction = self.patch_embed.feat_ratio()
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim)
+            torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim, **dd)
         )
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # 0 -> rate
         self.blocks = nn.Sequential(
             *[
                 TokenformerBlock(
@@ -111,6 +118,7 @@ class TokenformerViT(nn.Module):
                     attn_dropout=attn_drop_rate,
                     drop_path=drop_path[i],
                     depth=depth,
+                    **dd,
                 )
                 for i in range(depth)
             ]
@@ -118,9 +126,9 @@ class TokenformerViT(nn.Module):
         self.feature_info = [
             dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)
         ]
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-5, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -157,12 +165,12 @@ class TokenformerViT(nn.Module):
         if global_pool is not None:
             _check_global_pool(global_pool)
             self.global_pool = global_pool
-        device = self.pos_embed.device
+        dd = {"device": self.pos_embed.device, "dtype": self.pos_embed.dtype}
         self.head = (
-            nn.Linear(self.embed_dim, num_classes, device=device)
-            if num_classes > 0
-            else (nn.Identity())
+            nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         )
+        self.head.train(self.training)  # the new head joins the model's mode...
+        self.head.requires_grad_(self.pos_embed.requires_grad)  # ...and a frozen model stays frozen
 
     @torch.jit.ignore
     def set_input_size(
@@ -180,7 +188,8 @@ class TokenformerViT(nn.Module):
                     new_size=list(self.patch_embed.grid_size),
                     old_size=list(old_grid),
                     num_prefix_tokens=self.num_prefix_tokens,
-                )
+                ),
+                requires_grad=self.pos_embed.requires_grad,  # a frozen model stays frozen
             )
 
     # --- forward --------------------------------------------------------------------------

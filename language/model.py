@@ -43,6 +43,7 @@ class LMConfig:
     rotary_base: float = 10000.0
     norm: str = "l2_norm_gelu"
     dropout: float = 0.0  # on every Pattention's theta and on the attention weights
+    key_init: str | float = "fan_in"  # or "official" (the paper's N(0, 0.02)), or a std
 
 
 def _official(dim: int, depth: int, num_heads: int) -> LMConfig:
@@ -99,6 +100,7 @@ class TokenformerLM(nn.Module):
                 token_dropout=config.dropout,
                 attn_dropout=config.dropout,
                 depth=config.depth,
+                key_init=config.key_init,
             )
             for _ in range(config.depth)
         )

@@ -75,6 +75,7 @@ def official_config(
         qkv_tokens=state_dict[f"{first}.attention.query.key_param_tokens"].shape[0],
         proj_tokens=state_dict[f"{first}.attention.proj.key_param_tokens"].shape[0],
         ffn_tokens=state_dict[f"{first}.mlp.key_param_tokens"].shape[0],
+        key_init="official",  # the paper's: what an official checkpoint was trained from
     )
 
 

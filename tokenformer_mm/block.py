@@ -38,6 +38,7 @@ class TokenformerBlock(nn.Module):
         drop_path: stochastic depth on both residual branches.
         depth: number of blocks in the model, for the "wang init" of the value tokens.
         eps: epsilon of the non-parametric LayerNorms.
+        key_init: how every Pattention's key tokens start (``pattention.KEY_INITS``).
         device, dtype: where and in which dtype the parameters are created.
 
     ``block(x)`` maps (B, T, dim) to (B, T, dim), so blocks compose in ``nn.Sequential``;
@@ -62,6 +63,7 @@ class TokenformerBlock(nn.Module):
         drop_path: float = 0.0,
         depth: int = 1,
         eps: float = 1e-5,
+        key_init: str | float = "fan_in",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -86,6 +88,7 @@ class TokenformerBlock(nn.Module):
                 dropout=token_dropout,
                 depth=depth,
                 kind=kind,
+                key_init=key_init,
                 device=device,
                 dtype=dtype,
             )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .pattention import KEY_INIT_STD, KINDS, Pattention
+from .pattention import KINDS, Pattention
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _fill_new_rows(layer: Pattention, start: int, init: str) -> None:
     if init == "exact":
         layer.key_tokens[start:].zero_()
     else:
-        layer.key_tokens[start:].normal_(std=KEY_INIT_STD)
+        layer.key_tokens[start:].normal_(std=layer.key_init_std)
         layer.tau.fill_(math.sqrt(layer.num_tokens))
 
 

@@ -33,7 +33,27 @@ from .fused_pattention import fused_pattention
 from .theta import NORMS, theta, value_scale
 
 KINDS = ("qkv", "proj", "ffn")
-KEY_INIT_STD = 0.02  # official init of the key tokens: N(0, 0.02)
+# How the key tokens start. Under l2_norm_gelu a layer's output ignores the keys' common scale,
+# so their init sets how far an optimizer step turns them: AdamW moves each entry by ~lr, a
+# relative step of lr / std. "fan_in", N(0, 1/d_in), keeps that step moderate at every width;
+# "official", N(0, 0.02), is the paper's: at lr 2e-3 it turns the keys ~10 % a step, and vision
+# models learn far slower than a ViT (docs/benchmarks.md, "Initialisation").
+KEY_INITS = ("fan_in", "official")
+OFFICIAL_KEY_INIT_STD = 0.02
+
+
+def key_init_std(key_init: str | float, in_features: int) -> float:
+    """The std of the key tokens for a ``key_init`` scheme (``KEY_INITS``) or an explicit std."""
+    if key_init == "fan_in":
+        return in_features**-0.5
+    if key_init == "official":
+        return OFFICIAL_KEY_INIT_STD
+    if isinstance(key_init, (int, float)) and not isinstance(key_init, bool) and key_init > 0:
+        return float(key_init)
+    raise ValueError(
+        f"unknown Pattention key_init {key_init!r}; expected one of {KEY_INITS} or a positive std"
+    )
+
 
 _fused_enabled = os.environ.get("TOKENFORMER_MM_FUSED_PATTENTION", "1") != "0"
 # Below this many score elements ([tokens, n]) a single layer's plain path is faster: the fused
@@ -109,6 +129,9 @@ class Pattention(nn.Module):
         kind: the role of this layer in a block (``qkv``, ``proj`` or ``ffn``); growth selects
             layers by it.
         eps: lower bound of the norms in ``theta``.
+        key_init: how the key tokens start: ``"fan_in"`` N(0, 1/d_in), the default,
+            ``"official"`` N(0, 0.02), the paper's, or a std. Values always start with the
+            official "wang init".
         fused: None (default) takes the fused path where it applies and pays off (inputs of at
             least ``FUSED_MIN_SCORES`` score elements); True wherever it applies; False never.
     """
@@ -125,6 +148,7 @@ class Pattention(nn.Module):
         depth: int = 1,
         kind: str = "proj",
         eps: float = 1e-5,
+        key_init: str | float = "fan_in",
         fused: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -151,6 +175,7 @@ class Pattention(nn.Module):
         self.kind = kind
         self.eps = eps
         self.fused = fused
+        self.key_init_std = key_init_std(key_init, in_features)
         self.value_init_std = wang_init_std(out_features, depth)
         self.key_tokens = nn.Parameter(torch.empty(num_tokens, in_features, **factory))
         self.value_tokens = nn.Parameter(torch.empty(num_tokens, out_features, **factory))
@@ -164,7 +189,7 @@ class Pattention(nn.Module):
         return self.key_tokens.shape[0]
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.key_tokens, std=KEY_INIT_STD)
+        nn.init.normal_(self.key_tokens, std=self.key_init_std)
         nn.init.normal_(self.value_tokens, std=self.value_init_std)
 
     @torch.jit.unused

@@ -50,6 +50,8 @@ class TokenformerViT(nn.Module):
         attn_drop_rate: dropout on the token-token attention.
         token_drop_rate: dropout on every Pattention's ``theta(s)``.
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
+        key_init: how the Pattention key tokens start: ``"fan_in"`` (default),
+            ``"official"`` (the paper's N(0, 0.02)) or a std.
         device, dtype: where and in which dtype parameters are created (timm's factory kwargs;
             ``device="meta"`` builds the structure without memory).
     """
@@ -74,6 +76,7 @@ class TokenformerViT(nn.Module):
         attn_drop_rate: float = 0.0,
         token_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        key_init: str | float = "fan_in",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -118,6 +121,7 @@ class TokenformerViT(nn.Module):
                     attn_dropout=attn_drop_rate,
                     drop_path=drop_path[i],
                     depth=depth,
+                    key_init=key_init,
                     **dd,
                 )
                 for i in range(depth)

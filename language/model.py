@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tokenformer_mm.block import TokenformerBlock
-from tokenformer_mm.growth import match_token_counts
+from tokenformer_mm.growth import load_resized
 from tokenformer_mm.rotary import Rotary, rotary_dims, rotary_tables
 
 IGNORE_INDEX = -100  # targets not scored (PyTorch's and Hugging Face's default)
@@ -347,8 +347,7 @@ def from_pretrained(cls: type[TokenformerLM], name_or_path: str | os.PathLike) -
         raise ValueError(f"{directory / CONFIG_FILE} has unknown LMConfig fields {unknown}")
     model = cls(LMConfig(**saved))
     weights = safetensors.torch.load_file(str(directory / WEIGHTS_FILE))
-    match_token_counts(model, weights)  # per-layer counts, should growth have been uneven
-    model.load_state_dict(weights)
+    load_resized(model, weights)  # per-layer counts, should growth have been uneven
     return model
 
 

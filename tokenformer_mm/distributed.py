@@ -38,10 +38,6 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main_process() -> bool:
-    return rank_and_world_size()[0] == 0
-
-
 def sum_over_ranks(totals: dict[str, torch.Tensor]) -> dict[str, float]:
     """Every rank's scalar totals added up (in fp64): the one reduction of additive metrics."""
     names = list(totals)

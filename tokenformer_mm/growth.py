@@ -299,6 +299,12 @@ def load_grown(
     return report
 
 
+def load_resized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load ``state_dict`` strictly into ``model`` built at its initial size (a run that grew)."""
+    match_token_counts(model, state_dict)
+    model.load_state_dict(state_dict)
+
+
 def match_token_counts(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
     """Resize every Pattention of ``model`` to the token counts in ``state_dict``.
 

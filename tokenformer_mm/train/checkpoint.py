@@ -26,7 +26,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ..growth import match_token_counts
+from ..growth import load_resized
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ def load_model(model: nn.Module, source: str | os.PathLike | dict[str, torch.Ten
     is first resized to the checkpoint's token counts; then every tensor loads strictly.
     ``source``: a checkpoint directory, a ``.safetensors`` file or a state dict.
     """
-    weights = source if isinstance(source, dict) else load_weights(source)
-    match_token_counts(model, weights)
-    model.load_state_dict(weights)
+    load_resized(model, source if isinstance(source, dict) else load_weights(source))
 
 
 def save(

@@ -136,7 +136,10 @@ class ClipTask:
             parts["labels"].append(batch["label"])
         model.train(was_training)
         pairs = sum(len(labels) for labels in parts["labels"])
-        if sum_over_ranks({"pairs": torch.tensor(pairs)})["pairs"] == 0:  # raised on every rank
+        total = sum_over_ranks({"pairs": torch.tensor(pairs, device=device)})[
+            "pairs"
+        ]  # NCCL: on GPU
+        if total == 0:  # raised on every rank alike
             raise ValueError("the validation loader yielded no pairs; check data.val_shards")
         # A rank whose shards held no pair still joins the gather, with empty rows of each shape.
         empty = {

@@ -6,6 +6,9 @@
     python scripts/bench.py data          # image and text pipelines, samples/s
     python scripts/bench.py clip-eval     # CLIP retrieval metrics of 50,000 pairs: peak memory
     python scripts/bench.py recipe        # one generic recipe: Tokenformer inits vs matched ViT
+    python scripts/bench.py timm-train --train-py ../pytorch-image-models/train.py
+                                          # the same comparison under timm's own train.py
+    python scripts/bench.py clip-train    # CLIP towers under open_clip's own trainer
 
 Every entry records the command line, machine, torch version and date, so a figure can always be
 reproduced. On a CUDA machine the same commands measure GPU figures.
@@ -797,6 +800,201 @@ def bench_recipe(args: argparse.Namespace) -> None:
     )
 
 
+MATCHED_VIT_MICRO = (
+    "vit_tiny_patch16_224 img_size=32 patch_size=4 embed_dim=96 depth=4 num_heads=3 "
+    f"mlp_ratio={MATCHED_MLP_RATIO:g}"
+)
+
+
+def digits_image_folder(root: Path, img_size: int = 32) -> Path:
+    """scikit-learn's digits as an ImageFolder of PNGs (``train/``, ``validation/``), the layout
+    timm's train.py reads; the split is the embedded digits' one."""
+    from sklearn.datasets import load_digits
+
+    from tokenformer_mm.vision.sources import DIGITS_VAL_EVERY
+
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        folder = root / ("validation" if i % DIGITS_VAL_EVERY == 0 else "train") / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = Image.fromarray((image * (255 / 16)).astype(np.uint8))
+        pixels.resize((img_size, img_size), Image.BILINEAR).save(folder / f"{i:04d}.png")
+    return root
+
+
+def timm_train_command(args: argparse.Namespace, variant: str, seed: int, out: Path) -> list[str]:
+    """timm's train.py, unmodified, on one variant ("model key=value ..."), through
+    ``python -m tokenformer_mm`` (which registers the models)."""
+    model, *kwargs = variant.split()
+    command = [sys.executable, "-m", "tokenformer_mm", str(args.train_py)]
+    command += ["--data-dir", str(args.data), "--model", model, "--num-classes", "10"]
+    command += ["--img-size", "32", "--opt", "adamw", "--lr", str(args.lr), "-b", "32"]
+    command += ["--epochs", str(args.epochs), "--seed", str(seed), "--device", "cpu"]
+    command += ["--workers", "1", "--checkpoint-hist", "1", "--log-interval", "1000"]
+    command += ["--output", str(out), "--experiment", "run"]
+    command += (["--model-kwargs", *kwargs] if kwargs else []) + shlex.split(args.train_args)
+    return command
+
+
+def run_in_parallel(
+    commands: list[list[str]], logs: list[Path], jobs: int, desc: str
+) -> list[float]:
+    """Run the commands, ``jobs`` at a time with one share of the cores each; their seconds."""
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    pending = list(range(len(commands)))
+    running: dict[int, tuple[subprocess.Popen, float]] = {}
+    seconds = [0.0] * len(commands)
+    with tqdm(total=len(commands), desc=desc) as bar:
+        while pending or running:
+            while pending and len(running) < jobs:
+                i = pending.pop(0)
+                with logs[i].open("w") as log:
+                    process = subprocess.Popen(
+                        commands[i], stdout=log, stderr=subprocess.STDOUT, env=env
+                    )
+                running[i] = (process, time.perf_counter())
+            for i, (process, start) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[i]
+                if process.returncode != 0:
+                    tail = logs[i].read_text()[-3000:]
+                    raise RuntimeError(f"{shlex.join(commands[i])} failed:\n{tail}")
+                seconds[i] = time.perf_counter() - start
+                bar.update()
+            time.sleep(1)
+    return seconds
+
+
+def bench_timm_train(args: argparse.Namespace) -> None:
+    """Variants under timm's own train.py, several processes at a time."""
+    import csv
+
+    if not args.train_py.is_file():
+        raise SystemExit(
+            f"no timm train.py at {args.train_py}: pass --train-py, the train.py of a "
+            "pytorch-image-models checkout"
+        )
+    runs = [(variant, seed) for seed in args.seeds for variant in args.variants]
+    with tempfile.TemporaryDirectory() as tmp:
+        args.data = digits_image_folder(Path(tmp) / "digits")
+        outputs = [Path(tmp) / f"run{i}" for i in range(len(runs))]
+        commands = [
+            timm_train_command(args, v, s, o) for (v, s), o in zip(runs, outputs, strict=True)
+        ]
+        logs = [o.with_suffix(".log") for o in outputs]
+        seconds = run_in_parallel(commands, logs, args.jobs, "timm train.py runs")
+        rows = []
+        for (variant, seed), out, sec in zip(runs, outputs, seconds, strict=True):
+            with (out / "run" / "summary.csv").open() as f:
+                top1 = [float(row["eval_top1"]) for row in csv.DictReader(f)]
+            epochs = sorted({max(1, len(top1) // 4), max(1, len(top1) // 2), len(top1)})
+            row = {"model": variant, "seed": seed}
+            row.update({f"epoch {e}": f"{top1[e - 1]:.1f}" for e in epochs})
+            rows.append({**row, "best": f"{max(top1):.1f}", "seconds": f"{sec:.0f}"})
+    for variant in args.variants:
+        final = [float(r[f"epoch {args.epochs}"]) for r in rows if r["model"] == variant]
+        mean, spread = np.mean(final), np.std(final)
+        rows.append({**dict.fromkeys(rows[0], ""), "model": f"**{variant}: mean**"})
+        rows[-1][f"epoch {args.epochs}"] = f"**{mean:.1f}** ± {spread:.1f}"
+    record(
+        "timm's own train.py: Tokenformer vs the matched ViT",
+        rows,
+        notes=(
+            "timm's train.py unmodified (`python -m tokenformer_mm <train.py> --model ...`): "
+            "digits as an ImageFolder of 32x32 PNGs (1,437 train / 360 val), AdamW "
+            f"lr {args.lr}, batch 32, {args.epochs} epochs, everything else timm's defaults "
+            "(5 warmup epochs from lr 1e-5, cosine, weight decay 2e-5, label smoothing 0.1, "
+            "RandomResizedCrop + flip + colour jitter)"
+            f"{'; extra: ' + args.train_args if args.train_args else ''}. "
+            "Validation top-1 %; chance is 10 %; ± is the std over seeds."
+        ),
+        report=args.report,
+    )
+
+
+MATCHED_VIT_CLIP = "matched-vit"
+# open_clip's own ViT towers in TokenformerCLIP-micro's shape (mlp_ratio matches the parameters).
+MATCHED_VIT_CLIP_CFG = {
+    "embed_dim": 128,
+    "vision_cfg": {
+        "image_size": 32, "patch_size": 4, "width": 96, "layers": 4, "head_width": 32,
+        "mlp_ratio": MATCHED_MLP_RATIO,
+    },
+    "text_cfg": {
+        "context_length": 20, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 2,
+        "mlp_ratio": MATCHED_MLP_RATIO,
+    },
+}  # fmt: skip
+
+
+def clip_train_command(args: argparse.Namespace, variant: str, seed: int, out: Path) -> list[str]:
+    """open_clip's own trainer (``open_clip_train.main``) on the digits caption shards."""
+    model = f"local-dir:{args.matched_vit}" if variant == MATCHED_VIT_CLIP else variant
+    shards = args.shards
+    command = [sys.executable, "-m", "tokenformer_mm", "-m", "open_clip_train.main"]
+    command += ["--train-data", str(shards / "train-{000000..000007}.tar")]
+    command += ["--val-data", str(shards / "val-{000000..000001}.tar")]
+    command += ["--dataset-type", "webdataset", "--train-num-samples", "1437"]
+    command += ["--val-num-samples", "360", "--model", model, "--batch-size", str(args.batch_size)]
+    command += ["--lr", str(args.lr), "--warmup", str(args.warmup), "--epochs", str(args.epochs)]
+    command += ["--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6", "--workers", "1"]
+    command += ["--precision", "fp32", "--device", "cpu", "--seed", str(seed), "--report-to", ""]
+    command += ["--zeroshot-frequency", "0", "--save-frequency", "0", "--logs", str(out)]
+    return [*command, "--name", "run", *shlex.split(args.train_args)]
+
+
+def bench_clip_train(args: argparse.Namespace) -> None:
+    """TokenformerCLIP vs open_clip's ViT towers of its shape, under open_clip's own trainer."""
+    import json
+
+    from tokenformer_mm.clip.pairs import write_digits_pair_shards
+
+    runs = [(variant, seed) for seed in args.seeds for variant in args.variants]
+    with tempfile.TemporaryDirectory() as tmp:
+        args.shards = write_digits_pair_shards(Path(tmp) / "shards")
+        args.matched_vit = Path(tmp) / "matched-vit"
+        args.matched_vit.mkdir()
+        config = {"model_cfg": MATCHED_VIT_CLIP_CFG}
+        (args.matched_vit / "open_clip_config.json").write_text(json.dumps(config))
+        outputs = [Path(tmp) / f"run{i}" for i in range(len(runs))]
+        commands = [
+            clip_train_command(args, v, s, o) for (v, s), o in zip(runs, outputs, strict=True)
+        ]
+        logs = [o.with_suffix(".log") for o in outputs]
+        seconds = run_in_parallel(commands, logs, args.jobs, "open_clip_train runs")
+        rows = []
+        chance = math.log(args.batch_size)
+        for (variant, seed), out, sec in zip(runs, outputs, seconds, strict=True):
+            lines = (out / "run" / "checkpoints" / "results.jsonl").read_text().splitlines()
+            results = [json.loads(line) for line in lines]
+            loss = [r["clip_val_loss"] for r in results]
+            epochs = sorted({1, max(1, len(loss) // 2), len(loss)})
+            row = {"model": variant, "seed": seed}
+            row.update({f"val loss, epoch {e}": f"{loss[e - 1]:.3f}" for e in epochs})
+            row["image-to-text R@1 %"] = f"{100 * results[-1]['image_to_text_R@1']:.1f}"
+            row["collapsed"] = "yes" if min(loss) > 0.98 * chance else "no"
+            rows.append({**row, "seconds": f"{sec:.0f}"})
+    record(
+        "open_clip's own trainer: Tokenformer towers vs ViT towers of the same shape",
+        rows,
+        notes=(
+            "`python -m tokenformer_mm -m open_clip_train.main` (open_clip's trainer, unmodified) "
+            "on the digits caption shards (`make_shards.py digits-pairs`: 1,437 train / 360 val "
+            f"pairs), batch {args.batch_size}, lr {args.lr}, {args.warmup} warmup steps, cosine, "
+            f"{args.epochs} epochs, no gradient clipping, open_clip's defaults otherwise (weight "
+            "decay 0.2, fp32) and its ViT betas for both (0.9, 0.98, eps 1e-6)"
+            f"{'; extra: ' + args.train_args if args.train_args else ''}. `matched-vit` is "
+            "open_clip's own VisionTransformer / TextTransformer in TokenformerCLIP-micro's "
+            f"widths, depths and heads (mlp_ratio {MATCHED_MLP_RATIO:g}). Chance validation loss "
+            f"is ln {args.batch_size} = {chance:.3f}; collapsed = never 2 % below it."
+        ),
+        report=args.report,
+    )
+
+
 def _key_init(text: str) -> str | float:
     """A key_init name ("fan_in", "official") or an explicit std ("0.2")."""
     try:
@@ -846,6 +1044,32 @@ def main(argv: list[str] | None = None) -> None:
     rec.add_argument("--weight-decay", type=float, default=0.05)
     rec.add_argument("--batch-size", type=int, default=32)
     rec.set_defaults(run=bench_recipe)
+    timm_train = commands.add_parser("timm-train", help="Tokenformer vs ViT under timm's train.py")
+    timm_train.add_argument("--train-py", type=Path, required=True, help="timm's train.py")
+    timm_train.add_argument(
+        "--variants",
+        nargs="+",
+        default=["tokenformer_micro_patch4_32", MATCHED_VIT_MICRO],
+        help='"model key=value ..." (the values go to --model-kwargs)',
+    )
+    timm_train.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    timm_train.add_argument("--epochs", type=int, default=12)
+    timm_train.add_argument("--lr", type=float, default=2e-3)
+    timm_train.add_argument("--train-args", default="", help="more train.py arguments")
+    timm_train.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    timm_train.set_defaults(run=bench_timm_train)
+    clip_train = commands.add_parser("clip-train", help="CLIP towers under open_clip's trainer")
+    clip_train.add_argument(
+        "--variants", nargs="+", default=["TokenformerCLIP-micro", MATCHED_VIT_CLIP]
+    )
+    clip_train.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    clip_train.add_argument("--epochs", type=int, default=8)
+    clip_train.add_argument("--lr", type=float, default=2e-3)
+    clip_train.add_argument("--batch-size", type=int, default=32)
+    clip_train.add_argument("--warmup", type=int, default=45, help="steps (45 = one epoch)")
+    clip_train.add_argument("--train-args", default="", help="more open_clip_train arguments")
+    clip_train.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    clip_train.set_defaults(run=bench_clip_train)
     clip = commands.add_parser("clip-eval", help="CLIP evaluation metrics: peak memory, time")
     clip.add_argument("--pairs", type=int, nargs="+", default=[50_000])
     clip.add_argument("--full-matrix-pairs", type=int, nargs="*", default=[5_000])

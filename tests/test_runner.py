@@ -1,0 +1,53 @@
+"""``python -m tokenformer_mm``: upstream scripts run unchanged with our models registered."""
+
+import subprocess
+import sys
+
+# What an upstream script does: look our models up by name, never importing tokenformer_mm.
+PROBE = """
+import sys
+import open_clip, timm, torch
+import sibling
+model = timm.create_model("tokenformer_micro_patch4_32", num_classes=3)
+logits = model(torch.zeros(1, 3, 32, 32))
+print(tuple(logits.shape), "TokenformerCLIP-micro" in open_clip.list_models())
+print(__name__, sys.argv[1:], sibling.VALUE)
+"""
+
+
+def _run(args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "tokenformer_mm", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_script_path_runs_as_python_would_with_the_models_registered(tmp_path):
+    scripts = tmp_path / "upstream"
+    scripts.mkdir()
+    (scripts / "train.py").write_text(PROBE)
+    (scripts / "sibling.py").write_text("VALUE = 'found'\n")  # the script's folder is on sys.path
+    result = _run([str(scripts / "train.py"), "--model", "x"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["(1, 3) True", "__main__ ['--model', 'x'] found"]
+
+
+def test_a_module_runs_as_python_m_would_with_the_models_registered(tmp_path):
+    (tmp_path / "upstream_main.py").write_text(PROBE)
+    (tmp_path / "sibling.py").write_text("VALUE = 'found'\n")
+    result = _run(["-m", "upstream_main", "--lr", "2e-3"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["(1, 3) True", "__main__ ['--lr', '2e-3'] found"]
+
+
+def test_bad_invocations_say_what_to_pass(tmp_path):
+    missing = _run([str(tmp_path / "train.py")], cwd=tmp_path)
+    assert (
+        missing.returncode != 0 and f"no script at {str(tmp_path / 'train.py')!r}" in missing.stderr
+    )
+    assert "-m needs a module name" in _run(["-m"], cwd=tmp_path).stderr
+    usage = _run([], cwd=tmp_path)
+    assert usage.returncode == 2 and "usage: python -m tokenformer_mm" in usage.stdout

@@ -1,0 +1,47 @@
+"""Run another project's script with every Tokenformer model registered.
+
+timm and open_clip look models up in registries that only an import fills, and their own
+scripts (timm's ``train.py``, ``validate.py``; ``open_clip_train.main``) never import this
+package. This runs them unchanged after registering the ``tokenformer_*`` timm models and the
+``TokenformerCLIP-*`` open_clip configs::
+
+    python -m tokenformer_mm pytorch-image-models/train.py --model tokenformer_micro_patch4_32 ...
+    python -m tokenformer_mm -m open_clip_train.main --model TokenformerCLIP-micro ...
+
+A script path runs as ``python SCRIPT`` would (its folder first on ``sys.path``), ``-m MODULE``
+as ``python -m MODULE`` would.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+USAGE = "usage: python -m tokenformer_mm SCRIPT [ARGS ...] | -m MODULE [ARGS ...]"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(f"{USAGE}\n\n{__doc__}")
+        raise SystemExit(0 if argv else 2)
+    if argv[0] == "-m" and len(argv) < 2:
+        raise SystemExit(f"-m needs a module name, e.g. -m open_clip_train.main\n{USAGE}")
+    if argv[0] != "-m" and not Path(argv[0]).is_file():
+        raise SystemExit(f"no script at {argv[0]!r}: give the path of a Python file, or -m MODULE")
+
+    import tokenformer_mm.clip  # noqa: F401  (registers the timm models and the open_clip configs)
+
+    if argv[0] == "-m":
+        sys.argv = argv[1:]  # run_module puts the module's file name in sys.argv[0]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        script = Path(argv[0])
+        sys.argv = argv
+        sys.path.insert(0, str(script.resolve().parent))
+        runpy.run_path(str(script), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@
     python scripts/bench.py timm-train --train-py ../pytorch-image-models/train.py
                                           # the same comparison under timm's own train.py
     python scripts/bench.py clip-train    # CLIP towers under open_clip's own trainer
+    python scripts/bench.py lm-recipe     # LM key inits vs the matched GPT at equal FLOPs
 
 Every entry records the command line, machine, torch version and date, so a figure can always be
 reproduced. On a CUDA machine the same commands measure GPU figures.
@@ -915,6 +916,94 @@ def bench_timm_train(args: argparse.Namespace) -> None:
     )
 
 
+def byte_stream(split: str) -> torch.Tensor:
+    """The CPython help texts of a split as one stream of UTF-8 bytes, 256 between documents."""
+    from tokenformer_mm.language.sources import pydoc_documents
+
+    ids: list[int] = []
+    for _, text in pydoc_documents(split):
+        ids += [*text.encode("utf-8"), 256]
+    return torch.tensor(ids)
+
+
+def lm_recipe_run(model: torch.nn.Module, train: torch.Tensor, val: torch.Tensor, args) -> dict:
+    """Validation nats/byte along the language main job's recipe (configs/language.yaml): AdamW
+    lr 3e-3, weight decay 0.1 on matrices, betas (0.9, 0.95), 100 warmup steps, cosine, clip 1."""
+    from tokenformer_mm.train.optim import WarmupCosine, param_groups
+
+    batch, length = args.batch_size, args.seq_len
+    optimizer = torch.optim.AdamW(param_groups(model, 0.1, None), lr=args.lr, betas=(0.9, 0.95))
+    schedule = WarmupCosine(100, args.steps, 1e-5 / args.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    generator = torch.Generator().manual_seed(args.seed)
+    blocks = (len(val) - 1) // length
+    val_blocks = torch.stack([val[i * length : i * length + length + 1] for i in range(blocks)])
+    curve = {}
+    for step in range(1, args.steps + 1):
+        starts = torch.randint(0, len(train) - length - 1, (batch,), generator=generator).tolist()
+        tokens = torch.stack([train[s : s + length + 1] for s in starts])
+        loss = model(tokens[:, :-1], tokens[:, 1:])[1]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            with torch.no_grad():
+                total = sum(
+                    model(b[:, :-1], b[:, 1:])[1].item() * len(b) for b in val_blocks.split(32)
+                )
+            curve[step] = total / blocks
+            model.train()
+    return curve
+
+
+def bench_lm_recipe(args: argparse.Namespace) -> None:
+    """Tokenformer LM key inits vs the matched nanoGPT-style GPT: loss at equal training FLOPs."""
+    from tokenformer_mm.flops import training_flops
+    from tokenformer_mm.language import TokenformerLM, lm_config
+
+    train, val = byte_stream("train"), byte_stream("val")
+    config = lm_config(args.model, context_length=args.seq_len)
+    variants: dict[str, Callable[[], torch.nn.Module]] = {
+        f"Tokenformer {args.model}, key_init={k}": lambda k=k: TokenformerLM(
+            lm_config(args.model, context_length=args.seq_len, key_init=k)
+        )
+        for k in args.key_inits
+    }
+    variants[f"nanoGPT-style GPT, mlp_ratio {MATCHED_MLP_RATIO:g} (matched)"] = lambda: GPT(
+        config.vocab_size, config.context_length, config.dim, config.depth, config.num_heads,
+        MATCHED_MLP_RATIO,
+    )  # fmt: skip
+    rows = []
+    for seed in tqdm(args.seeds, desc="seeds"):
+        for name, build in variants.items():
+            torch.manual_seed(seed)
+            args.seed = seed
+            model = build()
+            sample = torch.randint(0, config.vocab_size, (1, args.seq_len + 1))
+            flops = training_flops(model, lambda m=model, x=sample: m(x[:, :-1], x[:, 1:])[1])
+            start = time.perf_counter()
+            curve = lm_recipe_run(model, train, val, args)
+            row = {"model": name, "seed": seed}
+            row.update({f"step {s}": f"{v:.3f}" for s, v in curve.items()})
+            row["training TFLOPs"] = f"{flops * args.batch_size * args.steps / 1e12:.3g}"
+            rows.append({**row, "seconds": f"{time.perf_counter() - start:.0f}"})
+    record(
+        "Language: Tokenformer key inits vs the matched GPT at equal training FLOPs",
+        rows,
+        notes=(
+            f"The CPython help texts as UTF-8 bytes, batch {args.batch_size} x {args.seq_len}, "
+            f"{args.steps} steps of the language main job's recipe (AdamW lr {args.lr}, betas "
+            "(0.9, 0.95), weight decay 0.1 on matrices, 100 warmup steps then cosine, gradient "
+            "clipping 1.0) for every model; validation nats per byte on the whole validation "
+            "split. FLOPs by FlopCounterMode (tokenformer_mm.flops)."
+        ),
+        report=args.report,
+    )
+
+
 MATCHED_VIT_CLIP = "matched-vit"
 # open_clip's own ViT towers in TokenformerCLIP-micro's shape (mlp_ratio matches the parameters).
 MATCHED_VIT_CLIP_CFG = {
@@ -1058,6 +1147,18 @@ def main(argv: list[str] | None = None) -> None:
     timm_train.add_argument("--train-args", default="", help="more train.py arguments")
     timm_train.add_argument("--jobs", type=int, default=2, help="runs at a time")
     timm_train.set_defaults(run=bench_timm_train)
+    lm_rec = commands.add_parser("lm-recipe", help="LM key inits vs the matched GPT, loss/FLOP")
+    lm_rec.add_argument(
+        "--model", default="small", help="a name in tokenformer_mm.language.CONFIGS"
+    )
+    lm_rec.add_argument("--key-inits", nargs="+", default=["fan_in", "official"], type=_key_init)
+    lm_rec.add_argument("--seeds", type=int, nargs="+", default=[0])
+    lm_rec.add_argument("--steps", type=int, default=600)
+    lm_rec.add_argument("--eval-every", type=int, default=200)
+    lm_rec.add_argument("--lr", type=float, default=3e-3)
+    lm_rec.add_argument("--batch-size", type=int, default=16)
+    lm_rec.add_argument("--seq-len", type=int, default=256)
+    lm_rec.set_defaults(run=bench_lm_recipe)
     clip_train = commands.add_parser("clip-train", help="CLIP towers under open_clip's trainer")
     clip_train.add_argument(
         "--variants", nargs="+", default=["TokenformerCLIP-micro", MATCHED_VIT_CLIP]

@@ -51,3 +51,32 @@ def test_clip_eval_bench_measures_memory_of_both_ways(tmp_path):
     assert set(methods) == {"chunked (clip_metrics)", "whole N x N matrix"}
     for row in methods.values():
         assert row[0] == "300" and float(row[2]) >= 0 and float(row[3]) > 0
+
+
+def test_lm_recipe_bench_trains_each_variant_and_the_gpt_on_one_recipe(tmp_path):
+    rows = bench(
+        tmp_path,
+        "lm-recipe",
+        *("--model", "tiny", "--key-inits", "fan_in", "official", "--steps", "4"),
+        *("--eval-every", "2", "--batch-size", "2", "--seq-len", "32"),
+    )
+    header, data = rows[0], rows[1:]
+    assert header[:4] == ["model", "seed", "step 2", "step 4"]
+    assert [row[0].split(",")[0] for row in data] == ["Tokenformer tiny"] * 2 + [
+        "nanoGPT-style GPT"
+    ]
+    for row in data:  # 4 steps at warmup's start: still about ln(vocab 320) = 5.77 nats per byte
+        assert all(4.0 < float(loss) < 7.5 for loss in row[2:4])
+        assert float(row[4]) > 0  # training TFLOPs, counted
+
+
+def test_digits_image_folder_is_the_embedded_split(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from bench import digits_image_folder
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    root = digits_image_folder(tmp_path / "digits")
+    counts = {split: len(list((root / split).rglob("*.png"))) for split in ("train", "validation")}
+    assert counts == {"train": 1437, "validation": 360}
+    assert sorted(p.name for p in (root / "train").iterdir()) == [str(d) for d in range(10)]

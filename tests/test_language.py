@@ -20,7 +20,7 @@ from tokenformer_mm.language.sources import pydoc_documents, text_file_samples
 from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import Trainer, build_task
 
-from .conftest import assert_same_function
+from .conftest import assert_equal_up_to_rounding, assert_same_function
 from .engine_utils import compose_config, run, step_losses
 
 
@@ -48,10 +48,10 @@ def test_kv_cache_decoding_equals_full_forward_step_by_step():
     tokens = torch.randint(0, 320, (2, 24))
     full = all_logits(model, tokens)
     logits, cache = model.forward_cached(tokens[:, :5], None)
-    torch.testing.assert_close(logits, full[:, :5], atol=1e-5, rtol=0)
+    assert_equal_up_to_rounding(logits, full[:, :5])
     for t in range(5, 24):
         logits, cache = model.forward_cached(tokens[:, t : t + 1], cache)
-        torch.testing.assert_close(logits[:, 0], full[:, t], atol=1e-5, rtol=0)
+        assert_equal_up_to_rounding(logits[:, 0], full[:, t])
 
 
 def test_too_long_inputs_name_both_lengths_and_generation_crops_to_the_context():
@@ -153,7 +153,7 @@ def test_load_official_matches_an_independent_reference(tmp_path):
     assert model.blocks[0].ffn.tau.item() == pytest.approx(math.sqrt(48))
     tokens = torch.randint(0, config.vocab_size, (2, 17))
     expected = reference_forward(state, tokens, depth=3, heads=4)
-    torch.testing.assert_close(all_logits(model, tokens).double(), expected, atol=1e-5, rtol=1e-5)
+    assert_equal_up_to_rounding(all_logits(model, tokens).double(), expected)
 
 
 def test_load_official_150m_shapes_build_the_official_config():
@@ -357,7 +357,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for plain, checkpointed in zip(*grads, strict=True):
-        torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-7)
+        assert_equal_up_to_rounding(checkpointed, plain)
 
 
 def test_crop_block_size_shortens_the_context():
@@ -386,7 +386,7 @@ def test_left_padded_forward_equals_each_prompt_alone():
     batched = all_logits(model, tokens, attention_mask=mask)
     for i, prompt in enumerate(prompts):
         alone = all_logits(model, prompt[None])[0]
-        torch.testing.assert_close(batched[i, -len(prompt) :], alone, rtol=1e-4, atol=1e-5)
+        assert_equal_up_to_rounding(batched[i, -len(prompt) :], alone)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

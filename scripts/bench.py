@@ -1073,7 +1073,7 @@ def bench_clip_train(args: argparse.Namespace) -> None:
             "`python -m tokenformer_mm -m open_clip_train.main` (open_clip's trainer, unmodified) "
             "on the digits caption shards (`make_shards.py digits-pairs`: 1,437 train / 360 val "
             f"pairs), batch {args.batch_size}, lr {args.lr}, {args.warmup} warmup steps, cosine, "
-            f"{args.epochs} epochs, no gradient clipping, open_clip's defaults otherwise (weight "
+            f"{args.epochs} epochs, open_clip's defaults otherwise (no gradient clipping, weight "
             "decay 0.2, fp32) and its ViT betas for both (0.9, 0.98, eps 1e-6)"
             f"{'; extra: ' + args.train_args if args.train_args else ''}. `matched-vit` is "
             "open_clip's own VisionTransformer / TextTransformer in TokenformerCLIP-micro's "

@@ -214,12 +214,92 @@ def test_optimizer_state_grows_and_old_moments_continue():
     torch.testing.assert_close(layer.value_tokens[:64], twin[0].ffn.value_tokens)
 
 
-def test_grown_parameters_keep_identity():
-    """Growth resizes in place, so optimizers and hooks holding the parameters stay valid."""
+def test_new_rows_first_update_is_no_larger_than_a_fresh_adamws():
+    """Late in training (bias corrections ~1) zero moments would make a new row's first AdamW
+    update (1 - β1) / sqrt(1 - β2) ≈ 3.2x a fresh AdamW's, which moves each entry by ~lr."""
+    x, target = regression_task(n=16)
+    model = block_stack(depth=2)
+    lr = 1e-3
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0)
+    for _ in range(3):
+        adam_step(model, optimizer, x, target)
+    for state in optimizer.state.values():
+        state["step"].fill_(10_000)  # as far into training as growth would be
+    grow_model(model, factor=2, optimizer=optimizer)
+    layers = [m for m in model.modules() if isinstance(m, Pattention)]
+    before = [(m.key_tokens.detach().clone(), m.num_tokens // 2) for m in layers]
+    adam_step(model, optimizer, x, target)
+    pairs = list(zip(layers, before, strict=True))
+    moved = torch.stack([(m.key_tokens[old:] - keys[old:]).abs().max() for m, (keys, old) in pairs])
+    assert (moved > 0).all()  # the new keys train from the first step (gelu'(0) = 1/2)
+    assert moved.max() <= lr * (1 + 1e-5)
+    old_rows = [(m.key_tokens[:old] - keys[:old]).abs().max() for m, (keys, old) in pairs]
+    assert max(old_rows) > 0.5 * lr  # the old rows keep their full AdamW steps
+    # The seeding hook ran once and is gone: the next steps are plain AdamW steps.
+    assert not optimizer._tokenformer_pending_rows and not optimizer._optimizer_step_pre_hooks
+
+
+@pytest.mark.parametrize("pass_optimizer", [True, False])
+def test_growth_inside_a_loop_that_still_holds_the_last_loss(pass_optimizer):
+    """nanoGPT-style: train, keep ``loss``, grow, go on (same or new optimizer) — both towers."""
+    import timm
+
+    from tokenformer_mm.language import TokenformerLM, lm_config
+
+    tokens = torch.randint(0, 320, (2, 17))
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+    cases = [
+        (TokenformerLM(lm_config("tiny")), lambda m: m(tokens[:, :-1], tokens[:, 1:])[1]),
+        (
+            timm.create_model("tokenformer_micro_patch4_32", num_classes=4),
+            lambda m: nn.functional.cross_entropy(m(images), labels),
+        ),
+    ]
+    for model, compute_loss in cases:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for _ in range(2):
+            loss = compute_loss(model)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            before = compute_loss(model)
+        grow_model(model, factor=2, optimizer=optimizer if pass_optimizer else None)
+        if not pass_optimizer:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for _ in range(2):  # `loss` (the graph of the small model) is still alive here
+            grown_loss = compute_loss(model)
+            optimizer.zero_grad()
+            grown_loss.backward()
+            optimizer.step()
+        assert loss.grad_fn is not None
+        ffn = next(m for m in model.modules() if isinstance(m, Pattention) and m.kind == "ffn")
+        assert ffn.key_tokens[ffn.num_tokens // 2 :].abs().max() > 0  # the new tokens train
+        with torch.no_grad():
+            after = compute_loss(model)
+        assert torch.isfinite(after)
+        if pass_optimizer:  # the optimizer's state carried over: training simply goes on
+            assert after < before
+
+
+def test_an_optimizer_told_later_follows_the_grown_parameters():
+    """Grown layers get new Parameters; ``grow_optimizer_state`` moves an optimizer onto them,
+    also after two growths, and the untouched parameters keep their identity."""
     model = block_stack(depth=1)
-    before = [id(p) for p in model.parameters()]
-    grow_model(model, factor=2)
-    assert [id(p) for p in model.parameters()] == before
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, target = regression_task(n=4)
+    adam_step(model, optimizer, x, target)
+    norms_and_others = [p for n, p in model.named_parameters() if "ffn" not in n]
+    grow_model(model, factor=2, kinds=["ffn"])
+    grow_model(model, factor=2, kinds=["ffn"])
+    assert grow_optimizer_state(optimizer) == 2 * 2  # ffn keys and values x two moments
+    assert [id(p) for g in optimizer.param_groups for p in g["params"]] == [
+        id(p) for p in model.parameters()
+    ]
+    assert [p for n, p in model.named_parameters() if "ffn" not in n] == norms_and_others
+    assert optimizer.state[model[0].ffn.key_tokens]["exp_avg"].shape == (256, 32)
+    adam_step(model, optimizer, x, target)  # trains on, the grown layer included
+    assert model[0].ffn.key_tokens[64:].abs().max() > 0
 
 
 def test_training_flops_count_pattention_and_attention():

@@ -97,13 +97,23 @@ def _fill_new_rows(layer: Pattention, start: int, init: str) -> None:
 
 @torch.no_grad()
 def _resize_tokens(layer: Pattention, num_tokens: int) -> None:
-    """Resize the token tensors in place, keeping the Parameter objects (and so optimizer refs)."""
-    for param in (layer.key_tokens, layer.value_tokens):
-        grown = param.new_empty(num_tokens, param.shape[1])
-        keep = min(num_tokens, param.shape[0])
-        grown[:keep] = param[:keep]
-        param.data = grown
-        param.grad = None  # a gradient of the old shape is meaningless now
+    """Give the layer new, resized token Parameters (the first rows copied).
+
+    New ``nn.Parameter`` objects, not a ``.data`` swap: autograd caches one gradient accumulator
+    per tensor, and a graph recorded before growth (a loss a training loop still holds) keeps the
+    old one, shaped like the old tensor, alive; reusing the tensor would fail the next backward.
+    Each old Parameter records its successor (``_grown_into``), which ``grow_optimizer_state``
+    follows to move an optimizer's references and state over.
+    """
+    for name in ("key_tokens", "value_tokens"):
+        old = getattr(layer, name)
+        grown = old.new_empty(num_tokens, old.shape[1])
+        keep = min(num_tokens, old.shape[0])
+        grown[:keep] = old[:keep]
+        new = nn.Parameter(grown, requires_grad=old.requires_grad)
+        setattr(layer, name, new)
+        old._grown_into = new
+        old.grad = None  # a gradient of the old shape is meaningless now
 
 
 def _target_tokens(
@@ -164,9 +174,11 @@ def grow_model(
     Raises ``ValueError`` for a shrinking or non-positive size, or a model without Pattention
     layers. ``softmax`` layers cannot grow exactly (``exp(0) != 0``) and grow with a warning.
 
-    Parameters are resized in place (the same ``nn.Parameter`` objects, so optimizers and hooks
-    stay valid). Grow between steps: an autograd graph recorded before growth and still alive
-    cannot be backpropagated afterwards, and it makes later backward passes fail on the old shapes.
+    The grown layers get new ``nn.Parameter`` objects, so a graph recorded before growth (a
+    loop's last ``loss``) may stay alive without disturbing later steps (it cannot itself be
+    backpropagated afterwards). Pass the ``optimizer`` (or call ``grow_optimizer_state`` on it,
+    or build a new one): an optimizer that is not told keeps the old Parameters, which no longer
+    receive gradients. Hooks registered on the old Parameters do not carry over.
     """
     _check_init(init)
     kinds = _check_growth_args(factor, num_tokens, kinds)
@@ -210,17 +222,35 @@ def grow_model(
 
 @torch.no_grad()
 def grow_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
-    """Grow the per-parameter optimizer state after ``grow_model`` resized parameters in place.
+    """Move an optimizer over to the Parameters ``grow_model`` made, and grow their state.
 
-    Every state tensor shaped like the parameter's old shape (Adam/AdamW ``exp_avg``,
+    Its references to grown Parameters are replaced by the new ones (in ``param_groups`` and
+    ``state``). Every state tensor shaped like the parameter's old shape (Adam/AdamW ``exp_avg``,
     ``exp_avg_sq``, ``max_exp_avg_sq``; SGD ``momentum_buffer``) keeps its old rows and gets zero
-    rows for the new tokens, so the optimizer continues without a restart. Returns the number of
-    state tensors grown.
+    rows for the new tokens, so the old rows continue exactly as if nothing grew.
+
+    New rows of an Adam-style state (``exp_avg_sq`` and ``betas``) would otherwise get a kick: they
+    share the parameter's step count, whose bias correction is ~1 late in training, so zero
+    moments make their first update ``(1 - β1) / sqrt(1 - β2)`` ≈ 3.2x a fresh AdamW's (β 0.9,
+    0.999). Instead, at the next step their second moment is seeded from their own first
+    gradient, so that the bias-corrected estimate equals that gradient squared, as a fresh
+    AdamW's does; the first moment starts at zero and builds up, a short warm-up of the new rows
+    that never exceeds a fresh AdamW's first update (``docs/design.md``, "Growth"). Returns the
+    number of state tensors grown.
     """
     grown = 0
+    seed_from_row: dict[nn.Parameter, int] = {}
     for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
+        for i, old in enumerate(group["params"]):
+            param = old
+            while hasattr(param, "_grown_into"):  # grown (maybe more than once) since last told
+                param = param._grown_into
+            if param is not old:
+                group["params"][i] = param
+                if old in optimizer.state:
+                    optimizer.state[param] = optimizer.state.pop(old)
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
                 if not torch.is_tensor(value) or value.shape == param.shape or value.dim() == 0:
                     continue
                 if (
@@ -234,9 +264,46 @@ def grow_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
                     )
                 padded = value.new_zeros(param.shape)
                 padded[: value.shape[0]] = value
-                optimizer.state[param][key] = padded
+                state[key] = padded
                 grown += 1
+                if key == "exp_avg_sq" and "betas" in group:
+                    seed_from_row[param] = value.shape[0]
+    if seed_from_row:
+        _seed_new_rows_at_next_step(optimizer, seed_from_row)
     return grown
+
+
+def _seed_new_rows_at_next_step(
+    optimizer: torch.optim.Optimizer, seed_from_row: dict[nn.Parameter, int]
+) -> None:
+    """Before the next step that gives each parameter a gradient, seed the second moment of its
+    rows ``seed_from_row[param]:`` so that the step's bias-corrected estimate is ``grad**2``."""
+    pending = dict(seed_from_row)
+    if getattr(optimizer, "_tokenformer_pending_rows", None):  # grown again before a step
+        for param, row in optimizer._tokenformer_pending_rows.items():
+            while hasattr(param, "_grown_into"):
+                param = param._grown_into
+            pending[param] = min(row, pending.get(param, row))
+        optimizer._tokenformer_seed_hook.remove()
+    betas = {param: group["betas"] for group in optimizer.param_groups for param in group["params"]}
+
+    @torch.no_grad()
+    def seed(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        for param, row in list(pending.items()):
+            if param.grad is None:
+                continue
+            beta2 = float(betas[param][1])
+            step = float(opt.state[param]["step"]) + 1  # the step about to be taken
+            # Adam then sets v = β2 v + (1 - β2) g², and divides by 1 - β2^step.
+            weight = max(0.0, (1 - beta2**step - (1 - beta2)) / beta2)
+            grad = param.grad[row:].to(opt.state[param]["exp_avg_sq"].dtype)
+            opt.state[param]["exp_avg_sq"][row:] = weight * grad.square()
+            del pending[param]
+        if not pending:
+            optimizer._tokenformer_seed_hook.remove()
+
+    optimizer._tokenformer_pending_rows = pending
+    optimizer._tokenformer_seed_hook = optimizer.register_step_pre_hook(seed)
 
 
 @torch.no_grad()

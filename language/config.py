@@ -22,7 +22,7 @@ class LanguageModelConfig:
 @dataclass
 class TextDataConfig:
     name: str = "pydoc"
-    train_shards: str | None = None  # None with name=pydoc: the embedded corpus, built on first use
+    train_shards: str | None = None  # None with name=pydoc / stdlib: embedded, built on first use
     val_shards: str | None = None
     tokenizer: str = "byte"  # or the path of a tokenizer.json
     seq_len: int = 256

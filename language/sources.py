@@ -1,13 +1,20 @@
-"""Text corpora turned into webdataset samples: local text / jsonl files and the embedded corpus.
+"""Text corpora turned into webdataset samples: local text / jsonl files and two embedded corpora.
 
-The embedded corpus is the English help texts every CPython ships (``pydoc_data.topics``,
-~465 KB in 79 topics), split into paragraphs as documents; every 10th topic is validation.
+Both ship with every CPython, so nothing is downloaded:
+
+- ``pydoc``: the English help texts (``pydoc_data.topics``, ~465 KB in 79 topics), split into
+  paragraphs as documents; every 10th topic is validation. Small: a few hundred steps read it
+  many times over.
+- ``stdlib``: the standard library's own source, one ``.py`` file per document (~12 MB in ~730
+  files without the test suites, ~31 MB with them), in sorted path order; every 50th file is
+  validation. Large enough that a growth study reads each token at most once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +22,9 @@ from typing import Any
 from tokenformer_mm.shards import cached_shards, write_shards
 
 PYDOC_VAL_EVERY = 10
+STDLIB_VAL_EVERY = 50
+# Folders of the standard library's own test suites (left out unless asked for).
+STDLIB_TEST_FOLDERS = frozenset({"test", "tests", "idle_test"})
 
 
 def text_file_samples(paths: Iterable[str | os.PathLike]) -> Iterator[dict[str, Any]]:
@@ -33,8 +43,7 @@ def pydoc_documents(split: str) -> Iterator[tuple[str, str]]:
     """(key, paragraph) of the CPython help topics of a split (``train`` or ``val``)."""
     from pydoc_data.topics import topics
 
-    if split not in ("train", "val"):
-        raise ValueError(f"pydoc split must be 'train' or 'val', got {split!r}")
+    _check_split("pydoc", split)
     for index, name in enumerate(sorted(topics)):
         if (index % PYDOC_VAL_EVERY == 0) != (split == "val"):
             continue
@@ -57,3 +66,57 @@ def write_pydoc_shards(out_dir: str | os.PathLike, samples_per_shard: int = 500)
 def ensure_pydoc_shards(cache_dir: str | os.PathLike | None = None) -> Path:
     """The embedded corpus shards in the cache directory, built on first use."""
     return cached_shards("pydoc", write_pydoc_shards, cache_dir)
+
+
+def _check_split(corpus: str, split: str) -> None:
+    if split not in ("train", "val"):
+        raise ValueError(f"{corpus} split must be 'train' or 'val', got {split!r}")
+
+
+def stdlib_files(include_tests: bool = False) -> list[Path]:
+    """The standard library's ``.py`` files in sorted (POSIX) path order, site-packages excluded."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for path in root.rglob("*.py"):
+        parts = set(path.relative_to(root).parts[:-1])
+        if "site-packages" in parts or "__pycache__" in parts:
+            continue
+        if not include_tests and parts & STDLIB_TEST_FOLDERS:
+            continue
+        files.append(path)
+    if not files:
+        raise FileNotFoundError(f"no .py files under the standard library folder {root}")
+    return sorted(files, key=lambda path: path.relative_to(root).as_posix())
+
+
+def stdlib_documents(split: str, include_tests: bool = False) -> Iterator[tuple[str, str]]:
+    """(key, source) of the standard library files of a split; every 50th file is validation.
+
+    Undecodable bytes (a few files are not UTF-8) become U+FFFD rather than dropping the file.
+    """
+    _check_split("stdlib", split)
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for index, path in enumerate(stdlib_files(include_tests)):
+        if (index % STDLIB_VAL_EVERY == 0) != (split == "val"):
+            continue
+        key = path.relative_to(root).with_suffix("").as_posix().replace("/", "__")
+        yield key.replace(".", "_"), path.read_bytes().decode("utf-8", errors="replace")
+
+
+def write_stdlib_shards(out_dir: str | os.PathLike, samples_per_shard: int = 100) -> Path:
+    for split in ("train", "val"):
+        samples = (
+            {"__key__": key, "json": json.dumps({"text": text}).encode()}
+            for key, text in stdlib_documents(split)
+        )
+        write_shards(samples, out_dir, split, samples_per_shard, "stdlib")
+    return Path(out_dir)
+
+
+def ensure_stdlib_shards(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The standard-library corpus shards in the cache directory, built on first use."""
+    return cached_shards("stdlib", write_stdlib_shards, cache_dir)
+
+
+# The embedded corpora by ``data.name``: built on first use when no shards are given.
+EMBEDDED_CORPORA = {"pydoc": ensure_pydoc_shards, "stdlib": ensure_stdlib_shards}

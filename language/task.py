@@ -15,7 +15,7 @@ from tokenformer_mm.shards import run_shards
 
 from .data import text_eval_loader, text_train_loader
 from .model import IGNORE_INDEX, TokenformerLM, lm_config
-from .sources import ensure_pydoc_shards
+from .sources import EMBEDDED_CORPORA
 from .tokenizer import load_tokenizer
 
 
@@ -42,7 +42,7 @@ class LanguageModelingTask:
                 f"data.seq_len={cfg.data.seq_len} exceeds the model's context_length="
                 f"{self.config.context_length}; lower it or set model.overrides.context_length"
             )
-        self.train_shards, self.val_shards = run_shards(cfg.data, "pydoc", ensure_pydoc_shards)
+        self.train_shards, self.val_shards = run_shards(cfg.data, EMBEDDED_CORPORA)
 
     def build_model(self) -> nn.Module:
         return TokenformerLM(self.config)

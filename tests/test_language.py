@@ -16,7 +16,12 @@ from tokenformer_mm.language import (
 )
 from tokenformer_mm.language.data import PackBlocks, text_eval_loader, text_train_loader
 from tokenformer_mm.language.official import official_key_map
-from tokenformer_mm.language.sources import pydoc_documents, text_file_samples
+from tokenformer_mm.language.sources import (
+    STDLIB_TEST_FOLDERS,
+    pydoc_documents,
+    stdlib_documents,
+    text_file_samples,
+)
 from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import Trainer, build_task
 
@@ -449,3 +454,39 @@ def test_grad_checkpointing_in_a_run_keeps_the_losses_and_the_flop_count(tmp_pat
     assert losses[0].keys() == losses[1].keys() == {1, 2, 3}
     for step, loss in losses[0].items():  # fp32 on CPU: the recompute is the same arithmetic
         assert losses[1][step] == pytest.approx(loss, rel=1e-6), step
+
+
+def test_stdlib_corpus_splits_by_file_deterministically_without_test_suites():
+    train, val = list(stdlib_documents("train")), list(stdlib_documents("val"))
+    assert [key for key, _ in stdlib_documents("val")] == [key for key, _ in val]
+    keys = {key for key, _ in train} | {key for key, _ in val}
+    assert len(keys) == len(train) + len(val)  # every file once, in one split
+    assert 0.01 < len(val) / len(keys) < 0.03  # every 50th file
+    assert not any(set(key.split("__")[:-1]) & STDLIB_TEST_FOLDERS for key in keys)
+    assert "json__decoder" in keys and "class JSONDecoder" in dict(train + val)["json__decoder"]
+    assert sum(len(text.encode()) for _, text in train) > 5_000_000  # megabytes: no repetition
+    with_tests = {key for key, _ in stdlib_documents("train", include_tests=True)}
+    assert len(with_tests) > len(train) and any(k.startswith("test__") for k in with_tests)
+    with pytest.raises(ValueError, match="'train' or 'val'"):
+        next(stdlib_documents("test"))
+
+
+@pytest.mark.webdataset
+def test_data_stdlib_builds_its_shards_on_first_use_and_trains(tmp_path):
+    overrides = ["data=stdlib", "data.seq_len=64", "train.steps=2", "train.eval_every=2"]
+    overrides += ["train.checkpoint_every=2", "optim.warmup_steps=1", f"run_dir={tmp_path}"]
+    cfg = compose_config("language", overrides)
+    task = build_task(cfg)
+    assert "stdlib" in task.train_shards and "stdlib" in task.val_shards
+    batch = next(iter(task.train_loader()))
+    text = bytes(t for t in batch["tokens"][0].tolist() if t < 256).decode(errors="replace")
+    assert any(word in text for word in ("def ", "import ", "return", "self"))
+    summary = Trainer(cfg, task, tmp_path).fit()
+    assert math.isfinite(summary["metrics"]["val/loss"])
+
+
+def test_an_unknown_corpus_without_shards_names_the_embedded_ones():
+    cfg = compose_config("language", ["data.name=books"])
+    expected = r"data=books needs data.train_shards.*\['pydoc', 'stdlib'\]"
+    with pytest.raises(ValueError, match=expected):
+        build_task(cfg)

@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,18 +103,20 @@ def cached_shards(
     return target
 
 
-def run_shards(data: Any, embedded: str, build: Callable[[], Path]) -> tuple[str, str]:
+def run_shards(data: Any, embedded: Mapping[str, Callable[[], Path]]) -> tuple[str, str]:
     """(train, val) shard patterns of a run's ``data`` config.
 
-    Both patterns when given; else, for the embedded data set named ``embedded``, its shards
-    (``build()`` makes them on first use); else an error naming what is missing.
+    Both patterns when given; else, for an embedded data set (``embedded`` maps its
+    ``data.name`` to the function that builds its shards on first use), its shards; else an
+    error naming what is missing.
     """
     if data.train_shards and data.val_shards:
         return data.train_shards, data.val_shards
-    if data.name != embedded:
+    if data.name not in embedded:
         raise ValueError(
             f"data={data.name} needs data.train_shards and data.val_shards (shard patterns such "
-            "as '/data/imagenet1k-train-{0000..1023}.tar'; quote braces in Hydra overrides)"
+            "as '/data/imagenet1k-train-{0000..1023}.tar'; quote braces in Hydra overrides), "
+            f"or name an embedded data set: {sorted(embedded)}"
         )
-    root = build()
+    root = embedded[data.name]()
     return str(root / "train-*.tar"), str(root / "val-*.tar")

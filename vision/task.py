@@ -54,7 +54,7 @@ class ImageClassificationTask:
             label_smoothing=cfg.data.label_smoothing,
             num_classes=cfg.data.num_classes,
         )
-        self.train_shards, self.val_shards = run_shards(cfg.data, "digits", ensure_digits_shards)
+        self.train_shards, self.val_shards = run_shards(cfg.data, {"digits": ensure_digits_shards})
 
     def build_model(self) -> nn.Module:
         kwargs = dict(self.cfg.model.kwargs)

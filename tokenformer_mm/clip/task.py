@@ -69,7 +69,7 @@ class ClipTask:
         self.tokenizer = open_clip.get_tokenizer(cfg.model.name)
         self.loss = open_clip.ClipLoss()
         self.train_shards, self.val_shards = run_shards(
-            cfg.data, "digits_pairs", ensure_digits_pair_shards
+            cfg.data, {"digits_pairs": ensure_digits_pair_shards}
         )
 
     def build_model(self) -> nn.Module:

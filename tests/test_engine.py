@@ -14,6 +14,7 @@ from hydra.errors import ConfigCompositionException
 from tokenformer_mm import Pattention
 from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import Trainer, build_task, checkpoint
+from tokenformer_mm.train.config import validate
 from tokenformer_mm.train.optim import WarmupCosine, param_groups
 from tokenformer_mm.vision.sources import digits_samples
 
@@ -290,3 +291,47 @@ def test_mixup_runs_through_the_engine(tmp_path):
         tmp_path, ["train.steps=3", "data.mixup_alpha=0.8", "data.cutmix_alpha=1.0"]
     ).fit()
     assert summary["metrics"]["val/loss"] > 0
+
+
+def test_warmup_stable_decay_schedule():
+    from tokenformer_mm.train.optim import WarmupStableDecay
+
+    schedule = WarmupStableDecay(warmup=4, total=20, decay=5, min_ratio=0.1)
+    assert [schedule(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert all(schedule(s) == 1.0 for s in range(4, 15))  # stable until the last 5 steps
+    assert [round(schedule(s), 6) for s in range(15, 21)] == [1.0, 0.82, 0.64, 0.46, 0.28, 0.1]
+
+
+def test_a_cooldown_branch_equals_a_run_scheduled_for_its_budget(tmp_path):
+    """WSD: a branch from step 4 of an 8-step run, decaying over 2 steps, ends with the weights
+    of a 6-step run with the same 2-step decay (same steps, data and RNG up to the branch)."""
+    common = [*TINY_VISION, "optim.schedule=wsd", "optim.decay_steps=2", "train.eval_every=100"]
+    long, short, branch = tmp_path / "long", tmp_path / "short", tmp_path / "branch"
+    run(train_command([*common, "train.steps=8", "train.checkpoint_every=4", f"run_dir={long}"]))
+    run(train_command([*common, "train.steps=6", "train.checkpoint_every=6", f"run_dir={short}"]))
+    step_4 = long / "checkpoints" / "step_00000004"
+    run(
+        train_command(
+            [*common, "train.steps=6", f"train.branch_from={step_4}", f"run_dir={branch}"]
+        )
+    )
+    ours = checkpoint.load_weights(checkpoint.latest(branch / "checkpoints"))
+    expected = checkpoint.load_weights(checkpoint.latest(short / "checkpoints"))
+    assert checkpoint.latest(branch / "checkpoints").name == "step_00000006"
+    for key in expected:
+        assert_equal_up_to_rounding(ours[key], expected[key])
+    assert set(step_losses(branch)) == {5, 6}  # only the decay was trained in the branch
+    far = checkpoint.load_weights(checkpoint.latest(long / "checkpoints"))
+    assert any(not torch.equal(far[k], expected[k]) for k in expected)
+
+
+def test_a_branch_must_name_a_checkpoint_and_continue_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    cfg = compose_config(
+        "vision", [*TINY_VISION, f"train.branch_from={tmp_path / 'empty'}", f"run_dir={tmp_path}"]
+    )
+    with pytest.raises(ValueError, match=r"train.branch_from=.*empty.* is not a checkpoint"):
+        Trainer(cfg, build_task(cfg), tmp_path / "run")
+    bad = compose_config("vision", ["optim.schedule=linear"])
+    with pytest.raises(ValueError, match=r"optim.schedule must be one of \('cosine', 'wsd'\)"):
+        validate(bad)

@@ -16,11 +16,12 @@ from ..growth import INITS
 from ..pattention import KINDS
 
 PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("cosine", "wsd")
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay, in optimizer steps."""
+    """AdamW with linear warmup, then cosine decay or warmup-stable-decay, in optimizer steps."""
 
     lr: float = 1e-3
     min_lr: float = 1e-5
@@ -29,6 +30,8 @@ class OptimConfig:
     token_weight_decay: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 100
+    schedule: str = "cosine"  # or "wsd": constant after warmup, linear decay at the end
+    decay_steps: int | None = None  # wsd: steps of the final decay; None: the last 20 % of the run
     grad_clip: float | None = 1.0
 
 
@@ -64,6 +67,10 @@ class TrainConfig:
     ema_decay: float | None = None  # e.g. 0.9998; evaluation then uses the EMA weights
     log_every: int = 10
     device: str = "auto"  # auto: the local rank's GPU when CUDA is available, else cpu
+    # A checkpoint directory of another run to continue from, in this run_dir: its weights,
+    # optimizer, schedule position, step and data position. With optim.schedule=wsd and
+    # train.steps = its step + optim.decay_steps this is a cooldown branch of a stable phase.
+    branch_from: str | None = None
     # Recompute each block in backward (the model's set_grad_checkpointing): activations of one
     # block at a time, for the large configs; FLOPs are still counted without the recompute.
     grad_checkpointing: bool = False
@@ -102,6 +109,18 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"train.precision must be one of {PRECISIONS}, got {train.precision!r}")
     if optim.warmup_steps < 0:
         raise ValueError(f"optim.warmup_steps must be >= 0, got {optim.warmup_steps}")
+    if optim.schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {optim.schedule!r}")
+    if optim.decay_steps is not None and not 0 < optim.decay_steps <= train.steps:
+        raise ValueError(
+            f"optim.decay_steps must be in (0, train.steps={train.steps}] or null, got "
+            f"{optim.decay_steps}"
+        )
+    if train.branch_from and growth.init_from:
+        raise ValueError(
+            "train.branch_from and growth.init_from both say where the run starts; give one "
+            f"(got {train.branch_from!r} and {growth.init_from!r})"
+        )
     if train.ema_decay is not None and not 0 < train.ema_decay < 1:
         raise ValueError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
     if growth.init not in INITS:

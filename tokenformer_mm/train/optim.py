@@ -1,4 +1,5 @@
-"""The optimizer and its learning-rate schedule: AdamW with weight-decay groups, warmup + cosine."""
+"""The optimizer and its learning-rate schedule: AdamW with weight-decay groups; warmup, then cosine
+or warmup-stable-decay (WSD)."""
 
 from __future__ import annotations
 
@@ -57,14 +58,46 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class WarmupStableDecay:
+    """LR multiplier: linear warmup from 0, constant, then a linear decay to ``min_ratio`` over
+    the last ``decay`` of ``total`` steps.
+
+    The stable phase is what makes cooldown branches possible: a checkpoint taken in it can be
+    continued with only the decay (``train.branch_from``), so one long run gives annealed models
+    at many budgets, each as good as a run scheduled for that budget (WSD matches cosine).
+    """
+
+    def __init__(self, warmup: int, total: int, decay: int, min_ratio: float) -> None:
+        self.warmup, self.total, self.decay, self.min_ratio = warmup, total, decay, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        decay_start = self.total - self.decay
+        if step < decay_start:
+            return 1.0
+        progress = min(1.0, (step - decay_start) / max(1, self.decay))
+        return 1.0 - (1.0 - self.min_ratio) * progress
+
+
+def decay_steps(optim: Any, total_steps: int) -> int:
+    """Length of the WSD decay: ``optim.decay_steps``, or the last 20 % of the run."""
+    return optim.decay_steps if optim.decay_steps is not None else max(1, round(0.2 * total_steps))
+
+
 def build_optimizer(
     model: nn.Module, optim: Any, total_steps: int
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``param_groups`` and its warmup + cosine schedule, as ``optim`` configures."""
+    """AdamW over ``param_groups`` and the ``optim.schedule``, as ``optim`` configures."""
     optimizer = torch.optim.AdamW(
         param_groups(model, optim.weight_decay, optim.token_weight_decay),
         lr=optim.lr,
         betas=tuple(optim.betas),
     )
-    schedule = WarmupCosine(optim.warmup_steps, total_steps, optim.min_lr / optim.lr)
+    min_ratio = optim.min_lr / optim.lr
+    if optim.schedule == "wsd":
+        decay = decay_steps(optim, total_steps)
+        schedule = WarmupStableDecay(optim.warmup_steps, total_steps, decay, min_ratio)
+    else:
+        schedule = WarmupCosine(optim.warmup_steps, total_steps, min_ratio)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -231,6 +231,7 @@ class Trainer:
     # --- set-up steps -----------------------------------------------------------------------
 
     def _resume_checkpoint(self) -> Path | None:
+        """This run's newest checkpoint (resume=true), else ``train.branch_from``'s, else None."""
         found = checkpoint.latest(self.ckpt_dir)
         if found is not None and not self.cfg.resume:
             raise ValueError(
@@ -239,7 +240,26 @@ class Trainer:
             )
         if self.cfg.resume and found is None:
             logger.warning("resume=true but %s has no checkpoint: starting fresh", self.ckpt_dir)
+        branch = self.cfg.train.branch_from
+        if found is None and branch:
+            found = self._branch_point(Path(branch))
         return found
+
+    def _branch_point(self, path: Path) -> Path:
+        """The checkpoint ``train.branch_from`` names: a checkpoint directory, or a run's
+        ``checkpoints/`` folder or run directory (then its newest checkpoint)."""
+        for candidate in (path, path / "checkpoints"):
+            newest = checkpoint.latest(candidate) if candidate.is_dir() else None
+            if newest is not None:
+                path = newest
+                break
+        if not (path / checkpoint.STATE_FILE).is_file():
+            raise ValueError(
+                f"train.branch_from={str(path)!r} is not a checkpoint: expected a directory with "
+                f"{checkpoint.STATE_FILE} (e.g. <run>/checkpoints/step_000400) or a run directory"
+            )
+        logger.info("branching from %s", path)
+        return path
 
     def _warm_start(self, source: str) -> None:
         report = load_grown(self.model, checkpoint.load_weights(source), self.cfg.growth.init)
@@ -252,8 +272,24 @@ class Trainer:
         if self.ema is not None:
             checkpoint.load_model(self.ema.module, path / checkpoint.EMA_FILE)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        # The position in the schedule, not the saved schedule's shape: LambdaLR would restore
+        # our schedule objects' fields too, and a branch (or a resume with other train.steps or
+        # optim.decay_steps) follows this run's config.
+        lambdas = [None] * len(self.scheduler.lr_lambdas)  # None: keep ours
+        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": lambdas})
+        for group, base_lr, schedule in zip(
+            self.optimizer.param_groups,
+            self.scheduler.base_lrs,
+            self.scheduler.lr_lambdas,
+            strict=True,
+        ):
+            group["lr"] = base_lr * schedule(self.scheduler.last_epoch)
         self.step, self.total_flops = state["step"], state["total_flops"]
+        if path.resolve().parent != self.ckpt_dir.resolve() and self.step >= self.cfg.train.steps:
+            raise ValueError(
+                f"train.branch_from={str(path)!r} is at step {self.step}, but train.steps="
+                f"{self.cfg.train.steps}: a branch continues that run, so raise train.steps"
+            )
         self.growth_events = state["growth_events"]
         ranks = state["ranks"]
         if len(ranks) == self.world_size:

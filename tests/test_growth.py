@@ -334,3 +334,88 @@ def test_attention_flops_follow_one_convention_whatever_the_kernel():
         == training_flops(module, explicit)
         == 3 * 4 * 2 * 3 * 7 * 7 * 8
     )
+
+
+def _towers():
+    """(model, loss) for both towers and the CLIP text tower, at their smallest sizes."""
+    import open_clip
+    import timm
+
+    import tokenformer_mm.clip  # noqa: F401  (registers the CLIP configs)
+    from tokenformer_mm.language import TokenformerLM, lm_config
+
+    tokens = torch.randint(0, 320, (2, 17))
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+    text = open_clip.create_model("TokenformerCLIP-micro").text
+    captions = torch.randint(1, 1000, (2, 20))
+    return [
+        (TokenformerLM(lm_config("tiny")), lambda m: m(tokens[:, :-1], tokens[:, 1:])[1]),
+        (
+            timm.create_model("tokenformer_micro_patch4_32", num_classes=4),
+            lambda m: nn.functional.cross_entropy(m(images), labels),
+        ),
+        (text, lambda m: m(captions).square().mean()),
+    ]
+
+
+def test_exact_depth_growth_keeps_the_loss_and_trains_in_every_tower():
+    from tokenformer_mm import grow_depth
+
+    for model, compute_loss in _towers():
+        depth = len(_block_list(model))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        with torch.no_grad():
+            before = compute_loss(model)
+        report = grow_depth(model, factor=2, optimizer=optimizer)
+        assert len(_block_list(model)) == 2 * depth and report.depth == (depth, 2 * depth)
+        assert str(report).startswith(f"grew depth {depth} -> {2 * depth} with init=exact")
+        with torch.no_grad():
+            after = compute_loss(model)
+        # New blocks add exact zeros to the residual stream: the same function, bit for bit.
+        assert abs(after.item() - before.item()) <= 1e-6 * abs(before.item())
+        new_block = _block_list(model)[1]
+        assert sum(len(g["params"]) for g in optimizer.param_groups) == len(
+            list(model.parameters())
+        )
+        for _ in range(3):
+            optimizer.zero_grad()
+            compute_loss(model).backward()
+            optimizer.step()
+        assert new_block.proj.value_tokens.abs().max() > 0  # the identity block trains
+        assert new_block.ffn.value_tokens.abs().max() > 0
+    lm = _towers()[0][0]
+    grow_depth(lm, factor=3)
+    assert lm.config.depth == 6  # save_pretrained writes the grown depth
+    vit = _towers()[1][0]
+    grow_depth(vit, factor=2)
+    assert [info["module"] for info in vit.feature_info] == [f"blocks.{i}" for i in range(8)]
+    assert len(vit.forward_intermediates(torch.randn(1, 3, 32, 32), indices=8)[1]) == 8
+
+
+def test_stacked_depth_growth_copies_blocks_and_bad_arguments_say_what_is_allowed():
+    from tokenformer_mm import grow_depth
+
+    model, compute_loss = _towers()[0]
+    with torch.no_grad():
+        before = compute_loss(model)
+    grow_depth(model, factor=2, init="stack")
+    blocks = _block_list(model)
+    assert torch.equal(blocks[0].ffn.key_tokens, blocks[1].ffn.key_tokens)
+    assert blocks[0].ffn.key_tokens is not blocks[1].ffn.key_tokens
+    with torch.no_grad():
+        assert compute_loss(model) != before  # stacking is not exact
+    with pytest.raises(ValueError, match="factor must be an int >= 2, got 1"):
+        grow_depth(model, factor=1)
+    with pytest.raises(ValueError, match=r"expected one of \('exact', 'stack'\)"):
+        grow_depth(model, init="zero")
+    import open_clip
+
+    clip = open_clip.create_model("TokenformerCLIP-micro")
+    with pytest.raises(ValueError, match=r"found 2 .*grow a tower"):
+        grow_depth(clip)
+
+
+def _block_list(model):
+    from tokenformer_mm.growth import _block_container
+
+    return _block_container(model)[1]

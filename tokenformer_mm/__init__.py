@@ -13,6 +13,7 @@ from .block import TokenformerBlock
 from .growth import (
     GrownLayer,
     GrowthReport,
+    grow_depth,
     grow_model,
     grow_optimizer_state,
     load_grown,
@@ -27,6 +28,7 @@ __all__ = [
     "GrowthReport",
     "Pattention",
     "TokenformerBlock",
+    "grow_depth",
     "grow_model",
     "grow_optimizer_state",
     "load_grown",

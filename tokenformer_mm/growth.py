@@ -16,6 +16,8 @@ a model wrapped in DDP.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import warnings
@@ -25,11 +27,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .block import TokenformerBlock
 from .pattention import KINDS, Pattention
 
 logger = logging.getLogger(__name__)
 
 INITS = ("exact", "official")
+DEPTH_INITS = ("exact", "stack")
 
 
 @dataclass(frozen=True)
@@ -51,18 +55,22 @@ class GrowthReport:
     params_before: int
     params_after: int
     layers: list[GrownLayer] = field(default_factory=list)
+    depth: tuple[int, int] | None = None  # (before, after) for ``grow_depth``
 
     @property
     def added_params(self) -> int:
         return self.params_after - self.params_before
 
     def __str__(self) -> str:
-        tokens = sorted({(layer.kind, layer.old_tokens, layer.new_tokens) for layer in self.layers})
-        per_kind = ", ".join(f"{kind} {old}->{new}" for kind, old, new in tokens)
-        return (
-            f"grew {len(self.layers)} Pattention layers ({per_kind}) with init={self.init}: "
+        params = (
             f"{self.params_before:,} -> {self.params_after:,} parameters (+{self.added_params:,})"
         )
+        if self.depth is not None:
+            return f"grew depth {self.depth[0]} -> {self.depth[1]} with init={self.init}: {params}"
+        tokens = sorted({(layer.kind, layer.old_tokens, layer.new_tokens) for layer in self.layers})
+        per_kind = ", ".join(f"{kind} {old}->{new}" for kind, old, new in tokens)
+        layers = f"{len(self.layers)} Pattention layers ({per_kind})"
+        return f"grew {layers} with init={self.init}: {params}"
 
 
 def _check_init(init: str) -> None:
@@ -304,6 +312,88 @@ def _seed_new_rows_at_next_step(
 
     optimizer._tokenformer_pending_rows = pending
     optimizer._tokenformer_seed_hook = optimizer.register_step_pre_hook(seed)
+
+
+def _block_container(model: nn.Module) -> tuple[str, nn.ModuleList | nn.Sequential]:
+    """The one ``ModuleList`` / ``Sequential`` of the model made of Tokenformer blocks."""
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.ModuleList, nn.Sequential))
+        and len(module) > 0
+        and all(isinstance(child, TokenformerBlock) for child in module)
+    ]
+    if len(found) != 1:
+        names = [name for name, _ in found]
+        raise ValueError(
+            f"grow_depth needs exactly one list of TokenformerBlocks in {type(model).__name__}, "
+            f"found {len(found)} ({names}); grow a tower (e.g. clip_model.text), not the model"
+        )
+    return found[0]
+
+
+@torch.no_grad()
+def grow_depth(
+    model: nn.Module,
+    factor: int = 2,
+    init: str = "exact",
+    optimizer: torch.optim.Optimizer | None = None,
+) -> GrowthReport:
+    """Make a tower ``factor`` times deeper, in place: each block is followed by ``factor - 1``
+    new ones.
+
+    ``init="exact"``: a new block is a freshly initialised copy of the block before it with its
+    ``proj`` and FFN value tokens zero, so both residual branches add 0 and the block is the
+    identity: the model computes what it did. It trains: the zero values get gradients at the
+    first step, and the rest once they have moved. ``init="stack"``: a new block is a copy of
+    the block before it (depth stacking, as in G_stack; not exact).
+
+    The model's metadata follow: a dataclass ``config`` with a ``depth`` field and timm's
+    ``feature_info`` list. With ``optimizer``, the new parameters join the parameter groups of
+    the block they copy, with fresh optimizer state.
+    """
+    if init not in DEPTH_INITS:
+        raise ValueError(f"unknown depth-growth init {init!r}; expected one of {DEPTH_INITS}")
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:
+        raise ValueError(f"depth growth factor must be an int >= 2, got {factor!r}")
+    name, blocks = _block_container(model)
+    depth = (len(blocks), len(blocks) * factor)
+    report = GrowthReport(init, params_before=_count_params(model), params_after=0, depth=depth)
+    groups = optimizer.param_groups if optimizer is not None else []
+    group_of = {id(param): group for group in groups for param in group["params"]}
+    grown: list[TokenformerBlock] = []
+    for block in list(blocks):
+        grown.append(block)
+        for _ in range(factor - 1):
+            new = copy.deepcopy(block)
+            if init == "exact":
+                for layer in new.modules():
+                    if isinstance(layer, Pattention):
+                        layer.reset_parameters()
+                new.proj.value_tokens.zero_()
+                new.ffn.value_tokens.zero_()
+            grown.append(new)
+            for old, param in zip(block.parameters(), new.parameters(), strict=True):
+                if id(old) in group_of:
+                    group_of[id(old)]["params"].append(param)
+    if isinstance(blocks, nn.Sequential):
+        new_container: nn.Module = nn.Sequential(*grown)
+    else:
+        new_container = nn.ModuleList(grown)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], new_container)
+    config = getattr(model, "config", None)
+    if dataclasses.is_dataclass(config) and any(
+        f.name == "depth" for f in dataclasses.fields(config)
+    ):
+        model.config = dataclasses.replace(config, depth=depth[1])
+    feature_info = getattr(model, "feature_info", None)
+    if isinstance(feature_info, list) and feature_info and "module" in feature_info[0]:
+        info = feature_info[0]
+        model.feature_info = [{**info, "module": f"{name}.{i}"} for i in range(depth[1])]
+    report.params_after = _count_params(model)
+    logger.info("%s", report)
+    return report
 
 
 @torch.no_grad()

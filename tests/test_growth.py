@@ -419,3 +419,25 @@ def _block_list(model):
     from tokenformer_mm.growth import _block_container
 
     return _block_container(model)[1]
+
+
+@pytest.mark.parametrize("norm", GELU_NORMS)
+def test_perturbed_growth_breaks_symmetry_and_moves_the_output_by_its_scale(norm):
+    small = block_stack(depth=2, norm=norm).eval()
+    x = torch.randn(4, 9, 32)
+    changes = {}
+    for perturbation in (1e-3, 1e-1):
+        grown = copy.deepcopy(small)
+        grow_model(grown, factor=2, init="perturbed", perturbation=perturbation)
+        layer = grown[0].ffn
+        new_keys = layer.key_tokens[64:]
+        assert new_keys.std().item() == pytest.approx(perturbation * layer.key_init_std, rel=0.1)
+        assert layer.tau.item() == pytest.approx(64**0.5)  # τ kept, as in exact growth
+        changes[perturbation] = ((grown(x) - small(x)).abs().max() / small(x).abs().max()).item()
+    # O(perturbation): small, well above float rounding, and growing with the scale.
+    assert 1e-6 < changes[1e-3] < 1e-2 and changes[1e-1] > 10 * changes[1e-3]
+    bigger = block_stack(depth=2, tokens=32, norm=norm)
+    load_grown(bigger, small.state_dict(), init="perturbed", perturbation=1e-3)
+    assert 0 < bigger[0].ffn.key_tokens[64:].abs().max() < 1e-2
+    with pytest.raises(ValueError, match="needs a positive perturbation, got 0"):
+        grow_model(copy.deepcopy(small), factor=2, init="perturbed", perturbation=0)

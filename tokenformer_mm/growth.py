@@ -7,6 +7,10 @@ Growing a Pattention from ``n`` to ``n + m`` tokens appends ``m`` rows to its ke
 grown model computes exactly what the small one did, yet the new tokens train: their keys get a
 gradient at the first step (``gelu'(0) = 1/2``), their values once the keys have moved.
 
+``init="perturbed"``: exact, but the new keys start at ``perturbation`` times the layer's key
+init std instead of zero, breaking the symmetry of the new tokens (they otherwise start alike);
+the output moves by O(perturbation).
+
 ``init="official"``: new rows randomly initialised and τ recomputed as ``sqrt(n + m)``, as the
 official code does; the output changes, which reproduces the paper's runs.
 
@@ -32,7 +36,8 @@ from .pattention import KINDS, Pattention
 
 logger = logging.getLogger(__name__)
 
-INITS = ("exact", "official")
+INITS = ("exact", "perturbed", "official")
+DEFAULT_PERTURBATION = 1e-2  # of the key init std, for init="perturbed"
 DEPTH_INITS = ("exact", "stack")
 
 
@@ -73,9 +78,11 @@ class GrowthReport:
         return f"grew {layers} with init={self.init}: {params}"
 
 
-def _check_init(init: str) -> None:
+def _check_init(init: str, perturbation: float = DEFAULT_PERTURBATION) -> None:
     if init not in INITS:
         raise ValueError(f"unknown growth init {init!r}; expected one of {INITS}")
+    if init == "perturbed" and not perturbation > 0:
+        raise ValueError(f"init='perturbed' needs a positive perturbation, got {perturbation!r}")
 
 
 def _pattention_layers(model: nn.Module) -> list[tuple[str, Pattention]]:
@@ -93,14 +100,23 @@ def _count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def _fill_new_rows(layer: Pattention, start: int, init: str) -> None:
+def _fill_new_keys(layer: Pattention, start: int, init: str, perturbation: float) -> None:
+    """The new key rows ``start:`` of the exact inits: zero, or small random ones (perturbed)."""
+    if init == "perturbed":
+        layer.key_tokens[start:].normal_(std=perturbation * layer.key_init_std)
+    else:
+        layer.key_tokens[start:].zero_()
+
+
+@torch.no_grad()
+def _fill_new_rows(layer: Pattention, start: int, init: str, perturbation: float) -> None:
     """Initialise the token rows ``start:`` of a layer that has just grown (keys, values and τ)."""
     layer.value_tokens[start:].normal_(std=layer.value_init_std)
-    if init == "exact":
-        layer.key_tokens[start:].zero_()
-    else:
+    if init == "official":
         layer.key_tokens[start:].normal_(std=layer.key_init_std)
         layer.tau.fill_(math.sqrt(layer.num_tokens))
+    else:
+        _fill_new_keys(layer, start, init, perturbation)
 
 
 @torch.no_grad()
@@ -167,6 +183,7 @@ def grow_model(
     kinds: Iterable[str] = KINDS,
     init: str = "exact",
     optimizer: torch.optim.Optimizer | None = None,
+    perturbation: float = DEFAULT_PERTURBATION,
 ) -> GrowthReport:
     """Grow every Pattention layer of ``model`` whose ``kind`` is in ``kinds``, in place.
 
@@ -176,8 +193,11 @@ def grow_model(
         num_tokens: alternatively the new count: one int for all selected layers, or a dict per
             kind, e.g. ``{"qkv": 384, "ffn": 1536}``.
         kinds: which layer kinds to grow (``qkv``, ``proj``, ``ffn``).
-        init: ``"exact"`` (output unchanged) or ``"official"`` (random rows, τ = sqrt(new n)).
+        init: ``"exact"`` (output unchanged), ``"perturbed"`` (new keys at ``perturbation`` x
+            the key init std: output moves by O(perturbation)) or ``"official"`` (random rows,
+            τ = sqrt(new n)).
         optimizer: if given, its state is grown alongside (``grow_optimizer_state``).
+        perturbation: the new keys' scale for ``init="perturbed"``, relative to the key init.
 
     Raises ``ValueError`` for a shrinking or non-positive size, or a model without Pattention
     layers. ``softmax`` layers cannot grow exactly (``exp(0) != 0``) and grow with a warning.
@@ -188,7 +208,7 @@ def grow_model(
     or build a new one): an optimizer that is not told keeps the old Parameters, which no longer
     receive gradients. Hooks registered on the old Parameters do not carry over.
     """
-    _check_init(init)
+    _check_init(init, perturbation)
     kinds = _check_growth_args(factor, num_tokens, kinds)
     selected = [(name, m) for name, m in _pattention_layers(model) if m.kind in kinds]
     if not selected:
@@ -209,13 +229,13 @@ def grow_model(
         if new == old:
             continue
         _resize_tokens(layer, new)
-        _fill_new_rows(layer, old, init)
+        _fill_new_rows(layer, old, init, perturbation)
         if layer.norm == "softmax":
             softmax_layers.append(name)
         added = (new - old) * (layer.in_features + layer.out_features)
         report.layers.append(GrownLayer(name, layer.kind, old, new, added))
     report.params_after = _count_params(model)
-    if softmax_layers and init == "exact":
+    if softmax_layers and init != "official":
         warnings.warn(
             f"{len(softmax_layers)} softmax Pattention layers (e.g. {softmax_layers[0]}) grew "
             "approximately: softmax gives zero-key tokens weight exp(0) > 0, so their output "
@@ -398,7 +418,10 @@ def grow_depth(
 
 @torch.no_grad()
 def load_grown(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], init: str = "exact"
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    init: str = "exact",
+    perturbation: float = DEFAULT_PERTURBATION,
 ) -> GrowthReport:
     """Load a smaller model's ``state_dict`` into a larger ``model`` with more parameter tokens.
 
@@ -408,7 +431,7 @@ def load_grown(
     τ = sqrt(n) of the larger size. Every other tensor must match in shape. All mismatches (missing
     or unexpected keys, shapes) are reported in one ``ValueError``.
     """
-    _check_init(init)
+    _check_init(init, perturbation)
     layers = {f"{name}." if name else "": m for name, m in _pattention_layers(model)}
     token_keys = {prefix + t for prefix in layers for t in ("key_tokens", "value_tokens", "tau")}
     target = model.state_dict()
@@ -441,8 +464,8 @@ def load_grown(
         old = state_dict[prefix + "key_tokens"].shape[0]
         layer.key_tokens[:old].copy_(state_dict[prefix + "key_tokens"])
         layer.value_tokens[:old].copy_(state_dict[prefix + "value_tokens"])
-        if old == layer.num_tokens or init == "exact":
-            layer.key_tokens[old:].zero_()
+        if old == layer.num_tokens or init != "official":
+            _fill_new_keys(layer, old, init, perturbation)
             layer.tau.copy_(state_dict[prefix + "tau"])
         else:  # official: the model's own random rows, τ of the larger size
             layer.tau.fill_(math.sqrt(layer.num_tokens))

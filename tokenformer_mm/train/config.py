@@ -51,6 +51,7 @@ class GrowthConfig:
     schedule: list[GrowthEvent] = field(default_factory=list)
     init_from: str | None = None  # a checkpoint directory (or model.safetensors) of a smaller run
     init: str = "exact"  # one of growth.INITS, as in grow_model
+    perturbation: float = 1e-2  # init=perturbed: the new keys' std, relative to the key init
 
 
 @dataclass
@@ -125,6 +126,8 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
     if growth.init not in INITS:
         raise ValueError(f"growth.init must be one of {INITS}, got {growth.init!r}")
+    if growth.init == "perturbed" and not growth.perturbation > 0:
+        raise ValueError(f"growth.perturbation must be positive, got {growth.perturbation}")
     steps = [event.step for event in growth.schedule]
     if steps != sorted(set(steps)) or any(not 0 < s < train.steps for s in steps):
         raise ValueError(

@@ -175,13 +175,17 @@ class Trainer:
         """
         before = self._evaluate(self.model)
         init = self.cfg.growth.init
-        report = grow_model(self.model, factor, kinds=kinds, init=init, optimizer=self.optimizer)
+        perturbation = self.cfg.growth.perturbation
+        report = grow_model(
+            self.model, factor, kinds=kinds, init=init, optimizer=self.optimizer,
+            perturbation=perturbation,
+        )  # fmt: skip
         self.flops_per_item = self._measure_flops()
         self.train_module = self._wrap()  # DDP's buckets were sized for the old parameters
         if self.ema is not None:
             ema_state = self.ema.module.state_dict()
             self.ema.module = copy.deepcopy(self.model)
-            load_grown(self.ema.module, ema_state, init)
+            load_grown(self.ema.module, ema_state, init, perturbation)
         after = self._evaluate(self.model)
         record = {"step": self.step, "factor": factor, **_report_fields(report)}
         record.update(val_before=before, val_after=after)
@@ -262,7 +266,10 @@ class Trainer:
         return path
 
     def _warm_start(self, source: str) -> None:
-        report = load_grown(self.model, checkpoint.load_weights(source), self.cfg.growth.init)
+        growth = self.cfg.growth
+        report = load_grown(
+            self.model, checkpoint.load_weights(source), growth.init, growth.perturbation
+        )
         logger.info("warm start from %s: %s", source, report)
         self.growth_events.append({"step": 0, "from": source, **_report_fields(report)})
 

@@ -869,6 +869,19 @@ def run_in_parallel(
     return seconds
 
 
+def run_variants(
+    args: argparse.Namespace, tmp: str, command: Callable[..., list[str]], desc: str
+) -> list[tuple[str, int, Path, float]]:
+    """Every (variant, seed) of ``args`` as one process (``command(args, variant, seed, out)``),
+    ``args.jobs`` at a time; returns (variant, seed, output folder, seconds) per run."""
+    runs = [(variant, seed) for seed in args.seeds for variant in args.variants]
+    outputs = [Path(tmp) / f"run{i}" for i in range(len(runs))]
+    commands = [command(args, v, s, o) for (v, s), o in zip(runs, outputs, strict=True)]
+    logs = [o.with_suffix(".log") for o in outputs]
+    seconds = run_in_parallel(commands, logs, args.jobs, desc)
+    return [(v, s, o, t) for (v, s), o, t in zip(runs, outputs, seconds, strict=True)]
+
+
 def bench_timm_train(args: argparse.Namespace) -> None:
     """Variants under timm's own train.py, several processes at a time."""
     import csv
@@ -878,17 +891,12 @@ def bench_timm_train(args: argparse.Namespace) -> None:
             f"no timm train.py at {args.train_py}: pass --train-py, the train.py of a "
             "pytorch-image-models checkout"
         )
-    runs = [(variant, seed) for seed in args.seeds for variant in args.variants]
     with tempfile.TemporaryDirectory() as tmp:
         args.data = digits_image_folder(Path(tmp) / "digits")
-        outputs = [Path(tmp) / f"run{i}" for i in range(len(runs))]
-        commands = [
-            timm_train_command(args, v, s, o) for (v, s), o in zip(runs, outputs, strict=True)
-        ]
-        logs = [o.with_suffix(".log") for o in outputs]
-        seconds = run_in_parallel(commands, logs, args.jobs, "timm train.py runs")
         rows = []
-        for (variant, seed), out, sec in zip(runs, outputs, seconds, strict=True):
+        for variant, seed, out, sec in run_variants(
+            args, tmp, timm_train_command, "timm train.py runs"
+        ):
             with (out / "run" / "summary.csv").open() as f:
                 top1 = [float(row["eval_top1"]) for row in csv.DictReader(f)]
             epochs = sorted({max(1, len(top1) // 4), max(1, len(top1) // 2), len(top1)})
@@ -1041,22 +1049,17 @@ def bench_clip_train(args: argparse.Namespace) -> None:
 
     from tokenformer_mm.clip.pairs import write_digits_pair_shards
 
-    runs = [(variant, seed) for seed in args.seeds for variant in args.variants]
     with tempfile.TemporaryDirectory() as tmp:
         args.shards = write_digits_pair_shards(Path(tmp) / "shards")
         args.matched_vit = Path(tmp) / "matched-vit"
         args.matched_vit.mkdir()
         config = {"model_cfg": MATCHED_VIT_CLIP_CFG}
         (args.matched_vit / "open_clip_config.json").write_text(json.dumps(config))
-        outputs = [Path(tmp) / f"run{i}" for i in range(len(runs))]
-        commands = [
-            clip_train_command(args, v, s, o) for (v, s), o in zip(runs, outputs, strict=True)
-        ]
-        logs = [o.with_suffix(".log") for o in outputs]
-        seconds = run_in_parallel(commands, logs, args.jobs, "open_clip_train runs")
         rows = []
         chance = math.log(args.batch_size)
-        for (variant, seed), out, sec in zip(runs, outputs, seconds, strict=True):
+        for variant, seed, out, sec in run_variants(
+            args, tmp, clip_train_command, "open_clip_train runs"
+        ):
             lines = (out / "run" / "checkpoints" / "results.jsonl").read_text().splitlines()
             results = [json.loads(line) for line in lines]
             loss = [r["clip_val_loss"] for r in results]

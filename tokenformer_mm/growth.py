@@ -248,6 +248,13 @@ def grow_model(
     return report
 
 
+def _current(param: nn.Parameter) -> nn.Parameter:
+    """The Parameter that replaced ``param`` (grown maybe more than once), or ``param`` itself."""
+    while hasattr(param, "_grown_into"):
+        param = param._grown_into
+    return param
+
+
 @torch.no_grad()
 def grow_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
     """Move an optimizer over to the Parameters ``grow_model`` made, and grow their state.
@@ -270,9 +277,7 @@ def grow_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
     seed_from_row: dict[nn.Parameter, int] = {}
     for group in optimizer.param_groups:
         for i, old in enumerate(group["params"]):
-            param = old
-            while hasattr(param, "_grown_into"):  # grown (maybe more than once) since last told
-                param = param._grown_into
+            param = _current(old)
             if param is not old:
                 group["params"][i] = param
                 if old in optimizer.state:
@@ -309,8 +314,7 @@ def _seed_new_rows_at_next_step(
     pending = dict(seed_from_row)
     if getattr(optimizer, "_tokenformer_pending_rows", None):  # grown again before a step
         for param, row in optimizer._tokenformer_pending_rows.items():
-            while hasattr(param, "_grown_into"):
-                param = param._grown_into
+            param = _current(param)
             pending[param] = min(row, pending.get(param, row))
         optimizer._tokenformer_seed_hook.remove()
     betas = {param: group["betas"] for group in optimizer.param_groups for param in group["params"]}

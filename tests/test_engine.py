@@ -335,3 +335,44 @@ def test_a_branch_must_name_a_checkpoint_and_continue_it(tmp_path):
     bad = compose_config("vision", ["optim.schedule=linear"])
     with pytest.raises(ValueError, match=r"optim.schedule must be one of \('cosine', 'wsd'\)"):
         validate(bad)
+
+
+def test_depth_and_width_growth_mid_run_is_exact_and_a_branch_after_it_replays_the_run(tmp_path):
+    """A run deepened x2 and widened x2 at step 6 (EMA on): the loss does not move at the growth,
+    and a run branched from its step-10 checkpoint (built at the initial size) takes the same
+    steps as the uninterrupted run: the weights, optimizer order and EMA load as grown."""
+    common = [
+        "train.steps=14",
+        "train.checkpoint_every=10",
+        "train.ema_decay=0.9",
+        "growth.schedule=[{step: 6, factor: 2, depth: 2}]",
+    ]
+    trainer = trainer_for(tmp_path / "run", common)
+    trainer.fit()
+    (event,) = trainer.growth_events
+    assert event["depth"] == 2 and len(trainer.model.blocks) == 4
+    assert event["params_after"] > 2 * event["params_before"]
+    before, after = event["val_before"]["val/loss"], event["val_after"]["val/loss"]
+    assert after == pytest.approx(before, rel=1e-6)  # exact growth: fp32 rounding only
+    branch = trainer_for(
+        tmp_path / "branch",
+        [*common, f"train.branch_from={tmp_path / 'run' / 'checkpoints' / 'step_00000010'}"],
+    )
+    assert len(branch.model.blocks) == 4 and branch.step == 10
+    branch.fit()
+    ours, expected = step_losses(tmp_path / "branch"), step_losses(tmp_path / "run")
+    assert set(ours) == {11, 12, 13, 14}
+    assert_equal_up_to_rounding(
+        torch.tensor([ours[s] for s in ours]), torch.tensor([expected[s] for s in ours])
+    )
+    for name, value in branch.ema.module.state_dict().items():
+        assert_equal_up_to_rounding(value, trainer.ema.module.state_dict()[name])
+
+
+def test_depth_growth_configs_are_checked_before_training():
+    bad = compose_config("vision", ["growth.schedule=[{step: 5, factor: 1, depth: 1}]"])
+    with pytest.raises(ValueError, match=r"must grow something, got factor=1.0, depth=1"):
+        validate(bad)
+    bad = compose_config("vision", ["growth.depth_init=copy"])
+    with pytest.raises(ValueError, match=r"growth.depth_init must be one of \('exact', 'stack'\)"):
+        validate(bad)

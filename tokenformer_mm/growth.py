@@ -338,15 +338,20 @@ def _seed_new_rows_at_next_step(
     optimizer._tokenformer_seed_hook = optimizer.register_step_pre_hook(seed)
 
 
-def _block_container(model: nn.Module) -> tuple[str, nn.ModuleList | nn.Sequential]:
-    """The one ``ModuleList`` / ``Sequential`` of the model made of Tokenformer blocks."""
-    found = [
+def _block_containers(model: nn.Module) -> list[tuple[str, nn.ModuleList | nn.Sequential]]:
+    """Every ``ModuleList`` / ``Sequential`` of the model made of Tokenformer blocks."""
+    return [
         (name, module)
         for name, module in model.named_modules()
         if isinstance(module, (nn.ModuleList, nn.Sequential))
         and len(module) > 0
         and all(isinstance(child, TokenformerBlock) for child in module)
     ]
+
+
+def _block_container(model: nn.Module) -> tuple[str, nn.ModuleList | nn.Sequential]:
+    """The one ``ModuleList`` / ``Sequential`` of the model made of Tokenformer blocks."""
+    found = _block_containers(model)
     if len(found) != 1:
         names = [name for name, _ in found]
         raise ValueError(
@@ -406,6 +411,11 @@ def grow_depth(
         new_container = nn.ModuleList(grown)
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     setattr(parent, name.rpartition(".")[2], new_container)
+    # Each group in the model's parameter order, as a fresh optimizer over the grown model would
+    # have it: an optimizer state_dict saved now then loads into that optimizer on resume.
+    order = {id(param): index for index, param in enumerate(model.parameters())}
+    for group in groups:
+        group["params"].sort(key=lambda param: order.get(id(param), len(order)))
     config = getattr(model, "config", None)
     if dataclasses.is_dataclass(config) and any(
         f.name == "depth" for f in dataclasses.fields(config)
@@ -418,6 +428,30 @@ def grow_depth(
     report.params_after = _count_params(model)
     logger.info("%s", report)
     return report
+
+
+def deepened_state_dict(
+    deep: nn.Module, state_dict: Mapping[str, torch.Tensor], factor: int, init: str
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` of a shallower model laid out as ``grow_depth(factor, init)`` would grow it.
+
+    Old block ``i`` becomes block ``i * factor``; with ``init="stack"`` its copies follow it, with
+    ``"exact"`` the new blocks take ``deep``'s own (the identities ``grow_depth`` made). For
+    growing a companion of a live model, e.g. its EMA, after the model grew in depth.
+    """
+    if init not in DEPTH_INITS:
+        raise ValueError(f"unknown depth-growth init {init!r}; expected one of {DEPTH_INITS}")
+    prefix = _block_container(deep)[0] + "."
+    out = {k: v for k, v in deep.state_dict().items() if k.startswith(prefix)}
+    for key, value in state_dict.items():
+        if not key.startswith(prefix):
+            out[key] = value
+            continue
+        index, rest = key[len(prefix) :].split(".", 1)
+        copies = range(factor) if init == "stack" else range(1)
+        for j in copies:
+            out[f"{prefix}{int(index) * factor + j}.{rest}"] = value
+    return out
 
 
 @torch.no_grad()
@@ -485,8 +519,36 @@ def load_grown(
 
 def load_resized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load ``state_dict`` strictly into ``model`` built at its initial size (a run that grew)."""
+    match_depth(model, state_dict)
     match_token_counts(model, state_dict)
     model.load_state_dict(state_dict)
+
+
+def match_depth(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Deepen ``model`` to the block count in ``state_dict`` (a run that grew in depth).
+
+    Returns the depth factor applied (1: none). The new blocks' values are placeholders for the
+    checkpoint's; a checkpoint whose depth is not a multiple of the model's is an error.
+    """
+    containers = _block_containers(model)
+    if len(containers) != 1:  # no blocks, or several towers (CLIP): grown tower by tower
+        return 1
+    name, blocks = containers[0]
+    prefix = f"{name}."
+    indices = {
+        int(key[len(prefix) :].split(".", 1)[0]) for key in state_dict if key.startswith(prefix)
+    }
+    saved = max(indices) + 1 if indices else len(blocks)
+    if saved == len(blocks):
+        return 1
+    if saved < len(blocks) or saved % len(blocks):
+        raise ValueError(
+            f"the checkpoint has {saved} blocks under {name!r}, the model {len(blocks)}: a run "
+            "that grew in depth saves a multiple of its initial depth; build the model with the "
+            "checkpoint's depth or load the matching checkpoint"
+        )
+    grow_depth(model, saved // len(blocks), init="stack")
+    return saved // len(blocks)
 
 
 def match_token_counts(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from ..growth import INITS
+from ..growth import DEPTH_INITS, INITS
 from ..pattention import KINDS
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -37,11 +37,13 @@ class OptimConfig:
 
 @dataclass
 class GrowthEvent:
-    """Grow the live model at ``step`` by ``factor`` (layer kinds as in ``grow_model``)."""
+    """Grow the live model at ``step``: ``factor`` times the parameter tokens of the ``kinds``
+    (as in ``grow_model``; 1 keeps them) and ``depth`` times the blocks (``grow_depth``)."""
 
     step: int = MISSING
-    factor: float = MISSING
+    factor: float = 1.0
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    depth: int = 1
 
 
 @dataclass
@@ -51,6 +53,7 @@ class GrowthConfig:
     schedule: list[GrowthEvent] = field(default_factory=list)
     init_from: str | None = None  # a checkpoint directory (or model.safetensors) of a smaller run
     init: str = "exact"  # one of growth.INITS, as in grow_model
+    depth_init: str = "exact"  # one of growth.DEPTH_INITS, as in grow_depth: "exact" or "stack"
     perturbation: float = 1e-2  # init=perturbed: the new keys' std, relative to the key init
 
 
@@ -134,9 +137,17 @@ def validate(cfg: Any) -> None:
             f"growth.schedule steps must be increasing and inside (0, train.steps="
             f"{train.steps}), got {steps}"
         )
+    if growth.depth_init not in DEPTH_INITS:
+        raise ValueError(
+            f"growth.depth_init must be one of {DEPTH_INITS}, got {growth.depth_init!r}"
+        )
     for event in growth.schedule:
-        if event.factor <= 1:
-            raise ValueError(f"growth.schedule factors must be > 1, got {event.factor}")
+        if event.factor < 1 or event.depth < 1 or (event.factor == 1 and event.depth == 1):
+            raise ValueError(
+                f"growth.schedule at step {event.step}: factor (tokens, >= 1) and depth (blocks, "
+                f"an int >= 1) must grow something, got factor={event.factor}, "
+                f"depth={event.depth}"
+            )
         unknown = [kind for kind in event.kinds if kind not in KINDS]
         if unknown or not event.kinds:
             raise ValueError(

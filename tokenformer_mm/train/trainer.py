@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..distributed import all_gather_objects, mean_over_ranks, setup_distributed
 from ..flops import training_flops
-from ..growth import grow_model, load_grown
+from ..growth import deepened_state_dict, grow_depth, grow_model, load_grown
 from ..pattention import KINDS
 from . import checkpoint
 from .batches import EpochBatches, to_device
@@ -110,7 +110,8 @@ class Trainer:
         window_loss, window_items, window_start = [], 0, time.perf_counter()
         while self.step < until:
             if self.step in growth_at:
-                self.grow(growth_at[self.step].factor, growth_at[self.step].kinds)
+                event = growth_at[self.step]
+                self.grow(event.factor, event.kinds, event.depth)
             loss, grad_norm, items = self._train_step()
             self.step += 1
             self.total_flops += items * self.world_size * self.flops_per_item
@@ -167,32 +168,51 @@ class Trainer:
             self.ema.update(self.model, step=self.step)
         return mean_over_ranks(total_loss).item(), grad_norm.item(), items
 
-    def grow(self, factor: float, kinds: Sequence[str] = KINDS) -> dict[str, Any]:
-        """Grow the live model, its optimizer state and EMA; evaluate before and after.
+    def grow(self, factor: float = 1.0, kinds: Sequence[str] = KINDS, depth: int = 1) -> dict:
+        """Grow the live model, its optimizer state and EMA: ``depth`` times the blocks, then
+        ``factor`` times the parameter tokens of ``kinds``; evaluate before and after.
 
         Returns the record also written to ``growth.jsonl``: parameters before and after and the
-        validation metrics on both sides (equal for ``growth.init=exact``).
+        validation metrics on both sides (equal for the exact inits).
         """
         before = self._evaluate(self.model)
-        init = self.cfg.growth.init
-        perturbation = self.cfg.growth.perturbation
-        report = grow_model(
-            self.model, factor, kinds=kinds, init=init, optimizer=self.optimizer,
-            perturbation=perturbation,
-        )  # fmt: skip
+        growth = self.cfg.growth
+        params_before = sum(p.numel() for p in self.model.parameters())
+        ema_state = self.ema.module.state_dict() if self.ema is not None else None
+        if depth > 1:
+            grow_depth(self.model, depth, growth.depth_init, optimizer=self.optimizer)
+        if factor > 1:
+            grow_model(
+                self.model, factor, kinds=kinds, init=growth.init, optimizer=self.optimizer,
+                perturbation=growth.perturbation,
+            )  # fmt: skip
         self.flops_per_item = self._measure_flops()
         self.train_module = self._wrap()  # DDP's buckets were sized for the old parameters
-        if self.ema is not None:
-            ema_state = self.ema.module.state_dict()
-            self.ema.module = copy.deepcopy(self.model)
-            load_grown(self.ema.module, ema_state, init, perturbation)
+        if ema_state is not None:
+            self.ema.module = self._grown_ema(ema_state, depth)
         after = self._evaluate(self.model)
-        record = {"step": self.step, "factor": factor, **_report_fields(report)}
-        record.update(val_before=before, val_after=after)
+        record = {"step": self.step, "factor": factor, "depth": depth}
+        record.update(
+            params_before=params_before,
+            params_after=sum(p.numel() for p in self.model.parameters()),
+            val_before=before,
+            val_after=after,
+        )
         self.growth_events.append(record)
         self.log.log_growth(self.growth_events)
-        logger.info("step %d: %s; val before %s, after %s", self.step, report, before, after)
+        logger.info("step %d: grew %s; val before %s, after %s", self.step, record, before, after)
         return record
+
+    def _grown_ema(self, ema_state: dict[str, torch.Tensor], depth: int) -> nn.Module:
+        """The EMA after growth: its averages where the old model had parameters, the live
+        model's new parts elsewhere (new token rows as ``growth.init`` says, as in a warm start).
+        """
+        ema = copy.deepcopy(self.model)
+        growth = self.cfg.growth
+        if depth > 1:
+            ema_state = deepened_state_dict(ema, ema_state, depth, growth.depth_init)
+        load_grown(ema, ema_state, growth.init, growth.perturbation)
+        return ema
 
     # --- evaluation and checkpoints ---------------------------------------------------------
 

@@ -415,6 +415,32 @@ def test_stacked_depth_growth_copies_blocks_and_bad_arguments_say_what_is_allowe
         grow_depth(clip)
 
 
+def test_one_call_grows_width_and_depth_exactly_and_a_deeper_checkpoint_loads():
+    from tokenformer_mm.growth import load_resized
+
+    model, compute_loss = _towers()[0]
+    fresh = copy.deepcopy(model)  # the initial size, as a resumed run builds it
+    with torch.no_grad():
+        before = compute_loss(model)
+    report = grow_model(model, factor=2, depth=2)
+    assert report.depth == (2, 4) and {layer.new_tokens for layer in report.layers} >= {32}
+    assert str(report).startswith("grew depth 2 -> 4 and ") and "Pattention layers" in str(report)
+    assert report.params_before == _count(fresh) and report.params_after == _count(model)
+    with torch.no_grad():
+        assert abs(compute_loss(model).item() - before.item()) <= 1e-6 * abs(before.item())
+    load_resized(fresh, model.state_dict())  # deepens, widens, then loads strictly
+    with torch.no_grad():
+        assert compute_loss(fresh).item() == compute_loss(model).item()
+    odd = {k.replace("blocks.3.", "blocks.2."): v for k, v in model.state_dict().items()}
+    odd = {k: v for k, v in odd.items() if ".3." not in k}
+    with pytest.raises(ValueError, match=r"checkpoint has 3 blocks under 'blocks', the model 2"):
+        load_resized(copy.deepcopy(_towers()[0][0]), odd)
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
 def _block_list(model):
     from tokenformer_mm.growth import _block_container
 

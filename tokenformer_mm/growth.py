@@ -70,12 +70,14 @@ class GrowthReport:
         params = (
             f"{self.params_before:,} -> {self.params_after:,} parameters (+{self.added_params:,})"
         )
+        grew = []
         if self.depth is not None:
-            return f"grew depth {self.depth[0]} -> {self.depth[1]} with init={self.init}: {params}"
-        tokens = sorted({(layer.kind, layer.old_tokens, layer.new_tokens) for layer in self.layers})
-        per_kind = ", ".join(f"{kind} {old}->{new}" for kind, old, new in tokens)
-        layers = f"{len(self.layers)} Pattention layers ({per_kind})"
-        return f"grew {layers} with init={self.init}: {params}"
+            grew.append(f"depth {self.depth[0]} -> {self.depth[1]}")
+        if self.layers:
+            tokens = sorted({(g.kind, g.old_tokens, g.new_tokens) for g in self.layers})
+            per_kind = ", ".join(f"{kind} {old}->{new}" for kind, old, new in tokens)
+            grew.append(f"{len(self.layers)} Pattention layers ({per_kind})")
+        return f"grew {' and '.join(grew) or 'nothing'} with init={self.init}: {params}"
 
 
 def _check_init(init: str, perturbation: float = DEFAULT_PERTURBATION) -> None:
@@ -184,8 +186,11 @@ def grow_model(
     init: str = "exact",
     optimizer: torch.optim.Optimizer | None = None,
     perturbation: float = DEFAULT_PERTURBATION,
+    depth: int = 1,
+    depth_init: str = "exact",
 ) -> GrowthReport:
-    """Grow every Pattention layer of ``model`` whose ``kind`` is in ``kinds``, in place.
+    """Grow every Pattention layer of ``model`` whose ``kind`` is in ``kinds``, in place; with
+    ``depth`` > 1 first make it ``depth`` times deeper (``grow_depth``, ``depth_init``).
 
     Args:
         model: any module tree containing Pattention layers.
@@ -198,6 +203,8 @@ def grow_model(
             τ = sqrt(new n)).
         optimizer: if given, its state is grown alongside (``grow_optimizer_state``).
         perturbation: the new keys' scale for ``init="perturbed"``, relative to the key init.
+        depth, depth_init: as ``grow_depth``'s ``factor`` and ``init``; then ``factor`` and
+            ``num_tokens`` may both be None (depth only). The report says what grew.
 
     Raises ``ValueError`` for a shrinking or non-positive size, or a model without Pattention
     layers. ``softmax`` layers cannot grow exactly (``exp(0) != 0``) and grow with a warning.
@@ -209,6 +216,14 @@ def grow_model(
     receive gradients. Hooks registered on the old Parameters do not carry over.
     """
     _check_init(init, perturbation)
+    if depth != 1:
+        params_before = _count_params(model)
+        deeper = grow_depth(model, depth, depth_init, optimizer)
+        if factor is None and num_tokens is None:
+            return deeper
+        report = grow_model(model, factor, num_tokens, kinds, init, optimizer, perturbation)
+        report.params_before, report.depth = params_before, deeper.depth
+        return report
     kinds = _check_growth_args(factor, num_tokens, kinds)
     selected = [(name, m) for name, m in _pattention_layers(model) if m.kind in kinds]
     if not selected:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..distributed import all_gather_objects, mean_over_ranks, setup_distributed
 from ..flops import training_flops
-from ..growth import deepened_state_dict, grow_depth, grow_model, load_grown
+from ..growth import deepened_state_dict, grow_model, load_grown
 from ..pattention import KINDS
 from . import checkpoint
 from .batches import EpochBatches, to_device
@@ -177,30 +177,22 @@ class Trainer:
         """
         before = self._evaluate(self.model)
         growth = self.cfg.growth
-        params_before = sum(p.numel() for p in self.model.parameters())
         ema_state = self.ema.module.state_dict() if self.ema is not None else None
-        if depth > 1:
-            grow_depth(self.model, depth, growth.depth_init, optimizer=self.optimizer)
-        if factor > 1:
-            grow_model(
-                self.model, factor, kinds=kinds, init=growth.init, optimizer=self.optimizer,
-                perturbation=growth.perturbation,
-            )  # fmt: skip
+        report = grow_model(
+            self.model, factor if factor > 1 else None, kinds=kinds, init=growth.init,
+            optimizer=self.optimizer, perturbation=growth.perturbation, depth=depth,
+            depth_init=growth.depth_init,
+        )  # fmt: skip
         self.flops_per_item = self._measure_flops()
         self.train_module = self._wrap()  # DDP's buckets were sized for the old parameters
         if ema_state is not None:
             self.ema.module = self._grown_ema(ema_state, depth)
         after = self._evaluate(self.model)
-        record = {"step": self.step, "factor": factor, "depth": depth}
-        record.update(
-            params_before=params_before,
-            params_after=sum(p.numel() for p in self.model.parameters()),
-            val_before=before,
-            val_after=after,
-        )
+        record = {"step": self.step, "factor": factor, "depth": depth, **_report_fields(report)}
+        record.update(val_before=before, val_after=after)
         self.growth_events.append(record)
         self.log.log_growth(self.growth_events)
-        logger.info("step %d: grew %s; val before %s, after %s", self.step, record, before, after)
+        logger.info("step %d: %s; val before %s, after %s", self.step, report, before, after)
         return record
 
     def _grown_ema(self, ema_state: dict[str, torch.Tensor], depth: int) -> nn.Module:

@@ -1078,9 +1078,10 @@ def bench_growth_kick(args: argparse.Namespace) -> None:
             f"TokenformerLM {args.model} trained {args.steps} AdamW steps (lr {args.lr}, β1 0.9, "
             f"batch {args.batch_size} x {args.seq_len} bytes of the CPython help texts), grown "
             "x2 with init=exact, then one step; all entries of the new key rows. Zero moments "
-            "with the parameter's shared step count (bias corrections ~1) move each entry by "
-            "(1 - β1) / sqrt(1 - β2) x lr: 3.2 at β2 0.999, 0.45 at 0.95. Seeding makes the "
-            "second moment g² as in a fresh AdamW and leaves the first at zero: (1 - β1) x lr, "
+            "with the parameter's shared step count t move each entry by (1 - β1) / (1 - β1^t) "
+            "x sqrt((1 - β2^t) / (1 - β2)) x lr, which grows with t to (1 - β1) / sqrt(1 - β2): "
+            "3.2 at β2 0.999 (bias corrections ~1 late in training), 0.45 at 0.95. Seeding the "
+            "second moment to g² as in a fresh AdamW and leaving the first at zero: (1 - β1) x lr, "
             "ramping up over ~10 steps (a re-warmup of the new rows only). A fresh AdamW moves "
             "each entry by lr."
         ),

@@ -275,6 +275,17 @@ def arm_result(tower: Any, work_dir: Path, arm: str, step: int, seed: int) -> di
         "given": given,
         "final_loss": final_loss,
         "frontier_loss_at_equal_flops": interpolate(big, final_flops),
+        # the best model from scratch of either size at the arm's FLOPs
+        "envelope_loss_at_equal_flops": min(
+            (
+                loss
+                for size in SIZES
+                for loss in [interpolate(frontier(tower, work_dir, size, seed), final_flops)]
+                if not math.isnan(loss)
+            ),
+            default=math.nan,
+        ),
+        "reach": reach,
         "sp_cumulative": target_flops / reach - 1,
         "sp_family": target_flops / (reach - given) - 1,
     }
@@ -331,6 +342,12 @@ def arm_table(results: Sequence[Sequence[dict[str, Any]]]) -> str:
                 "final val loss": fmt([r["final_loss"] for r in per_seed]),
                 "big frontier at equal FLOPs": fmt(
                     [r["frontier_loss_at_equal_flops"] for r in per_seed]
+                ),
+                "best scratch (either size) at equal FLOPs": fmt(
+                    [r["envelope_loss_at_equal_flops"] for r in per_seed]
+                ),
+                "TFLOPs to the big frontier's best loss": fmt(
+                    [r["reach"] for r in per_seed], 2, 1e12
                 ),
                 "sp, cumulative": fmt([r["sp_cumulative"] for r in per_seed], 2),
                 "sp, model-family": fmt([r["sp_family"] for r in per_seed], 2),

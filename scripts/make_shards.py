@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from tokenformer_mm.clip.pairs import caption_folder_samples, digits_pair_samples
 from tokenformer_mm.language.sources import pydoc_samples, text_file_samples
-from tokenformer_mm.shards import write_shards
+from tokenformer_mm.shards import existing_shards, write_shards
 from tokenformer_mm.vision.sources import digits_samples, imagefolder_samples
 
 
@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     digit_pairs.add_argument("out_dir", help="where the shards go")
     digit_pairs.add_argument("--samples-per-shard", type=int, default=200)
 
+    for command in commands.choices.values():
+        command.add_argument(
+            "--overwrite", action="store_true", help="replace the split's shards already there"
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "imagefolder":
@@ -69,9 +73,16 @@ def main(argv: list[str] | None = None) -> None:
         jobs = [(args.split, caption_folder_samples(args.root), "pairs")]
     else:
         jobs = [(split, digits_pair_samples(split), "digits-pairs") for split in ("train", "val")]
+    for split, _, _ in jobs:  # refuse before writing anything
+        try:
+            existing_shards(args.out_dir, split, args.overwrite)
+        except ValueError as error:
+            parser.error(str(error))
     for split, samples, name in jobs:
         progress = tqdm(samples, desc=f"{split} samples", unit="doc")
-        paths = write_shards(progress, args.out_dir, split, args.samples_per_shard, name)
+        paths = write_shards(
+            progress, args.out_dir, split, args.samples_per_shard, name, args.overwrite
+        )
         logging.info("wrote %d %s shards to %s", len(paths), split, args.out_dir)
 
 

@@ -24,16 +24,22 @@ def write_shards(
     split: str,
     samples_per_shard: int = 1000,
     dataset_name: str = "",
+    overwrite: bool = False,
 ) -> list[str]:
     """Write ``samples`` (dicts with ``__key__`` and one entry per file extension) as tar shards.
 
     Shards are named ``{split}-{index:06d}.tar``; the split's file names and per-shard counts are
     merged into ``out_dir/_info.json`` in the layout timm and the public imagenet-1k-wds use.
-    Every shard is written under a temporary name and renamed when complete.
+    Every shard is written under a temporary name and renamed when complete. A folder that
+    already holds shards of ``split`` is refused (old shards left beside new ones would be read
+    by a ``{split}-*.tar`` pattern); ``overwrite=True`` deletes them first.
     """
     if samples_per_shard <= 0:
         raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}")
+    old = existing_shards(out_dir, split, overwrite)
     os.makedirs(out_dir, exist_ok=True)
+    for path in old:
+        path.unlink()
     names: list[str] = []
     lengths: list[int] = []
     writer = None
@@ -50,6 +56,17 @@ def write_shards(
         _finish(writer, out_dir, names[-1])
     _update_info(out_dir, split, names, lengths, dataset_name)
     return [os.path.join(out_dir, name) for name in names]
+
+
+def existing_shards(out_dir: str | os.PathLike, split: str, overwrite: bool) -> list[Path]:
+    """The ``split`` shards already in ``out_dir``; an error naming them unless ``overwrite``."""
+    old = sorted(Path(out_dir).glob(f"{split}-*.tar"))
+    if old and not overwrite:
+        raise ValueError(
+            f"{out_dir} already holds {len(old)} {split!r} shards ({old[0].name}, ...); choose "
+            "an empty folder, or overwrite them (make_shards.py --overwrite)"
+        )
+    return old
 
 
 def _finish(writer: wds.TarWriter, out_dir: str | os.PathLike, name: str) -> None:
@@ -112,6 +129,14 @@ def run_shards(data: Any, embedded: Mapping[str, Callable[[], Path]]) -> tuple[s
     """
     if data.train_shards and data.val_shards:
         return data.train_shards, data.val_shards
+    if data.train_shards or data.val_shards:  # one given: never fall back to an embedded set
+        given, missing = (
+            ("train_shards", "val_shards") if data.train_shards else ("val_shards", "train_shards")
+        )
+        raise ValueError(
+            f"data.{given}={data[given]!r} is set but data.{missing} is not: give both shard "
+            f"patterns (a run never mixes your shards with the embedded {data.name!r} set)"
+        )
     if data.name not in embedded:
         raise ValueError(
             f"data={data.name} needs data.train_shards and data.val_shards (shard patterns such "

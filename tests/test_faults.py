@@ -48,3 +48,38 @@ def test_make_shards_refuses_a_folder_with_shards_and_overwrite_replaces_them(tm
     ]
     info = json.loads((out / "_info.json").read_text())["splits"]
     assert sum(info["train"]["shard_lengths"]) + sum(info["val"]["shard_lengths"]) == 1797
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "state.pt"])
+def test_resume_skips_a_truncated_checkpoint_names_it_and_replays_from_the_one_before(
+    tmp_path, caplog, damaged
+):
+    """Before: a bare parser error with no file named. Now the newest intact checkpoint is
+    resumed, with a warning naming the damaged file; the run ends as an uninterrupted one."""
+    from .engine_utils import step_losses
+
+    common = ["train.steps=8", "train.checkpoint_every=4", "train.keep_checkpoints=3"]
+    reference = trainer_for(tmp_path / "reference", common)
+    reference.fit()
+    run = trainer_for(tmp_path / "run", common)
+    run.fit(until=8)
+    file = tmp_path / "run" / "checkpoints" / "step_00000008" / damaged
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # a disk-full write
+    with caplog.at_level("WARNING"):
+        resumed = trainer_for(tmp_path / "run", [*common, "resume=true"])
+    assert resumed.step == 4
+    assert f"{file} cannot be read" in caplog.text and "resuming from step_00000004" in caplog.text
+    resumed.fit()
+    ours, expected = step_losses(tmp_path / "run"), step_losses(tmp_path / "reference")
+    assert [ours[s] for s in range(5, 9)] == pytest.approx([expected[s] for s in range(5, 9)])
+    for path in (tmp_path / "run" / "checkpoints").iterdir():  # every checkpoint damaged
+        (path / damaged).write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no checkpoint of this run can be read: .*step_0000000"):
+        trainer_for(tmp_path / "run", [*common, "resume=true"])
+
+
+def test_resume_without_a_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    """Before: resume=true on an empty or misspelt run dir trained from scratch (a warning)."""
+    with pytest.raises(ValueError, match=r"resume=true, but .*typo-run/checkpoints holds no"):
+        trainer_for(tmp_path / "typo-run", ["resume=true"])
+    assert not (tmp_path / "typo-run" / "train_steps.csv").exists()

@@ -49,6 +49,41 @@ def latest(root: str | os.PathLike) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def damage(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed (a missing, truncated or corrupt file), else None."""
+    files = [checkpoint / MODEL_FILE, checkpoint / STATE_FILE]
+    if (checkpoint / EMA_FILE).exists():
+        files.append(checkpoint / EMA_FILE)
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                load_weights(file)
+            else:
+                torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:  # any failure to read it: report the file, not the parser
+            return f"{file} cannot be read ({type(error).__name__}: {error})"
+    return None
+
+
+def newest_intact(root: str | os.PathLike) -> Path | None:
+    """The newest checkpoint under ``root`` that reads back whole; each damaged one newer than it
+    is a warning naming the file. None when there are none; an error when all are damaged."""
+    dirs, problems = checkpoint_dirs(root), []
+    for path in reversed(dirs):
+        problem = damage(path)
+        if problem is None:
+            if problems:
+                logger.warning("%s: resuming from %s instead", "; ".join(problems), path.name)
+            return path
+        problems.append(problem)
+    if problems:
+        raise ValueError(
+            "no checkpoint of this run can be read: " + "; ".join(problems) + ". Restore one "
+            "from a backup, or start a new run in another run_dir"
+        )
+    return None
+
+
 def save_weights(module: nn.Module, path: str | os.PathLike) -> None:
     """A module's state dict as safetensors (contiguous, unshared copies of every tensor)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}

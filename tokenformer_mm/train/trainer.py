@@ -254,8 +254,13 @@ class Trainer:
                 f"{self.run_dir} already holds checkpoints ({found.name}); pass resume=true to "
                 "continue that run, or choose another run_dir"
             )
-        if self.cfg.resume and found is None:
-            logger.warning("resume=true but %s has no checkpoint: starting fresh", self.ckpt_dir)
+        if self.cfg.resume:
+            found = checkpoint.newest_intact(self.ckpt_dir)
+            if found is None:
+                raise ValueError(
+                    f"resume=true, but {self.ckpt_dir} holds no checkpoint: check run_dir (a "
+                    "typo starts nothing), or drop resume=true to start a new run there"
+                )
         branch = self.cfg.train.branch_from
         if found is None and branch:
             found = self._branch_point(Path(branch))
@@ -274,6 +279,9 @@ class Trainer:
                 f"train.branch_from={str(path)!r} is not a checkpoint: expected a directory with "
                 f"{checkpoint.STATE_FILE} (e.g. <run>/checkpoints/step_000400) or a run directory"
             )
+        problem = checkpoint.damage(path)
+        if problem is not None:
+            raise ValueError(f"train.branch_from: {problem}; branch from another checkpoint")
         logger.info("branching from %s", path)
         return path
 

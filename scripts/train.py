@@ -8,6 +8,9 @@ torchrun --standalone --nproc_per_node 8 scripts/train.py --config-name vision .
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -19,7 +22,14 @@ register_schemas()
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="vision")
 def main(cfg: DictConfig) -> None:
-    trainer = Trainer(cfg, build_task(cfg), HydraConfig.get().runtime.output_dir)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    trainer = Trainer(cfg, build_task(cfg), run_dir)  # refuses a bad start before writing
+    if trainer.is_main:  # the log of every start, appended
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        )
+        logging.getLogger().addHandler(handler)
     summary = trainer.fit()
     if trainer.is_main:
         metrics = ", ".join(

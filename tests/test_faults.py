@@ -2,8 +2,10 @@
 or the fix (issue 15): each now does the right thing or stops, naming the value and the fix."""
 
 import json
+import subprocess
 
 import pytest
+from omegaconf import OmegaConf
 
 from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import Trainer, build_task
@@ -83,3 +85,35 @@ def test_resume_without_a_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     with pytest.raises(ValueError, match=r"resume=true, but .*typo-run/checkpoints holds no"):
         trainer_for(tmp_path / "typo-run", ["resume=true"])
     assert not (tmp_path / "typo-run" / "train_steps.csv").exists()
+
+
+def test_a_refused_start_leaves_the_runs_record_untouched(tmp_path):
+    """Before: Hydra rewrote .hydra/config.yaml before the Trainer refused the start, and
+    evaluate.py then rebuilt the wrong run."""
+    from .engine_utils import run, train_command
+
+    run_dir = tmp_path / "run"
+    run(train_command([*TINY_VISION, "train.steps=2", f"run_dir={run_dir}"]))
+    record = {
+        p: p.read_bytes() for p in [run_dir / ".hydra" / "config.yaml", run_dir / "train.log"]
+    }
+    refused = subprocess.run(
+        train_command(
+            [*TINY_VISION, "train.steps=4", "++model.kwargs.depth=3", f"run_dir={run_dir}"]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode != 0 and "pass resume=true" in refused.stderr
+    assert {p: p.read_bytes() for p in record} == record
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert saved.train.steps == 2 and saved.model.kwargs.depth == 2
+
+
+def test_an_unwritable_run_dir_is_named_before_any_work(tmp_path):
+    """Before: Hydra's 'Unable to configure handler file'. (A file where the folder should be:
+    unwritable even for root, who ignores permission bits.)"""
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    with pytest.raises(ValueError, match=r"run_dir=.*blocked/run' cannot be written .*permissions"):
+        trainer_for(tmp_path / "blocked" / "run", [])

@@ -17,6 +17,7 @@ from typing import Any
 STEPS_FILE = "train_steps.csv"
 METRICS_FILE = "metrics.csv"
 GROWTH_FILE = "growth.jsonl"
+CONFIG_FILE = Path(".hydra") / "config.yaml"  # the composed config, as Hydra laid it out
 PLOT_FILE = "metrics.png"
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint
+from .metric_log import CONFIG_FILE
 
 
 class Task(Protocol):
@@ -111,7 +112,12 @@ def load_run(
     from omegaconf import OmegaConf
 
     ckpt, run_dir = find_checkpoint(path)
-    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"{run_dir / CONFIG_FILE} is missing: {run_dir} was not written by the Trainer "
+            "(or its start was refused); give a run directory of scripts/train.py"
+        )
+    saved = OmegaConf.load(run_dir / CONFIG_FILE)
     cfg = OmegaConf.merge(OmegaConf.structured(run_schema(saved.domain)), saved)
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value)

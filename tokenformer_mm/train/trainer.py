@@ -12,6 +12,7 @@ import contextlib
 import copy
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..pattention import KINDS
 from . import checkpoint
 from .batches import EpochBatches, to_device
 from .config import validate
-from .metric_log import MetricLog
+from .metric_log import CONFIG_FILE, MetricLog
 from .optim import build_optimizer
 from .tasks import Task
 
@@ -54,6 +55,8 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.rank, self.world_size, self.device = setup_distributed(cfg.train.device)
         self.is_main = self.rank == 0
+        if self.is_main:
+            _check_writable(self.run_dir)
         self.use_bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and self.device.type == "cuda"
         )
@@ -83,6 +86,8 @@ class Trainer:
             checkpoint.seed_everything(cfg.seed * 1000 + self.rank)
         self.flops_per_item = self._measure_flops()
         self.train_module = self._wrap()
+        if self.is_main:
+            self._save_config()
 
     @property
     def eval_rows(self) -> list[dict[str, Any]]:
@@ -333,6 +338,16 @@ class Trainer:
         self.log.resume(self.step)
         logger.info("resumed from %s at step %d", path, self.step)
 
+    def _save_config(self) -> None:
+        """The run's config as ``.hydra/config.yaml`` (what ``load_run`` and evaluate.py read),
+        once the start is accepted; a resumed run keeps the one its first start wrote."""
+        from omegaconf import OmegaConf
+
+        path = self.run_dir / CONFIG_FILE
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(OmegaConf.to_yaml(self.cfg))
+
     def _measure_flops(self) -> float:
         """Training FLOPs per item (image, token) of the current model, on one validation item.
 
@@ -370,6 +385,19 @@ class Trainer:
             return self.model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=device_ids)
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Fail before any work when ``run_dir`` cannot be created or written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"run_dir={str(run_dir)!r} cannot be written ({error}); choose another run_dir or "
+            "fix its permissions"
+        ) from error
 
 
 def _report_fields(report: Any) -> dict[str, Any]:

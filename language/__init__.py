@@ -13,7 +13,7 @@ if not __name__.startswith("tokenformer_mm."):  # e.g. ``import language`` from 
 
 from .model import CONFIGS, LMConfig, TokenformerLM, lm_config
 from .official import load_official
-from .tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+from .tokenizer import ByteTokenizer, HFTokenizer, check_tokenizer_fits, load_tokenizer
 
 __all__ = [
     "CONFIGS",
@@ -21,6 +21,7 @@ __all__ = [
     "HFTokenizer",
     "LMConfig",
     "TokenformerLM",
+    "check_tokenizer_fits",
     "lm_config",
     "load_official",
     "load_tokenizer",

@@ -68,6 +68,16 @@ class HFTokenizer:
         self.__init__(state["path"], state["eos"])
 
 
+def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int, name: str) -> None:
+    """A tokenizer whose (padded) vocabulary differs from the model's decodes garbage or
+    indexes past the embedding: refuse it, naming both sizes."""
+    if tokenizer.vocab_size != vocab_size:
+        raise ValueError(
+            f"tokenizer {name!r} has a vocabulary of {tokenizer.vocab_size} (padded), the model "
+            f"{vocab_size}: use the tokenizer the model was trained with"
+        )
+
+
 def load_tokenizer(spec: str) -> Tokenizer:
     """``"byte"`` or the path of a ``tokenizer.json``."""
     if spec == "byte":

@@ -13,7 +13,7 @@ import logging
 import torch
 from tqdm import tqdm
 
-from tokenformer_mm.language import load_official, load_tokenizer
+from tokenformer_mm.language import check_tokenizer_fits, load_official, load_tokenizer
 from tokenformer_mm.train import load_run
 
 
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     else:
         _, task, model, _ = load_run(args.path)
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else task.tokenizer
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, args.tokenizer or "the run's")
     model.to(args.device).eval()
     generator = torch.Generator(args.device).manual_seed(args.seed)
     prompt = [tokenizer.eos_id, *tokenizer.encode(args.prompt)]  # EOS: a document starts here

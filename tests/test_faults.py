@@ -117,3 +117,21 @@ def test_an_unwritable_run_dir_is_named_before_any_work(tmp_path):
     (tmp_path / "blocked").write_text("a file, not a folder")
     with pytest.raises(ValueError, match=r"run_dir=.*blocked/run' cannot be written .*permissions"):
         trainer_for(tmp_path / "blocked" / "run", [])
+
+
+def test_an_out_of_range_label_names_the_label_and_the_class_count_at_start_up(tmp_path):
+    """Before: an IndexError from the loss, mid-training."""
+    shards = tmp_path / "shards"
+    for split in ("train", "val"):
+        write_shards(digits_samples(split), shards, split, 1000)
+    patterns = [f"data.{s}_shards={shards}/{s}-*.tar" for s in ("train", "val")]
+    with pytest.raises(ValueError, match=r"label [5-9] in a batch, but data.num_classes=5: set"):
+        trainer_for(tmp_path / "run", [*patterns, "data.num_classes=5"])
+
+
+def test_a_misspelt_model_kwarg_is_named_with_the_config_key(tmp_path):
+    """Before: timm's bare TypeError from the model's constructor."""
+    with pytest.raises(
+        ValueError, match=r"keyword it does not take .*embed_dimm.*check model.kwargs"
+    ):
+        trainer_for(tmp_path / "run", ["++model.kwargs.embed_dimm=64"])

@@ -1,5 +1,6 @@
 import json
 import math
+import subprocess
 import sys
 
 import pytest
@@ -26,7 +27,7 @@ from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import Trainer, build_task
 
 from .conftest import assert_equal_up_to_rounding, assert_same_function
-from .engine_utils import compose_config, run, step_losses
+from .engine_utils import ROOT, compose_config, run, step_losses
 
 
 def tiny_lm(**overrides) -> TokenformerLM:
@@ -303,12 +304,17 @@ def test_generate_script_from_a_run_and_from_an_official_file(tmp_path):
     generate = [sys.executable, "scripts/generate.py", "--max-new-tokens", "20", "--seed", "1"]
     out = run([*generate, str(run_dir), "--prompt", "The "])
     assert out.stdout.startswith("The ") and "----" in out.stdout
-    config = lm_config(
-        "tiny", dim=768, depth=1, num_heads=12, qkv_tokens=8, proj_tokens=8, ffn_tokens=8
-    )
-    torch.save(official_state(config), tmp_path / "official.bin")
-    out = run([*generate, str(tmp_path / "official.bin"), "--official", "--tokenizer", "byte"])
+    sizes = dict(dim=768, depth=1, num_heads=12, qkv_tokens=8, proj_tokens=8, ffn_tokens=8)
+    torch.save(official_state(lm_config("tiny", **sizes)), tmp_path / "bytes.bin")  # 320 tokens
+    out = run([*generate, str(tmp_path / "bytes.bin"), "--official", "--tokenizer", "byte"])
     assert out.stdout.strip().endswith("-" * 40)
+    # GPT-NeoX's vocabulary with the byte tokenizer: refused, naming both sizes (issue 15;
+    # before: garbage text, rc 0)
+    torch.save(official_state(lm_config("tiny", vocab_size=50304, **sizes)), tmp_path / "neox.bin")
+    command = [*generate, str(tmp_path / "neox.bin"), "--official", "--tokenizer", "byte"]
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert "tokenizer 'byte' has a vocabulary of 320 (padded), the model 50304" in refused.stderr
 
 
 def test_rotary_tables_are_made_once_per_forward_by_the_model(monkeypatch):

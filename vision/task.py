@@ -30,7 +30,26 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     Importing this package registered the tokenformer_* models, so they are always found here.
     """
     check_model_name(name)
-    return timm.create_model(name, **kwargs)
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as error:
+        if "unexpected keyword argument" not in str(error):
+            raise
+        raise ValueError(
+            f"model {name!r} was given a keyword it does not take ({error}); check model.kwargs "
+            f"(given: {sorted(kwargs)})"
+        ) from error
+
+
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """A label outside [0, num_classes) is a data or config error, not an index error."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"label {bad} in a batch, but data.num_classes={num_classes}: set data.num_classes to "
+            "the data set's class count, or check the shards' .cls entries"
+        )
 
 
 class ImageClassificationTask:
@@ -87,6 +106,7 @@ class ImageClassificationTask:
         )
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        check_labels(batch["label"], self.cfg.data.num_classes)
         images, targets = self.transform(batch["image"], batch["label"], train=True)
         logits = model(images)
         if targets.ndim == 2:  # mixup / cutmix soft targets (label smoothing included)
@@ -104,6 +124,7 @@ class ImageClassificationTask:
         }
         for batch in loader:
             labels = batch["label"].to(device, non_blocking=True)
+            check_labels(labels, self.cfg.data.num_classes)
             images, _ = self.transform(batch["image"].to(device, non_blocking=True), labels)
             logits = model(images).float()
             top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices

@@ -135,3 +135,70 @@ def test_a_misspelt_model_kwarg_is_named_with_the_config_key(tmp_path):
         ValueError, match=r"keyword it does not take .*embed_dimm.*check model.kwargs"
     ):
         trainer_for(tmp_path / "run", ["++model.kwargs.embed_dimm=64"])
+
+
+def _digits_shards(root, per_shard=500):
+    for split in ("train", "val"):
+        write_shards(digits_samples(split), root, split, per_shard)
+    return [f"data.{s}_shards={root}/{s}-*.tar" for s in ("train", "val")]
+
+
+def _keep_first_samples(shard, samples):
+    """Rewrite ``shard`` with only its first ``samples`` samples: a clean tar boundary, so the
+    tar reader sees no damage (a copy cut short, or a writer that died between samples)."""
+    import io
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    keys = list(dict.fromkeys(m.name.split(".")[0] for m, _ in members))[:samples]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for member, data in members:
+            if member.name.split(".")[0] in keys:
+                tar.addfile(member, io.BytesIO(data))
+    shard.write_bytes(buffer.getvalue())
+
+
+def test_a_shard_shorter_than_its_info_json_is_named_counted_and_strict_stops(tmp_path, caplog):
+    """Before: 1,304 of 1,437 samples read and "0 of 8 shards damaged"."""
+    from tokenformer_mm.vision.data import image_eval_loader
+
+    _digits_shards(tmp_path)
+    shard = tmp_path / "train-000001.tar"
+    _keep_first_samples(shard, 367)  # of 500
+    loader = image_eval_loader(str(tmp_path / "train-*.tar"), 64, 16, num_workers=0)
+    with caplog.at_level("WARNING"):
+        count = sum(len(b["label"]) for b in loader)
+    assert count == 1437 - 133
+    assert f"shard {shard} yielded 367 of the 500 samples its _info.json declares" in caplog.text
+    assert "0 of 3 shards damaged; 1 shards short of their _info.json count by 133" in (
+        loader.dataset.report()
+    )
+    patterns = [f"data.{s}_shards={tmp_path}/{s}-*.tar" for s in ("train", "val")]
+    trainer = trainer_for(tmp_path / "run", [*patterns, "train.steps=30", "train.eval_every=30"])
+    trainer.fit()  # 30 x 16 samples: past the short shard
+    assert trainer.eval_rows[-1]["data/missing_samples"] == 133
+    assert "data/short_shards" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    strict = trainer_for(
+        tmp_path / "strict", [*patterns, "train.steps=30", "train.strict_data=true"]
+    )
+    with pytest.raises(ValueError, match=r"train-000001.tar yielded 367 of the 500 .*strict_data"):
+        strict.fit()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_all_corrupt_shards_say_what_was_read(tmp_path, split):
+    """Before: a bare StopIteration (validation) or a batch-size hint (training)."""
+    patterns = _digits_shards(tmp_path)
+    for shard in tmp_path.glob(f"{split}-*.tar"):
+        shard.write_bytes(b"\0" * 10 + shard.read_bytes()[10:])  # every tar header broken
+    message = (
+        "validation loader yields no sample"
+        if split == "val"
+        else "training loader yields no batch"
+    )
+    with pytest.raises(
+        ValueError, match=rf"{message}.* (\d) of \1 shards damaged.*data.{split}_shards"
+    ):
+        trainer_for(tmp_path / "run", patterns).fit()

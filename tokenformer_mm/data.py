@@ -137,12 +137,17 @@ class ShardedStream(IterableDataset):
                 f"{len(self.urls)} shards cannot be split over {self.world_size} processes; "
                 "write the data as more shards (scripts/make_shards.py --samples-per-shard)"
             )
-        lengths = read_shard_lengths(self.urls)
+        self.declared = read_shard_lengths(self.urls)  # per shard, from _info.json
         # Samples in all shards, when _info.json lists every one of them (else None).
+        lengths = self.declared
         self.num_samples = sum(lengths.values()) if len(lengths) == len(self.urls) else None
+        # A shard that yields fewer samples than declared: a warning, or with ``strict`` an error.
+        self.strict = False
         self._epoch = _SharedCounter()
         self.skipped_samples = _SharedCounter()
         self.damaged_shards = _SharedCounter()
+        self.short_shards = _SharedCounter()
+        self.missing_samples = _SharedCounter()
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch``; seen by persistent workers too."""
@@ -163,10 +168,24 @@ class ShardedStream(IterableDataset):
         """Samples of each shard; a damaged shard is read up to the damage and counted once."""
         for url in urls:
             errors: list[Exception] = []
-            yield from wds.tarfile_samples([{"url": url}], handler=partial(_record, errors))
+            count = 0
+            for sample in wds.tarfile_samples([{"url": url}], handler=partial(_record, errors)):
+                count += 1
+                yield sample
             if errors:
                 self.damaged_shards.add()
                 logger.warning("shard %s is damaged, read up to the damage: %r", url, errors[0])
+            declared = self.declared.get(url)
+            if declared is not None and count < declared:
+                self.short_shards.add()
+                self.missing_samples.add(declared - count)
+                message = (
+                    f"shard {url} yielded {count} of the {declared} samples its {INFO_FILE} "
+                    "declares (truncated or rewritten?); rewrite it with scripts/make_shards.py"
+                )
+                if self.strict:
+                    raise ValueError(message + " (or drop train.strict_data to warn instead)")
+                logger.warning("%s", message)
 
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
@@ -197,13 +216,25 @@ class ShardedStream(IterableDataset):
 
     def report(self) -> str:
         """One line with the skip counts (also logged as a warning when anything was skipped)."""
+        counts = self.counts()
         line = (
-            f"skipped {self.skipped_samples.value} corrupt samples; "
-            f"{self.damaged_shards.value} of {len(self.urls)} shards damaged"
+            f"skipped {counts['skipped_samples']} corrupt samples; "
+            f"{counts['damaged_shards']} of {len(self.urls)} shards damaged; "
+            f"{counts['short_shards']} shards short of their {INFO_FILE} count by "
+            f"{counts['missing_samples']} samples"
         )
-        if self.skipped_samples.value or self.damaged_shards.value:
+        if any(counts.values()):
             logger.warning("%s", line)
         return line
+
+    def counts(self) -> dict[str, int]:
+        """What was lost so far, all epochs and workers together (logged in metrics.csv)."""
+        return {
+            "skipped_samples": self.skipped_samples.value,
+            "damaged_shards": self.damaged_shards.value,
+            "short_shards": self.short_shards.value,
+            "missing_samples": self.missing_samples.value,
+        }
 
 
 def _record(errors: list[Exception], exn: Exception) -> bool:

@@ -38,9 +38,12 @@ class EpochBatches:
             batch = next(self._iterator)
         except StopIteration:
             if self.batch == 0:
+                dataset = self.loader.dataset
+                read = dataset.report() if hasattr(dataset, "report") else "no data report"
                 raise ValueError(
-                    "the training loader yields no batch: fewer samples per rank than "
-                    "train.batch_size; lower the batch size or add data"
+                    "the training loader yields no batch: fewer readable samples per rank than "
+                    f"train.batch_size ({read}); check data.train_shards, lower the batch size "
+                    "or add data"
                 ) from None
             self.epoch, self.batch = self.epoch + 1, 0
             self._start_epoch()

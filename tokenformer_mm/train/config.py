@@ -78,6 +78,9 @@ class TrainConfig:
     # Recompute each block in backward (the model's set_grad_checkpointing): activations of one
     # block at a time, for the large configs; FLOPs are still counted without the recompute.
     grad_checkpointing: bool = False
+    # A shard that yields fewer samples than its _info.json declares stops the run (else: a
+    # warning naming it; the counts are in metrics.csv as data/* either way).
+    strict_data: bool = False
 
 
 @dataclass

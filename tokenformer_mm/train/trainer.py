@@ -69,6 +69,9 @@ class Trainer:
         self._set_grad_checkpointing(cfg.train.grad_checkpointing)
         # Built now, before any training: a missing shard pattern fails here, not at step 1.
         self.train_loader, self.eval_loader = task.train_loader(), task.eval_loader()
+        for loader in (self.train_loader, self.eval_loader):
+            if hasattr(loader.dataset, "strict"):
+                loader.dataset.strict = cfg.train.strict_data
         self.data = EpochBatches(self.train_loader)
         resume_from = self._resume_checkpoint()
         if resume_from is not None:
@@ -228,9 +231,16 @@ class Trainer:
                 "params": sum(p.numel() for p in self.model.parameters()),
                 "flops": self.total_flops,
                 **metrics,
+                **self._data_counts(),
             }
         )
         logger.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    def _data_counts(self) -> dict[str, int]:
+        """The training data's losses so far (corrupt samples, damaged and short shards)."""
+        dataset = self.train_loader.dataset
+        counts = dataset.counts() if hasattr(dataset, "counts") else {}
+        return {f"data/{name}": value for name, value in counts.items()}
 
     def _save(self) -> None:
         per_rank = all_gather_objects({"rng": checkpoint.rng_state(), "data": self.data.position()})
@@ -354,7 +364,13 @@ class Trainer:
         Measured on the bare model (DDP's hooks expect DDP's own forward). Every RNG is restored
         afterwards: measuring must not shift what an exact resume replays.
         """
-        batch = next(iter(self.eval_loader))
+        batch = next(iter(self.eval_loader), None)
+        if batch is None:
+            dataset = self.eval_loader.dataset
+            read = dataset.report() if hasattr(dataset, "report") else "no data report"
+            raise ValueError(
+                f"the validation loader yields no sample ({read}); check data.val_shards"
+            )
         two = to_device({k: v[:2] for k, v in batch.items()}, self.device)  # even: mixup needs it
         rng = checkpoint.rng_state()
         self._set_grad_checkpointing(False)  # model FLOPs: the recompute is not counted

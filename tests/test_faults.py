@@ -5,6 +5,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tokenformer_mm.shards import write_shards
@@ -202,3 +203,31 @@ def test_all_corrupt_shards_say_what_was_read(tmp_path, split):
         ValueError, match=rf"{message}.* (\d) of \1 shards damaged.*data.{split}_shards"
     ):
         trainer_for(tmp_path / "run", patterns).fit()
+
+
+def test_timm_loading_never_drops_a_trained_head_or_leaves_blocks_random(tmp_path, caplog):
+    """Before: the 10-class head of our checkpoint was dropped (or a bare missing-keys error),
+    and a deeper model loaded a shallower checkpoint with its extra blocks random (INFO)."""
+    import safetensors.torch
+    import timm
+
+    name = "tokenformer_micro_patch4_32"
+    source = timm.create_model(name, num_classes=10).eval()
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file(source.state_dict(), path)
+    overlay = dict(file=str(path))
+    fix = r"pretrained_cfg_overlay=dict\(file=..., num_classes=10\)"
+    with pytest.raises(ValueError, match=rf"head has 10 classes, the model 1000 .*{fix}"):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+    with pytest.raises(ValueError, match=rf"10-class head fits the model, but timm drops .*{fix}"):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=10)
+    overlay["num_classes"] = 10
+    loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), source(x))
+    with caplog.at_level("WARNING"):  # fine-tuning on purpose: a new head, said at WARNING
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=3)
+    assert "head has 10 classes, the model 3" in caplog.text
+    with pytest.raises(ValueError, match=r"checkpoint has 4 blocks, the model 6: .*depth=4"):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, depth=6)

@@ -329,16 +329,48 @@ def checkpoint_filter_fn(
             )
         elif key == "patch_embed.proj.weight" and value.shape != model_state[key].shape:
             value = resample_patch_embed(value, list(model.patch_embed.patch_size))
-        elif key.startswith("head.") and (
-            key not in model_state or value.shape != model_state[key].shape
-        ):
-            logger.info("dropping %s %s: the model's head differs", key, tuple(value.shape))
+        elif key.startswith("head.") and _new_head(value.shape[0], model):
+            logger.warning(
+                "dropping %s %s: the checkpoint's head has %d classes, the model %d; the model's "
+                "head is new (random)", key, tuple(value.shape), value.shape[0], model.num_classes,
+            )  # fmt: skip
             continue
         out[key] = value
+    _check_depth(out, model)
     resized = match_token_counts(model, out)
     if resized:
         logger.info("resized %d Pattention layers to the checkpoint's token counts", resized)
     return out
+
+
+def _new_head(checkpoint_classes: int, model: TokenformerViT) -> bool:
+    """Whether the model gets a new head: only when it was created with another class count on
+    purpose (fine-tuning). timm's loader then also drops a head whose class count differs from
+    the pretrained config's, so a trained head that would be lost is an error saying the fix."""
+    default = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
+    fix = f"pretrained_cfg_overlay=dict(file=..., num_classes={checkpoint_classes})"
+    if checkpoint_classes != model.num_classes and model.num_classes == default:
+        raise ValueError(
+            f"the checkpoint's head has {checkpoint_classes} classes, the model "
+            f"{model.num_classes} (its default): pass {fix} to load the trained head, or "
+            "num_classes=<yours> to fine-tune with a new one"
+        )
+    if checkpoint_classes == model.num_classes != default:
+        raise ValueError(
+            f"the checkpoint's {checkpoint_classes}-class head fits the model, but timm drops a "
+            f"head whose class count is not the pretrained config's ({default}): pass {fix}"
+        )
+    return checkpoint_classes != model.num_classes
+
+
+def _check_depth(state_dict: dict[str, torch.Tensor], model: TokenformerViT) -> None:
+    """A checkpoint with other blocks than the model would leave blocks random or unused."""
+    saved = {int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.")}
+    if saved and len(saved) != len(model.blocks):
+        raise ValueError(
+            f"the checkpoint has {len(saved)} blocks, the model {len(model.blocks)}: create it "
+            f"with depth={len(saved)} (and grow it afterwards with grow_depth if you want more)"
+        )
 
 
 def _create_tokenformer(variant: str, pretrained: bool = False, **kwargs: Any) -> TokenformerViT:

@@ -250,6 +250,18 @@ def frontier(tower: Any, work_dir: Path, size: str, seed: int) -> list[tuple[flo
     ]
 
 
+def best_scratch(tower: Any, work_dir: Path, seed: int, flops: float) -> float:
+    """The lowest loss any scratch model reaches within ``flops``: each size's frontier between
+    its budgets, and its largest budget's model for any compute beyond it (one stops there)."""
+    best = math.inf
+    for size in SIZES:
+        points = frontier(tower, work_dir, size, seed)
+        inside = interpolate(points, flops)
+        best = min(best, inside if not math.isnan(inside) else best)
+        best = min([best] + [loss for f, loss in points if f <= flops])
+    return best if best < math.inf else math.nan
+
+
 def arm_result(tower: Any, work_dir: Path, arm: str, step: int, seed: int) -> dict[str, Any]:
     """An arm's annealed points and what they save against the big frontier (same seed)."""
     prefix = work_dir / f"{arm}@{step}-seed{seed}"
@@ -275,16 +287,7 @@ def arm_result(tower: Any, work_dir: Path, arm: str, step: int, seed: int) -> di
         "given": given,
         "final_loss": final_loss,
         "frontier_loss_at_equal_flops": interpolate(big, final_flops),
-        # the best model from scratch of either size at the arm's FLOPs
-        "envelope_loss_at_equal_flops": min(
-            (
-                loss
-                for size in SIZES
-                for loss in [interpolate(frontier(tower, work_dir, size, seed), final_flops)]
-                if not math.isnan(loss)
-            ),
-            default=math.nan,
-        ),
+        "envelope_loss_at_equal_flops": best_scratch(tower, work_dir, seed, final_flops),
         "reach": reach,
         "sp_cumulative": target_flops / reach - 1,
         "sp_family": target_flops / (reach - given) - 1,

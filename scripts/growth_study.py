@@ -41,6 +41,8 @@ from tokenformer_mm.train.metric_log import GROWTH_FILE, METRICS_FILE, read_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = ("small", "big")
+# The report's generated part; text outside these markers (the reading, the recipe) is kept.
+BEGIN, END = "<!-- growth_study.py: begin -->", "<!-- growth_study.py: end -->"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,24 +445,29 @@ def write_report(study: Any, results: dict[str, dict[str, Any]], command: str) -
         plot(name, result["tower"], result["work_dir"], result["screen"], image)
         best = result["best"][0]
         sections.append(
-            f"## {name}\n\n### Scratch frontier\n\n"
+            f"### {name}\n\n#### Scratch frontier\n\n"
             f"{frontier_table(result['tower'], result['work_dir'], result['seeds'])}\n\n"
-            f"### Every arm, seed {study.seeds[0]}\n\n"
+            f"#### Every arm, seed {study.seeds[0]}\n\n"
             f"{arm_table([[r] for r in result['screen']])}\n\n"
-            f"### The best arm, {len(result['seeds'])} seeds\n\n"
+            f"#### The best arm, {len(result['seeds'])} seeds\n\n"
             f"{arm_table([result['best']])}\n\n"
             f"![{name}]({image.name})\n\n"
             f"(best: {best['arm']} @ {best['step']})\n"
         )
     header = (
-        "# Growth study output\n\n"
+        "## The study's output\n\n"
         f"- command: `{command}`\n- date: {datetime.date.today().isoformat()}\n"
         "- settings: `configs/study/growth.yaml`\n"
         "- sp = FLOPs the big frontier needs for its largest-budget loss / FLOPs the arm needs "
         "for it - 1 (cumulative: all the arm's FLOPs; model-family: less the small model's "
         "FLOPs up to the grow step)\n\n"
     )
-    report.write_text(header + "\n".join(sections))
+    generated = f"{BEGIN}\n{header}" + "\n".join(sections) + f"\n{END}\n"
+    text = report.read_text() if report.exists() else ""
+    if BEGIN in text and END in text:  # keep what was written by hand around the tables
+        before, rest = text.split(BEGIN, 1)
+        generated = before + generated + rest.split(END, 1)[1].lstrip("\n")
+    report.write_text(generated)
     return report
 
 

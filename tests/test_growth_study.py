@@ -1,12 +1,13 @@
 import math
 
-from scripts.growth_study import flops_to_reach, interpolate, main
+from scripts.growth_study import BEGIN, END, flops_to_reach, interpolate, main
 
 
 def test_quick_growth_study_grows_exactly_and_the_grown_models_improve(tmp_path):
     """The study end to end on tiny models: frontiers of annealed branches, growth arms that are
     exact at the grow step, keep learning, and count the small model's FLOPs."""
     report = tmp_path / "growth.md"
+    report.write_text(f"# By hand\n{BEGIN}\nold tables\n{END}\n## Reading, by hand\n")
     results = main(["--quick", f"work_dir={tmp_path / 'runs'}", f"report={report}"])
     for tower in ("language", "vision"):
         for arm in results[tower]["screen"]:
@@ -16,7 +17,9 @@ def test_quick_growth_study_grows_exactly_and_the_grown_models_improve(tmp_path)
             assert first_flops > arm["given"] > 0  # cumulative: the small model's FLOPs count
             assert not math.isnan(arm["frontier_loss_at_equal_flops"])
     text = report.read_text()
-    assert "## language" in text and "## vision" in text and "sp, model-family" in text
+    assert "### language" in text and "### vision" in text and "sp, model-family" in text
+    assert text.startswith("# By hand\n") and text.endswith(f"{END}\n## Reading, by hand\n")
+    assert "old tables" not in text
     assert (tmp_path / "growth_language.png").stat().st_size > 10_000
     # a second call finds every run finished and only reads them
     again = main(["--quick", f"work_dir={tmp_path / 'runs'}", "report=null"])

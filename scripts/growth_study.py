@@ -308,6 +308,13 @@ def fmt(values: Sequence[float], digits: int = 3, scale: float = 1.0) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def reached(values: Sequence[float], digits: int, scale: float = 1.0) -> str:
+    """``fmt`` of the seeds that reached the target, saying how many did when not all."""
+    done = sum(not math.isnan(v) for v in values)
+    text = fmt(values, digits, scale)
+    return text if done in (0, len(values)) else f"{text} ({done} of {len(values)} seeds)"
+
+
 def table(rows: list[dict[str, str]]) -> str:
     header = list(dict.fromkeys(k for row in rows for k in row))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -351,11 +358,14 @@ def arm_table(results: Sequence[Sequence[dict[str, Any]]]) -> str:
                 "best scratch (either size) at equal FLOPs": fmt(
                     [r["envelope_loss_at_equal_flops"] for r in per_seed]
                 ),
-                "TFLOPs to the big frontier's best loss": fmt(
+                "arm - big frontier at equal FLOPs (paired)": fmt(
+                    [r["final_loss"] - r["frontier_loss_at_equal_flops"] for r in per_seed]
+                ),
+                "TFLOPs to the big frontier's best loss": reached(
                     [r["reach"] for r in per_seed], 2, 1e12
                 ),
-                "sp, cumulative": fmt([r["sp_cumulative"] for r in per_seed], 2),
-                "sp, model-family": fmt([r["sp_family"] for r in per_seed], 2),
+                "sp, cumulative": reached([r["sp_cumulative"] for r in per_seed], 2),
+                "sp, model-family": reached([r["sp_family"] for r in per_seed], 2),
             }
         )
     return table(rows)

@@ -255,22 +255,18 @@ def frontier(tower: Any, work_dir: Path, size: str, seed: int) -> list[tuple[flo
 def best_scratch(tower: Any, work_dir: Path, seed: int, flops: float) -> float:
     """The lowest loss any scratch model reaches within ``flops``: each size's frontier between
     its budgets, and its largest budget's model for any compute beyond it (one stops there)."""
-    best = math.inf
+    candidates = []
     for size in SIZES:
         points = frontier(tower, work_dir, size, seed)
-        inside = interpolate(points, flops)
-        best = min(best, inside if not math.isnan(inside) else best)
-        best = min([best] + [loss for f, loss in points if f <= flops])
-    return best if best < math.inf else math.nan
+        candidates += [interpolate(points, flops)] + [loss for f, loss in points if f <= flops]
+    return min((loss for loss in candidates if not math.isnan(loss)), default=math.nan)
 
 
 def arm_result(tower: Any, work_dir: Path, arm: str, step: int, seed: int) -> dict[str, Any]:
     """An arm's annealed points and what they save against the big frontier (same seed)."""
     prefix = work_dir / f"{arm}@{step}-seed{seed}"
     budgets = [b for b in sorted(tower.budgets) if (prefix / f"b{b}").is_dir()]
-    points = [
-        (read_run(prefix / f"b{b}")["flops"], read_run(prefix / f"b{b}")["loss"]) for b in budgets
-    ]
+    points = [(run["flops"], run["loss"]) for run in (read_run(prefix / f"b{b}") for b in budgets)]
     small = work_dir / f"small-seed{seed}/b{max(tower.budgets)}"
     given = flops_at_step(small, step)  # the small model's compute up to the grow step
     big = frontier(tower, work_dir, "big", seed)

@@ -38,8 +38,7 @@ class EpochBatches:
             batch = next(self._iterator)
         except StopIteration:
             if self.batch == 0:
-                dataset = self.loader.dataset
-                read = dataset.report() if hasattr(dataset, "report") else "no data report"
+                read = data_report(self.loader)
                 raise ValueError(
                     "the training loader yields no batch: fewer readable samples per rank than "
                     f"train.batch_size ({read}); check data.train_shards, lower the batch size "
@@ -53,6 +52,12 @@ class EpochBatches:
 
     def position(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch": self.batch}
+
+
+def data_report(loader: DataLoader) -> str:
+    """What a loader's dataset lost so far (corrupt samples, damaged or short shards)."""
+    dataset = loader.dataset
+    return dataset.report() if hasattr(dataset, "report") else "no data report"
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from ..flops import training_flops
 from ..growth import deepened_state_dict, grow_model, load_grown
 from ..pattention import KINDS
 from . import checkpoint
-from .batches import EpochBatches, to_device
+from .batches import EpochBatches, data_report, to_device
 from .config import validate
 from .metric_log import CONFIG_FILE, MetricLog
 from .optim import build_optimizer
@@ -366,10 +366,9 @@ class Trainer:
         """
         batch = next(iter(self.eval_loader), None)
         if batch is None:
-            dataset = self.eval_loader.dataset
-            read = dataset.report() if hasattr(dataset, "report") else "no data report"
             raise ValueError(
-                f"the validation loader yields no sample ({read}); check data.val_shards"
+                f"the validation loader yields no sample ({data_report(self.eval_loader)}); "
+                "check data.val_shards"
             )
         two = to_device({k: v[:2] for k, v in batch.items()}, self.device)  # even: mixup needs it
         rng = checkpoint.rng_state()

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tokenformer_mm.block import TokenformerBlock
 from tokenformer_mm.growth import load_resized
+from tokenformer_mm.initialization import discarded_rng, reset_submodules
 from tokenformer_mm.rotary import Rotary, rotary_dims, rotary_tables
 
 IGNORE_INDEX = -100  # targets not scored (PyTorch's and Hugging Face's default)
@@ -85,27 +86,34 @@ class TokenformerLM(nn.Module):
         super().__init__()
         self.config = config
         self.grad_checkpointing = False
-        self.embed = nn.Embedding(config.vocab_size, config.dim)
-        self.blocks = nn.ModuleList(
-            TokenformerBlock(
-                config.dim,
-                config.num_heads,
-                config.qkv_tokens,
-                config.proj_tokens,
-                config.ffn_tokens,
-                causal=True,
-                rotary_pct=config.rotary_pct,
-                rotary_base=config.rotary_base,
-                norm=config.norm,
-                token_dropout=config.dropout,
-                attn_dropout=config.dropout,
-                depth=config.depth,
-                key_init=config.key_init,
+        with discarded_rng():  # init_weights() below draws every initial value
+            self.embed = nn.Embedding(config.vocab_size, config.dim)
+            self.blocks = nn.ModuleList(
+                TokenformerBlock(
+                    config.dim,
+                    config.num_heads,
+                    config.qkv_tokens,
+                    config.proj_tokens,
+                    config.ffn_tokens,
+                    causal=True,
+                    rotary_pct=config.rotary_pct,
+                    rotary_base=config.rotary_base,
+                    norm=config.norm,
+                    token_dropout=config.dropout,
+                    attn_dropout=config.dropout,
+                    depth=config.depth,
+                    key_init=config.key_init,
+                )
+                for _ in range(config.depth)
             )
-            for _ in range(config.depth)
-        )
-        self.norm = nn.LayerNorm(config.dim, eps=1e-5)
-        self.rotary_dims = rotary_dims(config.dim // config.num_heads, config.rotary_pct)
+            self.norm = nn.LayerNorm(config.dim, eps=1e-5)
+            self.rotary_dims = rotary_dims(config.dim // config.num_heads, config.rotary_pct)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Every initial value (``tokenformer_mm.initialization``: also the step after meta-device
+        construction + ``to_empty``)."""
+        reset_submodules(self)
         nn.init.normal_(self.embed.weight, std=0.02)
 
     # --- the forward pass -------------------------------------------------------------------

@@ -376,3 +376,24 @@ def test_depth_growth_configs_are_checked_before_training():
     bad = compose_config("vision", ["growth.depth_init=copy"])
     with pytest.raises(ValueError, match=r"growth.depth_init must be one of \('exact', 'stack'\)"):
         validate(bad)
+
+
+def test_compiled_training_matches_eager_through_growth(tmp_path):
+    """train.compile=true: the training forward runs through torch.compile (aot_eager here: the
+    same graph capture and AOT autograd as inductor without its C++ build; tests/gpu/ compiles
+    with inductor), recompiled after the growth event, and trains like eager."""
+    common = ["train.steps=6", "train.eval_every=6", "growth.schedule=[{step: 3, factor: 2}]"]
+    eager = trainer_for(tmp_path / "eager", common)
+    eager.fit()
+    compiled = trainer_for(
+        tmp_path / "compiled", [*common, "train.compile=true", "train.compile_backend=aot_eager"]
+    )
+    assert isinstance(compiled.train_module, torch._dynamo.eval_frame.OptimizedModule)
+    compiled.fit()
+    assert compiled.train_module._orig_mod is compiled.model  # rebuilt around the grown model
+    expected, got = step_losses(tmp_path / "eager"), step_losses(tmp_path / "compiled")
+    assert sorted(got) == list(range(1, 7))
+    for step, loss in expected.items():  # the same ATen ops, fused differently: rounding only
+        assert got[step] == pytest.approx(loss, rel=1e-5), step
+    saved = checkpoint.load_weights(checkpoint.latest(tmp_path / "compiled" / "checkpoints"))
+    assert not [key for key in saved if "_orig_mod" in key]  # checkpoints keep the model's keys

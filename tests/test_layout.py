@@ -27,7 +27,15 @@ INTEGRATION = "tokenformer_mm.clip"  # the one package that joins the towers
 # The model core: readable on its own, built on torch (and timm's small layers) alone.
 MODEL_CORE = {
     f"tokenformer_mm.{name}"
-    for name in ("pattention", "fused_pattention", "theta", "block", "rotary", "growth")
+    for name in (
+        "pattention",
+        "fused_pattention",
+        "theta",
+        "block",
+        "rotary",
+        "growth",
+        "initialization",
+    )
 }
 
 

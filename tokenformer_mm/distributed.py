@@ -38,6 +38,12 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if rank_and_world_size()[1] > 1:
+        dist.barrier()
+
+
 def sum_over_ranks(totals: dict[str, torch.Tensor]) -> dict[str, float]:
     """Every rank's scalar totals added up (in fp64): the one reduction of additive metrics."""
     names = list(totals)

@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ import torch
 from torch import nn
 
 from .block import TokenformerBlock
-from .pattention import KINDS, Pattention
+from .initialization import seeded_rng
+from .pattention import KINDS, Pattention, tokens_of_tau
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,7 @@ def _fill_new_rows(layer: Pattention, start: int, init: str, perturbation: float
     layer.value_tokens[start:].normal_(std=layer.value_init_std)
     if init == "official":
         layer.key_tokens[start:].normal_(std=layer.key_init_std)
+        layer.tau_tokens = layer.num_tokens
         layer.tau.fill_(math.sqrt(layer.num_tokens))
     else:
         _fill_new_keys(layer, start, init, perturbation)
@@ -188,6 +191,7 @@ def grow_model(
     perturbation: float = DEFAULT_PERTURBATION,
     depth: int = 1,
     depth_init: str = "exact",
+    seed: int | None = None,
 ) -> GrowthReport:
     """Grow every Pattention layer of ``model`` whose ``kind`` is in ``kinds``, in place; with
     ``depth`` > 1 first make it ``depth`` times deeper (``grow_depth``, ``depth_init``).
@@ -205,6 +209,9 @@ def grow_model(
         perturbation: the new keys' scale for ``init="perturbed"``, relative to the key init.
         depth, depth_init: as ``grow_depth``'s ``factor`` and ``init``; then ``factor`` and
             ``num_tokens`` may both be None (depth only). The report says what grew.
+        seed: draw the new rows from ``torch.manual_seed(seed)`` and leave the caller's RNG as
+            it was: under DDP or FSDP2 every rank passes the same seed and grows alike. None
+            draws from the global RNG.
 
     Raises ``ValueError`` for a shrinking or non-positive size, or a model without Pattention
     layers. ``softmax`` layers cannot grow exactly (``exp(0) != 0``) and grow with a warning.
@@ -216,6 +223,11 @@ def grow_model(
     receive gradients. Hooks registered on the old Parameters do not carry over.
     """
     _check_init(init, perturbation)
+    if seed is not None:
+        with seeded_rng(seed):
+            return grow_model(
+                model, factor, num_tokens, kinds, init, optimizer, perturbation, depth, depth_init
+            )
     if depth != 1:
         params_before = _count_params(model)
         deeper = grow_depth(model, depth, depth_init, optimizer)
@@ -317,11 +329,17 @@ def grow_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
                 if key == "exp_avg_sq" and "betas" in group:
                     seed_from_row[param] = value.shape[0]
     if seed_from_row:
-        _seed_new_rows_at_next_step(optimizer, seed_from_row)
+        seed_new_rows_at_next_step(optimizer, seed_from_row)
     return grown
 
 
-def _seed_new_rows_at_next_step(
+def pending_new_rows(optimizer: torch.optim.Optimizer) -> dict[nn.Parameter, int]:
+    """The parameters whose new rows still wait for their second moment to be seeded (at the
+    next step), with the first new row of each: what moves to a rebuilt optimizer."""
+    return dict(getattr(optimizer, "_tokenformer_pending_rows", None) or {})
+
+
+def seed_new_rows_at_next_step(
     optimizer: torch.optim.Optimizer, seed_from_row: dict[nn.Parameter, int]
 ) -> None:
     """Before the next step that gives each parameter a gradient, seed the second moment of its
@@ -343,8 +361,8 @@ def _seed_new_rows_at_next_step(
             step = float(opt.state[param]["step"]) + 1  # the step about to be taken
             # Adam then sets v = β2 v + (1 - β2) g², and divides by 1 - β2^step.
             weight = max(0.0, (1 - beta2**step - (1 - beta2)) / beta2)
-            grad = param.grad[row:].to(opt.state[param]["exp_avg_sq"].dtype)
-            opt.state[param]["exp_avg_sq"][row:] = weight * grad.square()
+            second = _rows_from(opt.state[param]["exp_avg_sq"], row)
+            second.copy_(weight * _rows_from(param.grad, row).to(second.dtype).square())
             del pending[param]
         if not pending:
             optimizer._tokenformer_seed_hook.remove()
@@ -353,7 +371,24 @@ def _seed_new_rows_at_next_step(
     optimizer._tokenformer_seed_hook = optimizer.register_step_pre_hook(seed)
 
 
-def _block_containers(model: nn.Module) -> list[tuple[str, nn.ModuleList | nn.Sequential]]:
+def _rows_from(tensor: torch.Tensor, row: int) -> torch.Tensor:
+    """The rows ``row:`` (global index) of ``tensor`` this process holds, as a writable view: all
+    of them for a plain tensor, those of its shard for an FSDP2 DTensor (sharded by rows)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")  # no DTensor exists before its import
+    if dtensor is None or not isinstance(tensor, dtensor.DTensor):
+        return tensor[row:]
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if tuple(tensor.placements) != (Shard(0),):
+        raise ValueError(f"expected a tensor sharded by rows (Shard(0)), got {tensor.placements}")
+    _, offset = compute_local_shape_and_global_offset(
+        tensor.shape, tensor.device_mesh, tensor.placements
+    )
+    return tensor.to_local()[max(0, row - offset[0]) :]
+
+
+def block_containers(model: nn.Module) -> list[tuple[str, nn.ModuleList | nn.Sequential]]:
     """Every ``ModuleList`` / ``Sequential`` of the model made of Tokenformer blocks."""
     return [
         (name, module)
@@ -366,7 +401,7 @@ def _block_containers(model: nn.Module) -> list[tuple[str, nn.ModuleList | nn.Se
 
 def _block_container(model: nn.Module) -> tuple[str, nn.ModuleList | nn.Sequential]:
     """The one ``ModuleList`` / ``Sequential`` of the model made of Tokenformer blocks."""
-    found = _block_containers(model)
+    found = block_containers(model)
     if len(found) != 1:
         names = [name for name, _ in found]
         raise ValueError(
@@ -520,7 +555,9 @@ def load_grown(
         if old == layer.num_tokens or init != "official":
             _fill_new_keys(layer, old, init, perturbation)
             layer.tau.copy_(state_dict[prefix + "tau"])
+            layer.tau_tokens = tokens_of_tau(layer.tau)
         else:  # official: the model's own random rows, τ of the larger size
+            layer.tau_tokens = layer.num_tokens
             layer.tau.fill_(math.sqrt(layer.num_tokens))
         if old < layer.num_tokens:
             added = (layer.num_tokens - old) * (layer.in_features + layer.out_features)
@@ -545,7 +582,7 @@ def match_depth(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int
     Returns the depth factor applied (1: none). The new blocks' values are placeholders for the
     checkpoint's; a checkpoint whose depth is not a multiple of the model's is an error.
     """
-    containers = _block_containers(model)
+    containers = block_containers(model)
     if len(containers) != 1:  # no blocks, or several towers (CLIP): grown tower by tower
         return 1
     name, blocks = containers[0]

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,11 @@ def official_pattention(
 def wang_init_std(dim: int, depth: int) -> float:
     """GPT-NeoX "wang init" std, ``2 / (L · sqrt(d))``: the official init of the value tokens."""
     return 2.0 / (depth * math.sqrt(dim))
+
+
+def tokens_of_tau(tau: torch.Tensor) -> int:
+    """The token count ``n`` a τ = sqrt(n) was made from (what ``reset_parameters`` rebuilds)."""
+    return round(float(tau) ** 2)
 
 
 def _check_in_features(x: torch.Tensor, in_features: int) -> None:
@@ -180,7 +186,10 @@ class Pattention(nn.Module):
         self.key_tokens = nn.Parameter(torch.empty(num_tokens, in_features, **factory))
         self.value_tokens = nn.Parameter(torch.empty(num_tokens, out_features, **factory))
         # τ is state, not a hyper-parameter: it is saved with the weights and survives growth.
-        self.register_buffer("tau", torch.tensor(math.sqrt(num_tokens), **factory))
+        # ``tau_tokens`` is the count τ is sqrt of (the initial one; a loaded τ's), kept in Python
+        # so that ``reset_parameters`` rebuilds τ after meta-device construction + ``to_empty``.
+        self.tau_tokens = num_tokens
+        self.register_buffer("tau", torch.empty((), **factory))
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 
@@ -189,8 +198,19 @@ class Pattention(nn.Module):
         return self.key_tokens.shape[0]
 
     def reset_parameters(self) -> None:
+        """The layer's initial state: keys and values drawn, τ = sqrt(``tau_tokens``)."""
         nn.init.normal_(self.key_tokens, std=self.key_init_std)
         nn.init.normal_(self.value_tokens, std=self.value_init_std)
+        with torch.no_grad():
+            self.tau.fill_(math.sqrt(self.tau_tokens))
+
+    def _load_from_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        tau = state_dict.get(prefix + "tau")
+        if tau is not None and not tau.is_meta:
+            self.tau_tokens = tokens_of_tau(tau)
 
     @torch.jit.unused
     def uses_fused_path(self, x: torch.Tensor | None = None) -> bool:

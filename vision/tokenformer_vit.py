@@ -22,6 +22,7 @@ from torch import nn
 
 from tokenformer_mm.block import TokenformerBlock
 from tokenformer_mm.growth import match_token_counts
+from tokenformer_mm.initialization import discarded_rng, reset_submodules
 
 logger = logging.getLogger(__name__)
 
@@ -91,52 +92,60 @@ class TokenformerViT(nn.Module):
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            strict_img_size=not dynamic_img_size,
-            output_fmt="NHWC" if dynamic_img_size else None,  # None: flattened (B, N, C)
-            **dd,
-        )
-        num_patches = self.patch_embed.num_patches
-        reduction = self.patch_embed.feat_ratio()
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim, **dd)
-        )
-        self.pos_drop = nn.Dropout(pos_drop_rate)
-        drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # 0 -> rate
-        self.blocks = nn.Sequential(
-            *[
-                TokenformerBlock(
-                    embed_dim,
-                    num_heads,
-                    qkv_tokens,
-                    proj_tokens or qkv_tokens,
-                    ffn_tokens,
-                    norm=norm,
-                    token_dropout=token_drop_rate,
-                    attn_dropout=attn_drop_rate,
-                    drop_path=drop_path[i],
-                    depth=depth,
-                    key_init=key_init,
-                    **dd,
-                )
+        with discarded_rng():  # init_weights() below draws every initial value
+            self.patch_embed = PatchEmbed(
+                img_size=img_size,
+                patch_size=patch_size,
+                in_chans=in_chans,
+                embed_dim=embed_dim,
+                strict_img_size=not dynamic_img_size,
+                output_fmt="NHWC" if dynamic_img_size else None,  # None: flattened (B, N, C)
+                **dd,
+            )
+            num_patches = self.patch_embed.num_patches
+            reduction = self.patch_embed.feat_ratio()
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
+            self.pos_embed = nn.Parameter(
+                torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim, **dd)
+            )
+            self.pos_drop = nn.Dropout(pos_drop_rate)
+            drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # 0 -> rate
+            self.blocks = nn.Sequential(
+                *[
+                    TokenformerBlock(
+                        embed_dim,
+                        num_heads,
+                        qkv_tokens,
+                        proj_tokens or qkv_tokens,
+                        ffn_tokens,
+                        norm=norm,
+                        token_dropout=token_drop_rate,
+                        attn_dropout=attn_drop_rate,
+                        drop_path=drop_path[i],
+                        depth=depth,
+                        key_init=key_init,
+                        **dd,
+                    )
+                    for i in range(depth)
+                ]
+            )
+            self.feature_info = [
+                dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction)
                 for i in range(depth)
             ]
-        )
-        self.feature_info = [
-            dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)
-        ]
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-5, **dd)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self._init_weights()
+            self.norm = nn.LayerNorm(embed_dim, eps=1e-5, **dd)
+            self.head_drop = nn.Dropout(drop_rate)
+            self.head = (
+                nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+            )
+        self.init_weights()
 
-    def _init_weights(self) -> None:
-        """ViT inits for the embeddings and head; Pattentions keep their official init."""
+    def init_weights(self) -> None:
+        """Every initial value (the eager constructor's last step; after meta-device
+        construction and ``to_empty``, the one that makes the same model): each submodule's
+        own init (Pattention, patch embedding, norm), then ViT inits for the embeddings and head.
+        """
+        reset_submodules(self)
         trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         if isinstance(self.head, nn.Linear):

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..block import TokenformerBlock
+from ..initialization import discarded_rng, reset_submodules
 from ..rotary import rotary_dims, rotary_tables
 
 
@@ -36,18 +37,25 @@ class TokenformerTextEncoder(nn.Module):
         self.vocab_size = vocab_size
         self.output_tokens = False
         self.grad_checkpointing = False
-        self.token_embedding = nn.Embedding(vocab_size, width)
-        block = functools.partial(
-            TokenformerBlock, causal=True, rotary_pct=rotary_pct, depth=layers
-        )
-        self.blocks = nn.ModuleList(
-            block(width, heads, qkv_tokens, qkv_tokens, ffn_tokens) for _ in range(layers)
-        )
-        self.rotary_dims = rotary_dims(width // heads, rotary_pct)
-        self.ln_final = nn.LayerNorm(width)
-        self.text_projection = nn.Linear(width, embed_dim, bias=False)
+        with discarded_rng():  # init_weights() below draws every initial value
+            self.token_embedding = nn.Embedding(vocab_size, width)
+            block = functools.partial(
+                TokenformerBlock, causal=True, rotary_pct=rotary_pct, depth=layers
+            )
+            self.blocks = nn.ModuleList(
+                block(width, heads, qkv_tokens, qkv_tokens, ffn_tokens) for _ in range(layers)
+            )
+            self.rotary_dims = rotary_dims(width // heads, rotary_pct)
+            self.ln_final = nn.LayerNorm(width)
+            self.text_projection = nn.Linear(width, embed_dim, bias=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Every initial value (``tokenformer_mm.initialization``: also the step after meta-device
+        construction + ``to_empty``)."""
+        reset_submodules(self)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.text_projection.weight, std=width**-0.5)
+        nn.init.normal_(self.text_projection.weight, std=self.ln_final.normalized_shape[0] ** -0.5)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         x = self.token_embedding(text)  # (B, T, width)

@@ -6,6 +6,11 @@ A checkpoint is a directory ``checkpoints/step_00001200/`` holding
 - ``state.pt``: optimizer, scheduler, step, RNG states, data position, growth sizes — plain
   tensors and Python containers, so ``torch.load(weights_only=True)`` reads it.
 
+A run with ``train.parallel=fsdp`` writes ``sharded/`` instead of ``model.safetensors`` and the
+optimizer: ``torch.distributed.checkpoint`` files, each rank writing its own shards of the model
+and the optimizer state (nothing is gathered). It resumes on any number of ranks, and loads
+into one process like a full checkpoint (``load_weights``, ``export``).
+
 It is written as ``step_00001200.tmp/`` and renamed when complete, so a process killed mid-save
 never leaves a torn checkpoint: the newest complete one is still there and is what ``latest``
 returns.
@@ -18,12 +23,14 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import safetensors.torch
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from ..growth import load_resized
@@ -33,6 +40,7 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.pt"
+SHARDED_DIR = "sharded"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -51,7 +59,13 @@ def latest(root: str | os.PathLike) -> Path | None:
 
 def damage(checkpoint: Path) -> str | None:
     """Why ``checkpoint`` cannot be resumed (a missing, truncated or corrupt file), else None."""
-    files = [checkpoint / MODEL_FILE, checkpoint / STATE_FILE]
+    if is_sharded(checkpoint):
+        problem = _sharded_damage(checkpoint / SHARDED_DIR)
+        if problem is not None:
+            return problem
+        files = [checkpoint / STATE_FILE]
+    else:
+        files = [checkpoint / MODEL_FILE, checkpoint / STATE_FILE]
     if (checkpoint / EMA_FILE).exists():
         files.append(checkpoint / EMA_FILE)
     for file in files:
@@ -84,6 +98,55 @@ def newest_intact(root: str | os.PathLike) -> Path | None:
     return None
 
 
+def is_sharded(checkpoint: str | os.PathLike) -> bool:
+    """Whether a checkpoint directory holds ``sharded/`` (written under FSDP2)."""
+    return (Path(checkpoint) / SHARDED_DIR / ".metadata").is_file()
+
+
+def _sharded_damage(folder: Path) -> str | None:
+    """A sharded checkpoint is whole when its metadata reads and every file it names is there
+    at the size it names (DCP writes each rank's file in one go, then the metadata)."""
+    try:
+        metadata = dcp.FileSystemReader(str(folder)).read_metadata()
+    except Exception as error:
+        return f"{folder / '.metadata'} cannot be read ({type(error).__name__}: {error})"
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, size in sorted(needed.items()):
+        file = folder / name
+        if not file.is_file() or file.stat().st_size < size:
+            have = file.stat().st_size if file.is_file() else "no"
+            return f"{file} is missing or truncated ({have} bytes, {size} expected)"
+    return None
+
+
+def sharded_shapes(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model tensors of a sharded checkpoint as meta tensors of their full shapes: what
+    ``match_depth`` / ``match_token_counts`` need to resize a model before it loads them."""
+    metadata = dcp.FileSystemReader(str(Path(checkpoint) / SHARDED_DIR)).read_metadata()
+    shapes = {}
+    for key, info in metadata.state_dict_metadata.items():
+        if key.startswith("model.") and hasattr(info, "size"):
+            shapes[key[len("model.") :]] = torch.empty(
+                info.size, dtype=info.properties.dtype, device="meta"
+            )
+    return shapes
+
+
+def _read_sharded_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """Every model tensor of a sharded checkpoint, whole, read in this process alone."""
+    tensors = {
+        key: torch.empty(meta.shape, dtype=meta.dtype)
+        for key, meta in sharded_shapes(checkpoint).items()
+    }
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load({"model": tensors}, checkpoint_id=str(checkpoint / SHARDED_DIR), no_dist=True)
+    return tensors
+
+
 def save_weights(module: nn.Module, path: str | os.PathLike) -> None:
     """A module's state dict as safetensors (contiguous, unshared copies of every tensor)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
@@ -93,6 +156,8 @@ def save_weights(module: nn.Module, path: str | os.PathLike) -> None:
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a checkpoint directory or a ``.safetensors`` file."""
     path = Path(path)
+    if path.is_dir() and is_sharded(path):
+        return _read_sharded_weights(path)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
@@ -128,20 +193,90 @@ def save(
     if ema is not None:
         save_weights(ema, staging / EMA_FILE)
     torch.save(state, staging / STATE_FILE)
-    _fsync_dir(staging)
+    _publish(root, staging, final, keep)
+    return final
+
+
+def save_sharded(
+    root: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any] | None,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` with every rank's shards (a collective: every rank calls it;
+    ``state`` is rank 0's ``state.pt``, None elsewhere), atomically as ``save`` does."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from ..distributed import barrier, rank_and_world_size
+
+    root = Path(root)
+    final, staging = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
+    is_main = rank_and_world_size()[0] == 0
+    if is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save(
+        {"model": model_state, "optimizer": optimizer_state},
+        checkpoint_id=str(staging / SHARDED_DIR),
+    )
+    barrier()  # every rank's files are written before rank 0 publishes the checkpoint
+    if is_main:
+        torch.save(state, staging / STATE_FILE)
+        _publish(root, staging, final, keep)
+    barrier()
+    return final
+
+
+def load_sharded(
+    checkpoint: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Load a sharded checkpoint's model and optimizer state into ``model`` (sharded or not, on
+    any number of ranks: DCP re-slices) and ``optimizer``; the model already has its sizes."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    both = {"model": model_state, "optimizer": optimizer_state}
+    distributed = torch.distributed.is_initialized()
+    dcp.load(both, checkpoint_id=str(Path(checkpoint) / SHARDED_DIR), no_dist=not distributed)
+    set_state_dict(
+        model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optimizer"]
+    )
+
+
+def export(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """A checkpoint's model weights as one ``model.safetensors`` for inference (timm, open_clip,
+    ``from_pretrained``); a sharded checkpoint is gathered in this process. Never overwrites."""
+    path = Path(path)
+    if path.exists():
+        raise ValueError(f"{path} already exists; choose another file or remove it")
+    tensors = {k: v.contiguous() for k, v in load_weights(checkpoint).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, str(path))
+    return path
+
+
+def _publish(root: Path, staging: Path, final: Path, keep: int) -> None:
+    """Make a written checkpoint visible (flushed, renamed), then prune to the newest ``keep``."""
+    _fsync_dir(staging, recursive=True)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
     _fsync_dir(root)
     for old in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old)
     logger.info("saved checkpoint %s", final)
-    return final
 
 
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory's files and entries, so a rename is only seen after the data is on disk."""
+def _fsync_dir(path: Path, recursive: bool = False) -> None:
+    """Flush a directory's files and entries, so a rename is only seen after the data is on disk
+    (``recursive``: its folders' too, e.g. a staged checkpoint's ``sharded/``)."""
     for file in path.iterdir() if path.is_dir() else []:
-        if file.is_file():
+        if recursive and file.is_dir():
+            _fsync_dir(file, recursive=True)
+        elif file.is_file():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
     fd = os.open(path, os.O_RDONLY)

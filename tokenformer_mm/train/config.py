@@ -15,6 +15,7 @@ from omegaconf import MISSING
 from ..growth import DEPTH_INITS, INITS
 from ..pattention import KINDS
 
+PARALLEL = ("ddp", "fsdp")  # train/parallel.py
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("cosine", "wsd")
 
@@ -64,7 +65,13 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 64  # per process, per optimizer step (before accumulation)
     accum_steps: int = 1
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on a GPU that supports it, else fp32
+    tf32: bool = True  # CUDA: fp32 matmuls and convolutions on TF32 tensor cores
+    # Across ranks under torchrun: "ddp" (a replica per rank) or "fsdp" (FSDP2: parameters,
+    # gradients and optimizer state sharded per block; sharded checkpoints)
+    parallel: str = "ddp"
+    compile: bool = False  # torch.compile the training forward (recompiled after growth)
+    compile_backend: str = "inductor"  # torch.compile's backend (e.g. aot_eager: no codegen)
     eval_every: int = 200
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -112,6 +119,13 @@ def validate(cfg: Any) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ValueError(f"{key} must be positive, got {value}")
+    if train.parallel not in PARALLEL:
+        raise ValueError(f"train.parallel must be one of {PARALLEL}, got {train.parallel!r}")
+    if train.parallel == "fsdp" and train.ema_decay is not None:
+        raise ValueError(
+            "train.ema_decay is not supported with train.parallel=fsdp (the EMA would be a full "
+            "replica per rank); set train.ema_decay=null or use train.parallel=ddp"
+        )
     if train.precision not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {PRECISIONS}, got {train.precision!r}")
     if optim.warmup_steps < 0:

@@ -3,12 +3,12 @@
 A domain supplies a ``Task`` (model, loaders, training loss, evaluation); the ``Trainer`` owns the
 rest: AdamW with weight-decay groups, warmup + cosine, gradient clipping and accumulation, bf16
 autocast on CUDA, EMA, periodic evaluation and checkpoints, exact resume, growth inside the run,
-DDP under torchrun, and the run's record (``metric_log``).
+DDP or FSDP2 under torchrun (``parallel.py``), ``torch.compile``, and the run's record
+(``metric_log``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
@@ -21,14 +21,23 @@ from typing import Any
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..distributed import all_gather_objects, mean_over_ranks, setup_distributed
 from ..flops import training_flops
-from ..growth import deepened_state_dict, grow_model, load_grown
+from ..growth import (
+    deepened_state_dict,
+    grow_model,
+    load_grown,
+    load_resized,
+    match_depth,
+    match_token_counts,
+    pending_new_rows,
+    seed_new_rows_at_next_step,
+)
+from ..initialization import discarded_rng, seeded_rng
 from ..pattention import KINDS
-from . import checkpoint
+from . import checkpoint, parallel
 from .batches import EpochBatches, data_report, to_device
 from .config import validate
 from .metric_log import CONFIG_FILE, MetricLog
@@ -43,9 +52,10 @@ class Trainer:
 
     Construction happens in this order, because each step needs the previous one:
     the model at its initial size -> resized and loaded from the checkpoint it resumes (a run
-    that grew) or warm-started from a smaller run -> the optimizer over the final parameters ->
-    the EMA (a copy of the loaded model) -> the optimizer / schedule / RNG state of the resumed
-    checkpoint -> the FLOPs per item (measured unwrapped) -> DDP.
+    that grew) or warm-started from a smaller run -> the FLOPs per item (measured on the bare
+    model) -> FSDP2's shards (``train.parallel=fsdp``) -> the optimizer over the final
+    parameters -> the EMA (a copy of the loaded model) -> the optimizer / schedule / RNG state of
+    the resumed checkpoint (a sharded one loads the weights here too) -> DDP, torch.compile.
     """
 
     def __init__(self, cfg: Any, task: Task, run_dir: str | os.PathLike) -> None:
@@ -57,9 +67,11 @@ class Trainer:
         self.is_main = self.rank == 0
         if self.is_main:
             _check_writable(self.run_dir)
-        self.use_bf16 = cfg.train.precision == "bf16" or (
-            cfg.train.precision == "auto" and self.device.type == "cuda"
-        )
+        self.sharded = cfg.train.parallel == "fsdp" and self.world_size > 1
+        self.use_bf16 = _use_bf16(cfg.train.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         self.log = MetricLog(self.run_dir, write=self.is_main)
         self.step, self.total_flops = 0, 0  # total_flops: training FLOPs so far, all ranks
         self.growth_events: list[dict[str, Any]] = []
@@ -73,11 +85,19 @@ class Trainer:
             if hasattr(loader.dataset, "strict"):
                 loader.dataset.strict = cfg.train.strict_data
         self.data = EpochBatches(self.train_loader)
+        self._eval_replica: nn.Module | None = None  # FSDP2: a full copy to evaluate
         resume_from = self._resume_checkpoint()
-        if resume_from is not None:
+        if resume_from is not None and checkpoint.is_sharded(resume_from):
+            shapes = checkpoint.sharded_shapes(resume_from)  # loaded once the optimizer exists
+            match_depth(self.model, shapes)
+            match_token_counts(self.model, shapes)
+        elif resume_from is not None:
             checkpoint.load_model(self.model, resume_from)
         elif cfg.growth.init_from:
             self._warm_start(cfg.growth.init_from)
+        self.flops_per_item = self._measure_flops()
+        if self.sharded:
+            parallel.shard(self.model, self.device, self.world_size, self.use_bf16)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.steps)
         self.ema = (
             ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -87,7 +107,6 @@ class Trainer:
         else:
             # per-rank augmentation and dropout
             checkpoint.seed_everything(cfg.seed * 1000 + self.rank)
-        self.flops_per_item = self._measure_flops()
         self.train_module = self._wrap()
         if self.is_main:
             self._save_config()
@@ -159,16 +178,18 @@ class Trainer:
         for micro in range(accum):
             batch = to_device(next(self.data), self.device)
             items += self.task.batch_items(batch)
-            # DDP all-reduces gradients only in the last micro-step of an accumulation.
+            # DDP / FSDP2 reduce gradients only in the last micro-step of an accumulation.
             sync = self.world_size == 1 or micro == accum - 1
-            with contextlib.nullcontext() if sync else self.train_module.no_sync():
+            with parallel.gradient_sync(self.model if self.sharded else self.train_module, sync):
                 with self._autocast():
                     loss = self.task.training_loss(self.train_module, batch) / accum
                 loss.backward()
             total_loss += loss.detach()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = self.cfg.optim.grad_clip
-        grad_norm = nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        grad_norm = parallel.local_value(
+            nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -183,25 +204,81 @@ class Trainer:
         Returns the record also written to ``growth.jsonl``: parameters before and after and the
         validation metrics on both sides (equal for the exact inits).
         """
-        before = self._evaluate(self.model)
+        before = self._evaluate(self._eval_model(ema=False))
         growth = self.cfg.growth
         ema_state = self.ema.module.state_dict() if self.ema is not None else None
+        # The new rows from one seed on every rank: DDP's replicas stay equal, FSDP2 shards
+        # equal full tensors; the ranks' own RNG streams continue undisturbed.
+        seed = self.cfg.seed * 1_000_003 + self.step
+        self.train_module = self.model  # drop DDP (its hooks) before anything runs a backward
+        model, optimizer = self._gathered() if self.sharded else (self.model, self.optimizer)
         report = grow_model(
-            self.model, factor if factor > 1 else None, kinds=kinds, init=growth.init,
-            optimizer=self.optimizer, perturbation=growth.perturbation, depth=depth,
-            depth_init=growth.depth_init,
+            model, factor if factor > 1 else None, kinds=kinds, init=growth.init,
+            optimizer=optimizer, perturbation=growth.perturbation, depth=depth,
+            depth_init=growth.depth_init, seed=seed,
         )  # fmt: skip
+        self.model = model
         self.flops_per_item = self._measure_flops()
+        if self.sharded:
+            self._reshard(optimizer)
         self.train_module = self._wrap()  # DDP's buckets were sized for the old parameters
         if ema_state is not None:
-            self.ema.module = self._grown_ema(ema_state, depth)
-        after = self._evaluate(self.model)
+            with seeded_rng(seed + 1):
+                self.ema.module = self._grown_ema(ema_state, depth)
+        after = self._evaluate(self._eval_model(ema=False))
         record = {"step": self.step, "factor": factor, "depth": depth, **_report_fields(report)}
         record.update(val_before=before, val_after=after)
         self.growth_events.append(record)
         self.log.log_growth(self.growth_events)
         logger.info("step %d: %s; val before %s, after %s", self.step, report, before, after)
         return record
+
+    def _gathered(self) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """FSDP2: an unsharded copy of the model and its optimizer (full state), on every rank."""
+        optimizer_state = parallel.full_optimizer_state(self.model, self.optimizer)
+        model = self._fresh_model()
+        load_resized(model, parallel.full_model_state(self.model))
+        optimizer, _ = build_optimizer(model, self.cfg.optim, self.cfg.train.steps)
+        parallel.load_full_optimizer_state(model, optimizer, optimizer_state)
+        return model, optimizer
+
+    def _reshard(self, full_optimizer: torch.optim.Optimizer) -> None:
+        """FSDP2 after growth: shard the grown ``self.model``, and give it an optimizer holding
+        ``full_optimizer``'s state, its pending new-row seeding and this run's schedule position.
+        """
+        names = {param: name for name, param in self.model.named_parameters()}
+        pending = {names[p]: row for p, row in pending_new_rows(full_optimizer).items()}
+        optimizer_state = parallel.full_optimizer_state(self.model, full_optimizer)
+        schedule = self.scheduler.state_dict()
+        parallel.shard(self.model, self.device, self.world_size, self.use_bf16)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model, self.cfg.optim, self.cfg.train.steps
+        )
+        parallel.load_full_optimizer_state(self.model, self.optimizer, optimizer_state)
+        self._continue_schedule(schedule)
+        params = dict(self.model.named_parameters())
+        if pending:
+            seed_new_rows_at_next_step(self.optimizer, {params[n]: r for n, r in pending.items()})
+
+    def _fresh_model(self) -> nn.Module:
+        """A new model from the task (at its initial size), not disturbing any RNG."""
+        with discarded_rng():
+            model = self.task.build_model().to(self.device)
+        return model
+
+    def _eval_model(self, ema: bool = True) -> nn.Module:
+        """What evaluation runs: the EMA (``ema`` and one is kept), the model, or under FSDP2 a
+        full copy of it (a sharded forward needs every rank in step; evaluation batches per rank
+        may differ)."""
+        if ema and self.ema is not None:
+            return self.ema.module
+        if not self.sharded:
+            return self.model
+        state = parallel.full_model_state(self.model)
+        if self._eval_replica is None:
+            self._eval_replica = self._fresh_model()
+        load_resized(self._eval_replica, state)
+        return self._eval_replica
 
     def _grown_ema(self, ema_state: dict[str, torch.Tensor], depth: int) -> nn.Module:
         """The EMA after growth: its averages where the old model had parameters, the live
@@ -221,7 +298,7 @@ class Trainer:
             return self.task.evaluate(model, self.eval_loader)
 
     def _evaluate_and_log(self, train_loss: float) -> None:
-        metrics = self._evaluate(self.ema.module if self.ema is not None else self.model)
+        metrics = self._evaluate(self._eval_model())
         self.log.log_evaluation(
             {
                 "step": self.step,
@@ -244,16 +321,22 @@ class Trainer:
 
     def _save(self) -> None:
         per_rank = all_gather_objects({"rng": checkpoint.rng_state(), "data": self.data.position()})
-        if not self.is_main:
-            return
         state = {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "growth_events": self.growth_events,
             "total_flops": self.total_flops,
             "ranks": per_rank,
         }
+        if self.sharded:  # every rank writes its shards of the model and the optimizer
+            checkpoint.save_sharded(
+                self.ckpt_dir, self.step, self.model, self.optimizer,
+                state if self.is_main else None, self.cfg.train.keep_checkpoints,
+            )  # fmt: skip
+            return
+        if not self.is_main:
+            return
+        state["optimizer"] = self.optimizer.state_dict()
         ema = self.ema.module if self.ema is not None else None
         checkpoint.save(
             self.ckpt_dir, self.step, self.model, state, ema, self.cfg.train.keep_checkpoints
@@ -313,19 +396,16 @@ class Trainer:
         state = checkpoint.load_state(path)
         if self.ema is not None:
             checkpoint.load_model(self.ema.module, path / checkpoint.EMA_FILE)
-        self.optimizer.load_state_dict(state["optimizer"])
-        # The position in the schedule, not the saved schedule's shape: LambdaLR would restore
-        # our schedule objects' fields too, and a branch (or a resume with other train.steps or
-        # optim.decay_steps) follows this run's config.
-        lambdas = [None] * len(self.scheduler.lr_lambdas)  # None: keep ours
-        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": lambdas})
-        for group, base_lr, schedule in zip(
-            self.optimizer.param_groups,
-            self.scheduler.base_lrs,
-            self.scheduler.lr_lambdas,
-            strict=True,
-        ):
-            group["lr"] = base_lr * schedule(self.scheduler.last_epoch)
+        if checkpoint.is_sharded(path):
+            checkpoint.load_sharded(path, self.model, self.optimizer)
+        elif self.sharded:
+            raise ValueError(
+                f"{path} was written without train.parallel=fsdp (model.safetensors and a "
+                "per-process optimizer state); resume it with train.parallel=ddp"
+            )
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self._continue_schedule(state["scheduler"])
         self.step, self.total_flops = state["step"], state["total_flops"]
         if path.resolve().parent != self.ckpt_dir.resolve() and self.step >= self.cfg.train.steps:
             raise ValueError(
@@ -347,6 +427,20 @@ class Trainer:
             self.data = EpochBatches(self.train_loader, epoch=epoch)
         self.log.resume(self.step)
         logger.info("resumed from %s at step %d", path, self.step)
+
+    def _continue_schedule(self, scheduler_state: dict[str, Any]) -> None:
+        """Put the LR schedule at a saved position. The position, not the saved schedule's
+        shape: LambdaLR would restore our schedule objects' fields too, and a branch (or a
+        resume with other train.steps or optim.decay_steps) follows this run's config."""
+        lambdas = [None] * len(self.scheduler.lr_lambdas)  # None: keep ours
+        self.scheduler.load_state_dict({**scheduler_state, "lr_lambdas": lambdas})
+        for group, base_lr, schedule in zip(
+            self.optimizer.param_groups,
+            self.scheduler.base_lrs,
+            self.scheduler.lr_lambdas,
+            strict=True,
+        ):
+            group["lr"] = base_lr * schedule(self.scheduler.last_epoch)
 
     def _save_config(self) -> None:
         """The run's config as ``.hydra/config.yaml`` (what ``load_run`` and evaluate.py read),
@@ -395,11 +489,25 @@ class Trainer:
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.use_bf16)
 
     def _wrap(self) -> nn.Module:
-        """The module the training step calls: DDP around the model under torchrun."""
-        if self.world_size == 1:
-            return self.model
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=device_ids)
+        """The module the training step calls: the model (sharded in place under FSDP2), DDP
+        around it under torchrun with ``train.parallel=ddp``; compiled with ``train.compile``."""
+        module = self.model
+        if self.world_size > 1 and not self.sharded:
+            module = parallel.replicate(self.model, self.device)
+        if not self.cfg.train.compile:
+            return module
+        return torch.compile(module, backend=self.cfg.train.compile_backend)
+
+
+def _use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast: asked for, or ``auto`` on a GPU that supports it (never fp16 silently)."""
+    supported = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+    if precision == "bf16" and not supported:
+        raise ValueError(
+            f"train.precision=bf16, but {torch.cuda.get_device_name(device)} has no bf16 support; "
+            "use train.precision=fp32 (or auto)"
+        )
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda" and supported)
 
 
 def _check_writable(run_dir: Path) -> None:

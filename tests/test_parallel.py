@@ -1,0 +1,170 @@
+"""Training past one process: FSDP2 and DDP under torchrun (2 processes, gloo on CPU), with growth.
+
+The runs read text shards built so that 1 process x batch 16 and 2 processes x batch 8 see the
+same global batches: every training shard packs into exactly 8 blocks of ``seq_len + 1`` tokens
+(one document of 8 blocks minus its EOS), shards are split over ranks in order, and nothing is
+shuffled within a shard. Per-rank mean losses then average to the 1-process loss.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tokenformer_mm.language import TokenformerLM
+from tokenformer_mm.language.model import lm_config
+from tokenformer_mm.shards import write_shards
+from tokenformer_mm.train import checkpoint
+
+from .conftest import assert_equal_up_to_rounding
+from .engine_utils import ROOT, run, step_losses, train_command
+
+SEQ_LEN = 32
+STEPS = 12
+
+
+def text_shards(folder: Path) -> Path:
+    rng = random.Random(0)
+    words = "the of and to in is it that for on as with was by at from this".split()
+
+    def document(index: int, blocks: int) -> dict[str, str]:
+        text = ""
+        while len(text) < blocks * (SEQ_LEN + 1):
+            text += rng.choice(words) + " "
+        return {"__key__": f"doc{index:05d}", "txt": text[: blocks * (SEQ_LEN + 1) - 1]}
+
+    write_shards((document(i, 8) for i in range(2 * STEPS)), folder, "train", 1)
+    write_shards((document(i, 4) for i in range(8)), folder, "val", 2)
+    return folder
+
+
+def language_run(shards: Path, run_dir: Path, extra: list[str]) -> list[str]:
+    return [
+        f"data.train_shards='{shards}/train-{{000000..{2 * STEPS - 1:06d}}}.tar'",
+        f"data.val_shards={shards}/val-*.tar",
+        f"data.seq_len={SEQ_LEN}",
+        "data.shuffle_buffer=1",
+        "data.num_workers=1",
+        f"train.steps={STEPS}",
+        "train.eval_every=4",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "optim.warmup_steps=2",
+        "growth.schedule=[{step: 4, factor: 2}]",
+        f"run_dir={run_dir}",
+        *extra,
+    ]
+
+
+def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(tmp_path):
+    """The must-show of FSDP2: a 2-process run with a growth event at step 4 trains like a
+    1-process run; killed after its step-6 checkpoint and resumed on 2 processes it continues;
+    its sharded checkpoint loads into one process (and exports to one safetensors file)."""
+    shards = text_shards(tmp_path / "shards")
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(train_command(language_run(shards, one, ["train.batch_size=16"]), config="language"))
+
+    fsdp = language_run(shards, two, ["train.batch_size=8", "train.parallel=fsdp"])
+    process = subprocess.Popen(
+        train_command(fsdp, config="language", processes=2),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 180
+    while not (two / "checkpoints" / "step_00000006").exists():
+        assert process.poll() is None and time.time() < deadline, "run ended before step 6"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # torchrun's agent: its workers die with it
+    process.wait()
+    resumed_from = checkpoint.newest_intact(two / "checkpoints")
+    assert resumed_from is not None and checkpoint.is_sharded(resumed_from)
+    assert 6 <= int(resumed_from.name[5:]) < STEPS
+    run(train_command([*fsdp, "resume=true"], config="language", processes=2))
+
+    expected, got = step_losses(one), step_losses(two)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in expected:  # fp32 sums in another order (two half batches): ~1e-7 relative
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+
+    final = checkpoint.latest(two / "checkpoints")
+    sharded = checkpoint.load_weights(final)  # one process reads every rank's shards
+    full = checkpoint.load_weights(checkpoint.latest(one / "checkpoints"))
+    assert sharded.keys() == full.keys()
+    assert sharded["blocks.0.ffn.key_tokens"].shape[0] == 1024  # grown from 512
+    for key, value in full.items():
+        assert_equal_up_to_rounding(sharded[key], value, relative=1e-4)
+
+    exported = checkpoint.export(final, tmp_path / "export" / "model.safetensors")
+    model = TokenformerLM(lm_config("small"))  # built at the initial size, resized on load
+    checkpoint.load_model(model, exported)
+    tokens = torch.randint(0, 256, (2, SEQ_LEN))
+    reference = TokenformerLM(lm_config("small"))
+    checkpoint.load_model(reference, checkpoint.latest(one / "checkpoints"))
+    model.eval(), reference.eval()
+    with torch.no_grad():
+        assert_equal_up_to_rounding(
+            model(tokens, all_logits=True)[0], reference(tokens, all_logits=True)[0], 1e-4
+        )
+    with pytest.raises(ValueError, match="already exists"):
+        checkpoint.export(final, exported)
+
+
+DDP_SCRIPT = """
+import sys
+import torch, torch.distributed as dist
+sys.path.insert(0, {root!r})
+from tests.engine_utils import compose_config
+from tokenformer_mm.train import Trainer, build_task
+
+cfg = compose_config("language", {overrides!r})
+trainer = Trainer(cfg, build_task(cfg), {run_dir!r})
+rank = trainer.rank
+
+def assert_same_on_every_rank(when):
+    for model in (trainer.model, trainer.ema.module):  # DDP syncs the first, nothing the EMA
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        copies = [torch.empty_like(flat) for _ in range(2)]
+        dist.all_gather(copies, flat)
+        assert torch.equal(copies[0], copies[1]), (when, type(model).__name__)
+    return flat.numel()
+
+trainer.fit(until=3)
+before = assert_same_on_every_rank("before growth")
+trainer.grow(2.0)
+after = assert_same_on_every_rank("after growth")
+assert after > before, (before, after)
+trainer.fit(until=4)
+assert_same_on_every_rank("after the step that follows growth")
+print("ranks identical", rank, before, after)
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_growth_keeps_every_rank_identical(tmp_path):
+    """DDP growth: new rows drawn from one seed on every rank (dropout makes the ranks' own RNG
+    streams differ), the old wrapper dropped first; the model and its EMA (which no wrapper
+    broadcasts) are identical on both ranks after growth and after the next step."""
+    shards = text_shards(tmp_path / "shards")
+    overrides = language_run(shards, tmp_path / "run", ["train.batch_size=8"])
+    overrides = [o for o in overrides if not o.startswith("growth.")]
+    overrides += [
+        "+model.overrides.dropout=0.1",
+        "train.ema_decay=0.9",
+        "growth.init=perturbed",  # the EMA draws its new keys too
+        "train.checkpoint_every=100",
+    ]
+    script = tmp_path / "ddp_growth.py"
+    script.write_text(
+        DDP_SCRIPT.format(root=str(ROOT), overrides=overrides, run_dir=str(tmp_path / "run"))
+    )
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    result = run([*launcher, "--nproc_per_node", "2", str(script)], timeout=300)
+    assert result.stdout.count("ranks identical") == 2

@@ -727,11 +727,15 @@ def shard_memory_worker(args: argparse.Namespace) -> None:
 
     rank, world_size, device = setup_distributed("cpu")
     torch.manual_seed(0)
-    model = TokenformerLM(lm_config(args.model))
-    if args.worker == "fsdp":
+    if args.worker == "fsdp":  # deferred init: no rank ever holds the whole model
+        with torch.device("meta"):
+            model = TokenformerLM(lm_config(args.model))
         parallel.shard(model, device, world_size, bf16=False)
+        model.to_empty(device=device)
+        model.init_weights()
         module = model
     else:
+        model = TokenformerLM(lm_config(args.model))
         module = parallel.replicate(model, device)
     optimizer, _ = build_optimizer(model, OptimConfig(), total_steps=10)
     tokens = torch.randint(0, model.config.vocab_size, (1, args.seq_len + 1))
@@ -785,8 +789,9 @@ def bench_shard_memory(args: argparse.Namespace) -> None:
             "(`tokenformer_mm.train.parallel`: `replicate` / `shard`, FSDP2 one unit per block). "
             "Bytes of the tensors each rank holds after the step (a DTensor's local shard); "
             "`held` is their sum. DDP also keeps gradient buckets (about one more gradient's "
-            "size, not counted here, in the peak RSS); the peak RSS of FSDP2 includes the full "
-            "model each rank builds before sharding it (meta-device init would avoid it)."
+            "size, not counted here, in the peak RSS). The FSDP2 model is built on the meta "
+            "device, sharded, then materialised and initialised (`to_empty` + `init_weights`): "
+            "no rank ever holds the whole model."
         ),
         report=args.report,
     )

@@ -102,7 +102,8 @@ def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(
     for key, value in full.items():
         assert_equal_up_to_rounding(sharded[key], value, relative=1e-4)
 
-    exported = checkpoint.export(final, tmp_path / "export" / "model.safetensors")
+    exported = tmp_path / "export" / "model.safetensors"
+    run([sys.executable, "scripts/export.py", str(two), str(exported)])  # the run's newest
     model = TokenformerLM(lm_config("small"))  # built at the initial size, resized on load
     checkpoint.load_model(model, exported)
     tokens = torch.randint(0, 256, (2, SEQ_LEN))
@@ -143,6 +144,7 @@ after = assert_same_on_every_rank("after growth")
 assert after > before, (before, after)
 trainer.fit(until=4)
 assert_same_on_every_rank("after the step that follows growth")
+assert trainer.train_module._orig_mod.module is trainer.model  # compiled DDP of the grown model
 print("ranks identical", rank, before, after)
 dist.destroy_process_group()
 """
@@ -151,7 +153,8 @@ dist.destroy_process_group()
 def test_ddp_growth_keeps_every_rank_identical(tmp_path):
     """DDP growth: new rows drawn from one seed on every rank (dropout makes the ranks' own RNG
     streams differ), the old wrapper dropped first; the model and its EMA (which no wrapper
-    broadcasts) are identical on both ranks after growth and after the next step."""
+    broadcasts) are identical on both ranks after growth and after the next step. The training
+    module is compiled (and recompiled around the grown model); the checkpoint at each pause."""
     shards = text_shards(tmp_path / "shards")
     overrides = language_run(shards, tmp_path / "run", ["train.batch_size=8"])
     overrides = [o for o in overrides if not o.startswith("growth.")]
@@ -159,7 +162,8 @@ def test_ddp_growth_keeps_every_rank_identical(tmp_path):
         "+model.overrides.dropout=0.1",
         "train.ema_decay=0.9",
         "growth.init=perturbed",  # the EMA draws its new keys too
-        "train.checkpoint_every=100",
+        "train.compile=true",  # DDP compiled, recompiled after growth
+        "train.compile_backend=aot_eager",
     ]
     script = tmp_path / "ddp_growth.py"
     script.write_text(

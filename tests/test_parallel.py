@@ -32,7 +32,7 @@ STEPS = 12
 
 def text_shards(folder: Path) -> Path:
     rng = random.Random(0)
-    words = "the of and to in is it that for on as with was by at from this".split()
+    words = ["the", "of", "and", "to", "in", "is", "it", "that", "for", "on", "as", "with"]
 
     def document(index: int, blocks: int) -> dict[str, str]:
         text = ""
@@ -123,11 +123,25 @@ import sys
 import torch, torch.distributed as dist
 sys.path.insert(0, {root!r})
 from tests.engine_utils import compose_config
+from tokenformer_mm.distributed import broadcast_from_main, gather_rows_to_main, sum_over_ranks
 from tokenformer_mm.train import Trainer, build_task
 
 cfg = compose_config("language", {overrides!r})
 trainer = Trainer(cfg, build_task(cfg), {run_dir!r})
 rank = trainer.rank
+
+# The collectives the engine and the tasks use (tokenformer_mm.distributed), uneven row counts
+rows = torch.arange(3 * (rank + 1) * 2, dtype=torch.float32).view(-1, 2) + 100 * rank
+gathered = gather_rows_to_main(rows)  # rank 0 holds 3 rows, rank 1 holds 6
+totals = sum_over_ranks({{"loss": torch.tensor(0.5 + rank), "count": torch.tensor(3 * (rank + 1))}})
+metrics = broadcast_from_main({{"val/loss": 1.25}} if rank == 0 else None)
+if rank == 0:
+    expected = torch.cat([torch.arange(6.0).view(3, 2), torch.arange(12.0).view(6, 2) + 100])
+    assert torch.equal(gathered, expected), gathered
+else:
+    assert gathered is None
+assert totals == {{"loss": 2.0, "count": 9.0}}, totals
+assert metrics == {{"val/loss": 1.25}}, metrics
 
 def assert_same_on_every_rank(when):
     for model in (trainer.model, trainer.ema.module):  # DDP syncs the first, nothing the EMA
@@ -150,11 +164,12 @@ dist.destroy_process_group()
 """
 
 
-def test_ddp_growth_keeps_every_rank_identical(tmp_path):
-    """DDP growth: new rows drawn from one seed on every rank (dropout makes the ranks' own RNG
-    streams differ), the old wrapper dropped first; the model and its EMA (which no wrapper
-    broadcasts) are identical on both ranks after growth and after the next step. The training
-    module is compiled (and recompiled around the grown model); the checkpoint at each pause."""
+def test_collectives_and_ddp_growth_keep_every_rank_identical(tmp_path):
+    """The collectives (gather with uneven rows, sums, broadcast), then DDP growth: new rows
+    drawn from one seed on every rank (dropout makes the ranks' own RNG streams differ), the
+    old wrapper dropped first; the model and its EMA (which no wrapper broadcasts) are identical
+    on both ranks after growth and after the next step. The training module is compiled (and
+    recompiled around the grown model); a checkpoint is written at each pause."""
     shards = text_shards(tmp_path / "shards")
     overrides = language_run(shards, tmp_path / "run", ["train.batch_size=8"])
     overrides = [o for o in overrides if not o.startswith("growth.")]

@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+from tokenformer_mm.__main__ import main
+
 # What an upstream script does: look our models up by name, never importing tokenformer_mm.
 PROBE = """
 import sys
@@ -43,11 +47,13 @@ def test_a_module_runs_as_python_m_would_with_the_models_registered(tmp_path):
     assert result.stdout.splitlines() == ["(1, 3) True", "__main__ ['--lr', '2e-3'] found"]
 
 
-def test_bad_invocations_say_what_to_pass(tmp_path):
-    missing = _run([str(tmp_path / "train.py")], cwd=tmp_path)
-    assert (
-        missing.returncode != 0 and f"no script at {str(tmp_path / 'train.py')!r}" in missing.stderr
-    )
-    assert "-m needs a module name" in _run(["-m"], cwd=tmp_path).stderr
-    usage = _run([], cwd=tmp_path)
-    assert usage.returncode == 2 and "usage: python -m tokenformer_mm" in usage.stdout
+def test_bad_invocations_say_what_to_pass(tmp_path, capsys):
+    """The command line's checks, through ``main(argv)`` as ``python -m tokenformer_mm`` calls it
+    (in this process: each check exits before anything is imported)."""
+    with pytest.raises(SystemExit, match=f"no script at {str(tmp_path / 'train.py')!r}"):
+        main([str(tmp_path / "train.py")])
+    with pytest.raises(SystemExit, match="-m needs a module name"):
+        main(["-m"])
+    with pytest.raises(SystemExit) as usage:
+        main([])
+    assert usage.value.code == 2 and "usage: python -m tokenformer_mm" in capsys.readouterr().out

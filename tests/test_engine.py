@@ -263,7 +263,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         "train.eval_every=6",
         "data.num_workers=1",
     ]
-    run(train_command([*common, "train.batch_size=16", f"run_dir={tmp_path / 'one'}"]))
+    one = compose_config("vision", [*common, "train.batch_size=16", f"run_dir={tmp_path / 'one'}"])
+    Trainer(one, build_task(one), tmp_path / "one").fit()  # the reference, in this process
     run(train_command([*common, "train.batch_size=8", f"run_dir={tmp_path / 'two'}"], processes=2))
     one = checkpoint.load_weights(checkpoint.latest(tmp_path / "one" / "checkpoints"))
     two = checkpoint.load_weights(checkpoint.latest(tmp_path / "two" / "checkpoints"))

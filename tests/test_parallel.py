@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from scripts.export import main as export_main
 from tokenformer_mm.language import TokenformerLM
 from tokenformer_mm.language.model import lm_config
 from tokenformer_mm.shards import write_shards
-from tokenformer_mm.train import checkpoint
+from tokenformer_mm.train import Trainer, build_task, checkpoint
 
 from .conftest import assert_equal_up_to_rounding
-from .engine_utils import ROOT, run, step_losses, train_command
+from .engine_utils import ROOT, compose_config, run, step_losses, train_command
 
 SEQ_LEN = 32
 STEPS = 12
@@ -69,7 +70,8 @@ def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(
     its sharded checkpoint loads into one process (and exports to one safetensors file)."""
     shards = text_shards(tmp_path / "shards")
     one, two = tmp_path / "one", tmp_path / "two"
-    run(train_command(language_run(shards, one, ["train.batch_size=16"]), config="language"))
+    cfg = compose_config("language", language_run(shards, one, ["train.batch_size=16"]))
+    Trainer(cfg, build_task(cfg), one).fit()  # the reference, in this process
 
     fsdp = language_run(shards, two, ["train.batch_size=8", "train.parallel=fsdp"])
     process = subprocess.Popen(
@@ -103,7 +105,7 @@ def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(
         assert_equal_up_to_rounding(sharded[key], value, relative=1e-4)
 
     exported = tmp_path / "export" / "model.safetensors"
-    run([sys.executable, "scripts/export.py", str(two), str(exported)])  # the run's newest
+    export_main([str(two), str(exported)])  # scripts/export.py on the run: its newest checkpoint
     model = TokenformerLM(lm_config("small"))  # built at the initial size, resized on load
     checkpoint.load_model(model, exported)
     tokens = torch.randint(0, 256, (2, SEQ_LEN))
@@ -187,3 +189,31 @@ def test_collectives_and_ddp_growth_keep_every_rank_identical(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     result = run([*launcher, "--nproc_per_node", "2", str(script)], timeout=300)
     assert result.stdout.count("ranks identical") == 2
+
+
+def test_a_sharded_checkpoint_round_trips_and_a_truncated_shard_is_named(tmp_path):
+    """``save_sharded`` / ``load_sharded`` in one process (what resume does on 1 rank), and the
+    damage check resume relies on: a short ``.distcp`` file is named, and resume skips it."""
+    torch.manual_seed(0)
+    model = TokenformerLM(lm_config("tiny"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, 320, (2, 17))
+    model(tokens[:, :-1], targets=tokens[:, 1:])[1].backward()
+    optimizer.step()
+    first = checkpoint.save_sharded(tmp_path, 1, model, optimizer, {"step": 1})
+    second = checkpoint.save_sharded(tmp_path, 2, model, optimizer, {"step": 2})
+    assert checkpoint.is_sharded(second) and checkpoint.damage(second) is None
+
+    restored = TokenformerLM(lm_config("tiny"))
+    restored_optimizer = torch.optim.AdamW(restored.parameters(), lr=1e-3)
+    checkpoint.load_sharded(second, restored, restored_optimizer)
+    for (name, param), other in zip(model.named_parameters(), restored.parameters(), strict=True):
+        assert torch.equal(param, other), name
+        state, other_state = optimizer.state[param], restored_optimizer.state[other]
+        assert torch.equal(state["exp_avg_sq"], other_state["exp_avg_sq"]), name
+    assert checkpoint.load_weights(second).keys() == model.state_dict().keys()
+
+    shard = next((second / checkpoint.SHARDED_DIR).glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-100])
+    assert f"{shard} is missing or truncated" in checkpoint.damage(second)
+    assert checkpoint.newest_intact(tmp_path) == first

@@ -18,12 +18,14 @@ returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +137,22 @@ def sharded_shapes(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
     return shapes
 
 
+@contextlib.contextmanager
+def _one_process_quietly() -> Iterator[None]:
+    """DCP warns on every save or load without a process group that it "assumes the intent" of
+    one process: that is the intent here (resume on 1 rank, export)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
+
+
 def _read_sharded_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     """Every model tensor of a sharded checkpoint, whole, read in this process alone."""
     tensors = {
         key: torch.empty(meta.shape, dtype=meta.dtype)
         for key, meta in sharded_shapes(checkpoint).items()
     }
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
-        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+    with _one_process_quietly():
         dcp.load({"model": tensors}, checkpoint_id=str(checkpoint / SHARDED_DIR), no_dist=True)
     return tensors
 
@@ -219,10 +229,12 @@ def save_sharded(
         staging.mkdir(parents=True)
     barrier()
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save(
-        {"model": model_state, "optimizer": optimizer_state},
-        checkpoint_id=str(staging / SHARDED_DIR),
-    )
+    with _one_process_quietly():
+        dcp.save(
+            {"model": model_state, "optimizer": optimizer_state},
+            checkpoint_id=str(staging / SHARDED_DIR),
+            no_dist=not torch.distributed.is_initialized(),
+        )
     barrier()  # every rank's files are written before rank 0 publishes the checkpoint
     if is_main:
         torch.save(state, staging / STATE_FILE)
@@ -240,8 +252,9 @@ def load_sharded(
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
     both = {"model": model_state, "optimizer": optimizer_state}
-    distributed = torch.distributed.is_initialized()
-    dcp.load(both, checkpoint_id=str(Path(checkpoint) / SHARDED_DIR), no_dist=not distributed)
+    with _one_process_quietly():
+        no_dist = not torch.distributed.is_initialized()
+        dcp.load(both, checkpoint_id=str(Path(checkpoint) / SHARDED_DIR), no_dist=no_dist)
     set_state_dict(
         model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optimizer"]
     )

@@ -67,15 +67,17 @@ def language_run(shards: Path, run_dir: Path, extra: list[str]) -> list[str]:
 def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(tmp_path):
     """The must-show of FSDP2: a 2-process run with a growth event at step 4 trains like a
     1-process run; killed after its step-6 checkpoint and resumed on 2 processes it continues;
-    its sharded checkpoint loads into one process (and exports to one safetensors file)."""
+    its sharded checkpoint loads into one process (and exports to one safetensors file). It runs
+    compiled until the kill and resumes uncompiled: the checkpoints are the same either way."""
     shards = text_shards(tmp_path / "shards")
     one, two = tmp_path / "one", tmp_path / "two"
     cfg = compose_config("language", language_run(shards, one, ["train.batch_size=16"]))
     Trainer(cfg, build_task(cfg), one).fit()  # the reference, in this process
 
     fsdp = language_run(shards, two, ["train.batch_size=8", "train.parallel=fsdp"])
+    compiled = ["train.compile=true", "train.compile_backend=aot_eager"]  # until the kill
     process = subprocess.Popen(
-        train_command(fsdp, config="language", processes=2),
+        train_command([*fsdp, *compiled], config="language", processes=2),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -121,12 +123,13 @@ def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(
 
 
 DDP_SCRIPT = """
-import sys
+import shutil, sys
 import torch, torch.distributed as dist
 sys.path.insert(0, {root!r})
 from tests.engine_utils import compose_config
 from tokenformer_mm.distributed import broadcast_from_main, gather_rows_to_main, sum_over_ranks
 from tokenformer_mm.train import Trainer, build_task
+from tokenformer_mm.train.parallel import full_model_state
 
 cfg = compose_config("language", {overrides!r})
 trainer = Trainer(cfg, build_task(cfg), {run_dir!r})
@@ -161,17 +164,35 @@ assert after > before, (before, after)
 trainer.fit(until=4)
 assert_same_on_every_rank("after the step that follows growth")
 assert trainer.train_module._orig_mod.module is trainer.model  # compiled DDP of the grown model
+
+# A DDP checkpoint resumes under FSDP2 (e.g. once the grown model outgrows one GPU)
+if rank == 0:
+    shutil.copytree(trainer.ckpt_dir, {switched!r} + "/checkpoints")
+dist.barrier()
+trainer.fit(until=5)  # the reference: DDP goes on
+switch = ["train.parallel=fsdp", "resume=true", "train.ema_decay=null", "train.compile=false"]
+cfg = compose_config("language", [*{overrides!r}, *switch, "run_dir=" + {switched!r}])
+sharded = Trainer(cfg, build_task(cfg), {switched!r})
+assert sharded.sharded and sharded.step == 4
+sharded.fit(until=5)
+expected, got = trainer.eval_rows[-1]["train/loss"], sharded.eval_rows[-1]["train/loss"]
+assert abs(got - expected) <= 1e-5 * abs(expected), (got, expected)  # step 5's loss
+weights = full_model_state(sharded.model)  # and the weights after it
+for name, value in trainer.model.state_dict().items():
+    scale = value.abs().max().item()
+    assert (weights[name] - value).abs().max().item() <= 1e-5 * scale, name
 print("ranks identical", rank, before, after)
 dist.destroy_process_group()
 """
 
 
-def test_collectives_and_ddp_growth_keep_every_rank_identical(tmp_path):
+def test_collectives_ddp_growth_and_a_switch_to_fsdp_on_two_processes(tmp_path):
     """The collectives (gather with uneven rows, sums, broadcast), then DDP growth: new rows
     drawn from one seed on every rank (dropout makes the ranks' own RNG streams differ), the
     old wrapper dropped first; the model and its EMA (which no wrapper broadcasts) are identical
     on both ranks after growth and after the next step. The training module is compiled (and
-    recompiled around the grown model); a checkpoint is written at each pause."""
+    recompiled around the grown model); a checkpoint is written at each pause. Its step-4
+    checkpoint then resumes under FSDP2 and takes the step DDP takes."""
     shards = text_shards(tmp_path / "shards")
     overrides = language_run(shards, tmp_path / "run", ["train.batch_size=8"])
     overrides = [o for o in overrides if not o.startswith("growth.")]
@@ -184,7 +205,12 @@ def test_collectives_and_ddp_growth_keep_every_rank_identical(tmp_path):
     ]
     script = tmp_path / "ddp_growth.py"
     script.write_text(
-        DDP_SCRIPT.format(root=str(ROOT), overrides=overrides, run_dir=str(tmp_path / "run"))
+        DDP_SCRIPT.format(
+            root=str(ROOT),
+            overrides=overrides,
+            run_dir=str(tmp_path / "run"),
+            switched=str(tmp_path / "switched"),
+        )
     )
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     result = run([*launcher, "--nproc_per_node", "2", str(script)], timeout=300)

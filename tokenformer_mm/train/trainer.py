@@ -96,6 +96,10 @@ class Trainer:
         elif cfg.growth.init_from:
             self._warm_start(cfg.growth.init_from)
         self.flops_per_item = self._measure_flops()
+        switching = (
+            self.sharded and resume_from is not None and not checkpoint.is_sharded(resume_from)
+        )
+        optimizer_state = self._full_optimizer_state(resume_from) if switching else None
         if self.sharded:
             parallel.shard(self.model, self.device, self.world_size, self.use_bf16)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.steps)
@@ -103,7 +107,7 @@ class Trainer:
             ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
         )
         if resume_from is not None:
-            self._restore_state(resume_from)
+            self._restore_state(resume_from, optimizer_state)
         else:
             # per-rank augmentation and dropout
             checkpoint.seed_everything(cfg.seed * 1000 + self.rank)
@@ -391,18 +395,23 @@ class Trainer:
         logger.info("warm start from %s: %s", source, report)
         self.growth_events.append({"step": 0, "from": source, **_report_fields(report)})
 
-    def _restore_state(self, path: Path) -> None:
-        """Everything but the model weights: EMA, optimizer, schedule, step, RNGs, data position."""
+    def _full_optimizer_state(self, path: Path) -> dict[str, Any]:
+        """A full checkpoint's optimizer state keyed by parameter name, read through the still
+        unsharded model: how a run saved without FSDP2 resumes with ``train.parallel=fsdp``."""
+        optimizer, _ = build_optimizer(self.model, self.cfg.optim, self.cfg.train.steps)
+        optimizer.load_state_dict(checkpoint.load_state(path)["optimizer"])
+        return parallel.full_optimizer_state(self.model, optimizer)
+
+    def _restore_state(self, path: Path, optimizer_state: dict[str, Any] | None = None) -> None:
+        """Everything but the model weights: EMA, optimizer, schedule, step, RNGs, data position
+        (``optimizer_state``: a full checkpoint's, by parameter name, for a sharded model)."""
         state = checkpoint.load_state(path)
         if self.ema is not None:
             checkpoint.load_model(self.ema.module, path / checkpoint.EMA_FILE)
         if checkpoint.is_sharded(path):
             checkpoint.load_sharded(path, self.model, self.optimizer)
-        elif self.sharded:
-            raise ValueError(
-                f"{path} was written without train.parallel=fsdp (model.safetensors and a "
-                "per-process optimizer state); resume it with train.parallel=ddp"
-            )
+        elif optimizer_state is not None:
+            parallel.load_full_optimizer_state(self.model, self.optimizer, optimizer_state)
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         self._continue_schedule(state["scheduler"])

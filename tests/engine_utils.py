@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -55,6 +57,21 @@ def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def train_until_killed(command: list[str], checkpoint_dir: Path, timeout: float = 180) -> None:
+    """Run ``command`` (a training run) and SIGKILL it as soon as ``checkpoint_dir`` exists;
+    fails if the run ends first. Under torchrun the agent is killed; its workers die with it."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + timeout
+    while not checkpoint_dir.exists():
+        assert process.poll() is None, f"the run ended before {checkpoint_dir.name}"
+        assert time.time() < deadline, f"no {checkpoint_dir.name} after {timeout} s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
 
 
 def step_losses(run_dir: Path) -> dict[int, float]:

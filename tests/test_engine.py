@@ -19,7 +19,14 @@ from tokenformer_mm.train.optim import WarmupCosine, param_groups
 from tokenformer_mm.vision.sources import digits_samples
 
 from .conftest import assert_equal_up_to_rounding
-from .engine_utils import TINY_VISION, compose_config, run, step_losses, train_command
+from .engine_utils import (
+    TINY_VISION,
+    compose_config,
+    run,
+    step_losses,
+    train_command,
+    train_until_killed,
+)
 
 
 def trainer_for(run_dir, overrides):
@@ -185,17 +192,9 @@ def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     run(train_command([*common, f"run_dir={full}"]))
 
-    process = subprocess.Popen(
-        train_command([*common, f"run_dir={killed}"]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    train_until_killed(
+        train_command([*common, f"run_dir={killed}"]), killed / "checkpoints" / "step_00000008"
     )
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step_00000008").exists():
-        assert process.poll() is None and time.time() < deadline, "run ended before its checkpoint"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
     resumed_from = checkpoint.latest(killed / "checkpoints")
     assert resumed_from is not None and int(resumed_from.name[5:]) < 24
 

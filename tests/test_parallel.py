@@ -9,10 +9,7 @@ shuffled within a shard. Per-rank mean losses then average to the 1-process loss
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,14 @@ from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import Trainer, build_task, checkpoint
 
 from .conftest import assert_equal_up_to_rounding
-from .engine_utils import ROOT, compose_config, run, step_losses, train_command
+from .engine_utils import (
+    ROOT,
+    compose_config,
+    run,
+    step_losses,
+    train_command,
+    train_until_killed,
+)
 
 SEQ_LEN = 32
 STEPS = 12
@@ -76,18 +80,8 @@ def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(
 
     fsdp = language_run(shards, two, ["train.batch_size=8", "train.parallel=fsdp"])
     compiled = ["train.compile=true", "train.compile_backend=aot_eager"]  # until the kill
-    process = subprocess.Popen(
-        train_command([*fsdp, *compiled], config="language", processes=2),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 180
-    while not (two / "checkpoints" / "step_00000006").exists():
-        assert process.poll() is None and time.time() < deadline, "run ended before step 6"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)  # torchrun's agent: its workers die with it
-    process.wait()
+    command = train_command([*fsdp, *compiled], config="language", processes=2)
+    train_until_killed(command, two / "checkpoints" / "step_00000006")
     resumed_from = checkpoint.newest_intact(two / "checkpoints")
     assert resumed_from is not None and checkpoint.is_sharded(resumed_from)
     assert 6 <= int(resumed_from.name[5:]) < STEPS

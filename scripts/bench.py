@@ -730,7 +730,7 @@ def shard_memory_worker(args: argparse.Namespace) -> None:
     if args.worker == "fsdp":  # deferred init: no rank ever holds the whole model
         with torch.device("meta"):
             model = TokenformerLM(lm_config(args.model))
-        parallel.shard(model, device, world_size, bf16=False)
+        parallel.shard(model, device, world_size)
         model.to_empty(device=device)
         model.init_weights()
         module = model

@@ -50,7 +50,7 @@ def test_meta_device_init_equals_eager_init(tower):
     assert torch.equal(torch.rand(8), next_draw_eager)
 
 
-def test_reset_parameters_rebuilds_tau_from_the_token_count_it_derives_from():
+def test_reset_parameters_rebuilds_tau_as_built_loaded_or_grown():
     with torch.device("meta"):
         layer = Pattention(16, 8, num_tokens=36)
     layer.to_empty(device="cpu")
@@ -70,3 +70,10 @@ def test_reset_parameters_rebuilds_tau_from_the_token_count_it_derives_from():
     loaded.load_state_dict(layer.state_dict())
     loaded.reset_parameters()
     assert loaded.tau.item() == pytest.approx(math.sqrt(144), rel=1e-7)
+
+    # a τ saved in bf16 (sqrt(384) rounds to 19.625) is kept exactly, not re-derived from a count
+    saved = {k: v.to(torch.bfloat16) for k, v in Pattention(16, 8, 384).state_dict().items()}
+    fp32 = Pattention(16, 8, num_tokens=384)
+    fp32.load_state_dict(saved)
+    fp32.reset_parameters()
+    assert fp32.tau.item() == saved["tau"].item() == 19.625

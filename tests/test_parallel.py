@@ -62,15 +62,16 @@ def language_run(shards: Path, run_dir: Path, extra: list[str]) -> list[str]:
         "train.checkpoint_every=2",
         "train.log_every=1",
         "optim.warmup_steps=2",
-        "growth.schedule=[{step: 4, factor: 2}]",
+        "growth.schedule=[{step: 4, factor: 2, depth: 2}]",  # width and depth
         f"run_dir={run_dir}",
         *extra,
     ]
 
 
 def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(tmp_path):
-    """The must-show of FSDP2: a 2-process run with a growth event at step 4 trains like a
-    1-process run; killed after its step-6 checkpoint and resumed on 2 processes it continues;
+    """The must-show of FSDP2: a 2-process run with a growth event at step 4 (x2 tokens, x2
+    blocks: the new blocks start with no optimizer state) trains like a 1-process run; killed
+    after its step-6 checkpoint and resumed on 2 processes it continues;
     its sharded checkpoint loads into one process (and exports to one safetensors file). It runs
     compiled until the kill and resumes uncompiled: the checkpoints are the same either way."""
     shards = text_shards(tmp_path / "shards")
@@ -97,8 +98,12 @@ def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(
     full = checkpoint.load_weights(checkpoint.latest(one / "checkpoints"))
     assert sharded.keys() == full.keys()
     assert sharded["blocks.0.ffn.key_tokens"].shape[0] == 1024  # grown from 512
+    assert "blocks.3.ffn.key_tokens" in sharded  # and from 2 blocks to 4
+    # AdamW turns rounding in near-zero gradients (new blocks) into steps of up to lr for a few
+    # entries: weights agree to 1e-3 of their scale (measured 2.5e-4, 3 of 131,072 entries);
+    # the function they compute (below) to 1e-4. A wrong shard would differ at the scale itself.
     for key, value in full.items():
-        assert_equal_up_to_rounding(sharded[key], value, relative=1e-4)
+        assert_equal_up_to_rounding(sharded[key], value, relative=1e-3)
 
     exported = tmp_path / "export" / "model.safetensors"
     export_main([str(two), str(exported)])  # scripts/export.py on the run: its newest checkpoint
@@ -237,3 +242,16 @@ def test_a_sharded_checkpoint_round_trips_and_a_truncated_shard_is_named(tmp_pat
     shard.write_bytes(shard.read_bytes()[:-100])
     assert f"{shard} is missing or truncated" in checkpoint.damage(second)
     assert checkpoint.newest_intact(tmp_path) == first
+
+
+def test_fsdp_refuses_a_model_with_scalar_parameters_naming_them():
+    """FSDP2 shards by rows: open_clip's 0-dim logit_scale cannot be sharded. The refusal names
+    it and the way out, before any process group is needed."""
+    import open_clip
+
+    import tokenformer_mm.clip  # noqa: F401  (registers TokenformerCLIP-*)
+    from tokenformer_mm.train import parallel
+
+    model = open_clip.create_model("TokenformerCLIP-micro")
+    with pytest.raises(ValueError, match=r"\['logit_scale'\].*train.parallel=ddp"):
+        parallel.shard(model, torch.device("cpu"), world_size=2)

@@ -34,7 +34,7 @@ from torch import nn
 
 from .block import TokenformerBlock
 from .initialization import seeded_rng
-from .pattention import KINDS, Pattention, tokens_of_tau
+from .pattention import KINDS, Pattention
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,8 @@ def _fill_new_rows(layer: Pattention, start: int, init: str, perturbation: float
     layer.value_tokens[start:].normal_(std=layer.value_init_std)
     if init == "official":
         layer.key_tokens[start:].normal_(std=layer.key_init_std)
-        layer.tau_tokens = layer.num_tokens
-        layer.tau.fill_(math.sqrt(layer.num_tokens))
+        layer.tau_value = math.sqrt(layer.num_tokens)
+        layer.tau.fill_(layer.tau_value)
     else:
         _fill_new_keys(layer, start, init, perturbation)
 
@@ -555,10 +555,10 @@ def load_grown(
         if old == layer.num_tokens or init != "official":
             _fill_new_keys(layer, old, init, perturbation)
             layer.tau.copy_(state_dict[prefix + "tau"])
-            layer.tau_tokens = tokens_of_tau(layer.tau)
+            layer.tau_value = float(layer.tau)
         else:  # official: the model's own random rows, τ of the larger size
-            layer.tau_tokens = layer.num_tokens
-            layer.tau.fill_(math.sqrt(layer.num_tokens))
+            layer.tau_value = math.sqrt(layer.num_tokens)
+            layer.tau.fill_(layer.tau_value)
         if old < layer.num_tokens:
             added = (layer.num_tokens - old) * (layer.in_features + layer.out_features)
             report.layers.append(

@@ -24,8 +24,9 @@ from torch import nn
 
 @contextlib.contextmanager
 def discarded_rng() -> Iterator[None]:
-    """Run the block with the CPU (and current CUDA) RNG restored afterwards."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    """Run the block with the CPU (and current CUDA) RNG restored afterwards (CUDA's wherever
+    it is available: a model built on the GPU may be what starts it)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         yield
 

@@ -103,11 +103,6 @@ def wang_init_std(dim: int, depth: int) -> float:
     return 2.0 / (depth * math.sqrt(dim))
 
 
-def tokens_of_tau(tau: torch.Tensor) -> int:
-    """The token count ``n`` a τ = sqrt(n) was made from (what ``reset_parameters`` rebuilds)."""
-    return round(float(tau) ** 2)
-
-
 def _check_in_features(x: torch.Tensor, in_features: int) -> None:
     if x.shape[-1] != in_features:
         raise ValueError(
@@ -186,9 +181,10 @@ class Pattention(nn.Module):
         self.key_tokens = nn.Parameter(torch.empty(num_tokens, in_features, **factory))
         self.value_tokens = nn.Parameter(torch.empty(num_tokens, out_features, **factory))
         # τ is state, not a hyper-parameter: it is saved with the weights and survives growth.
-        # ``tau_tokens`` is the count τ is sqrt of (the initial one; a loaded τ's), kept in Python
-        # so that ``reset_parameters`` rebuilds τ after meta-device construction + ``to_empty``.
-        self.tau_tokens = num_tokens
+        # ``tau_value`` is τ kept in Python (sqrt(n) at construction, a loaded τ exactly, sqrt of
+        # the new count after official growth), so that ``reset_parameters`` rebuilds τ after
+        # meta-device construction + ``to_empty``.
+        self.tau_value = math.sqrt(num_tokens)
         self.register_buffer("tau", torch.empty((), **factory))
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
@@ -198,11 +194,11 @@ class Pattention(nn.Module):
         return self.key_tokens.shape[0]
 
     def reset_parameters(self) -> None:
-        """The layer's initial state: keys and values drawn, τ = sqrt(``tau_tokens``)."""
+        """The layer's initial state: keys and values drawn, τ = ``tau_value``."""
         nn.init.normal_(self.key_tokens, std=self.key_init_std)
         nn.init.normal_(self.value_tokens, std=self.value_init_std)
         with torch.no_grad():
-            self.tau.fill_(math.sqrt(self.tau_tokens))
+            self.tau.fill_(self.tau_value)
 
     def _load_from_state_dict(
         self, state_dict: Mapping[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
@@ -210,7 +206,7 @@ class Pattention(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         tau = state_dict.get(prefix + "tau")
         if tau is not None and not tau.is_meta:
-            self.tau_tokens = tokens_of_tau(tau)
+            self.tau_value = float(tau)  # exactly what was saved, whatever its dtype
 
     @torch.jit.unused
     def uses_fused_path(self, x: torch.Tensor | None = None) -> bool:

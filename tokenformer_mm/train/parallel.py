@@ -35,20 +35,26 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def shard(model: nn.Module, device: torch.device, world_size: int, bf16: bool) -> None:
+def shard(model: nn.Module, device: torch.device, world_size: int) -> None:
     """FSDP2 in place: each Tokenformer block one unit (its all-gather overlaps the previous
     block's compute), then the rest of the model (embeddings, norm, head) as the root unit.
 
-    Under bf16 the gathered parameters are bf16 and gradients reduce in fp32.
+    Parameters stay fp32 when gathered and gradients reduce in fp32; bf16 comes from the
+    engine's autocast, as under DDP, so the residual stream and the norms' statistics keep the
+    precision they have there (a bf16 ``param_dtype`` would halve the all-gather's bytes but
+    run the residual stream in bf16: other numbers than a DDP or 1-process run).
     """
     from torch.distributed.device_mesh import init_device_mesh
 
+    scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
+    if scalars:
+        raise ValueError(
+            f"train.parallel=fsdp cannot shard the 0-dim parameters {scalars} of "
+            f"{type(model).__name__} (FSDP2 shards by rows; e.g. open_clip's logit_scale): use "
+            "train.parallel=ddp for this model"
+        )
     mesh = init_device_mesh(device.type, (world_size,))
-    policy = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if bf16
-        else MixedPrecisionPolicy()
-    )
+    policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
     for _, blocks in block_containers(model):
         for block in blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy)
@@ -65,6 +71,7 @@ def replicate(model: nn.Module, device: torch.device) -> nn.Module:
 def gradient_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
     """Reduce gradients in this backward (``enabled``) or only accumulate them (DDP's
     ``no_sync``, FSDP2's ``set_requires_gradient_sync``): accumulation syncs once per step."""
+    module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper hides DDP's no_sync
     if enabled:
         yield
     elif isinstance(module, DistributedDataParallel):
@@ -93,12 +100,24 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer's state dict keyed by parameter name, whole tensors, on every rank."""
+    """The optimizer's state dict keyed by parameter name, whole tensors, on every rank.
+
+    Parameters without state (new blocks of a depth growth, before their first step) are not
+    in it."""
     return get_optimizer_state_dict(model, optimizer, options=_FULL)
 
 
 def load_full_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
-    """``full_optimizer_state``'s output into ``optimizer`` (each rank keeps its shard)."""
-    set_optimizer_state_dict(model, optimizer, state, options=_FULL)
+    """``full_optimizer_state``'s output into ``optimizer`` (each rank keeps its shard).
+
+    A parameter the state has nothing for starts fresh, as in a plain optimizer: the loader
+    would otherwise give it the zero state of its own initialising step (``step`` 1), and its
+    first update would not be a fresh AdamW's."""
+    set_optimizer_state_dict(
+        model, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False)
+    )
+    for name, param in model.named_parameters():
+        if name not in state["state"]:
+            optimizer.state.pop(param, None)

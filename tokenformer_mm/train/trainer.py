@@ -35,7 +35,7 @@ from ..growth import (
     pending_new_rows,
     seed_new_rows_at_next_step,
 )
-from ..initialization import discarded_rng, seeded_rng
+from ..initialization import seeded_rng
 from ..pattention import KINDS
 from . import checkpoint, parallel
 from .batches import EpochBatches, data_report, to_device
@@ -85,7 +85,6 @@ class Trainer:
             if hasattr(loader.dataset, "strict"):
                 loader.dataset.strict = cfg.train.strict_data
         self.data = EpochBatches(self.train_loader)
-        self._eval_replica: nn.Module | None = None  # FSDP2: a full copy to evaluate
         resume_from = self._resume_checkpoint()
         if resume_from is not None and checkpoint.is_sharded(resume_from):
             shapes = checkpoint.sharded_shapes(resume_from)  # loaded once the optimizer exists
@@ -101,7 +100,7 @@ class Trainer:
         )
         optimizer_state = self._full_optimizer_state(resume_from) if switching else None
         if self.sharded:
-            parallel.shard(self.model, self.device, self.world_size, self.use_bf16)
+            parallel.shard(self.model, self.device, self.world_size)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.steps)
         self.ema = (
             ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -238,12 +237,16 @@ class Trainer:
         return record
 
     def _gathered(self) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """FSDP2: an unsharded copy of the model and its optimizer (full state), on every rank."""
+        """FSDP2: an unsharded copy of the model and its optimizer (full state, and the new rows
+        still waiting for their seeding if the model grew since the last step), on every rank."""
+        names = {param: name for name, param in self.model.named_parameters()}
+        pending = {names[p]: row for p, row in pending_new_rows(self.optimizer).items()}
         optimizer_state = parallel.full_optimizer_state(self.model, self.optimizer)
-        model = self._fresh_model()
+        model = self._empty_model()
         load_resized(model, parallel.full_model_state(self.model))
         optimizer, _ = build_optimizer(model, self.cfg.optim, self.cfg.train.steps)
         parallel.load_full_optimizer_state(model, optimizer, optimizer_state)
+        _seed_pending(model, optimizer, pending)
         return model, optimizer
 
     def _reshard(self, full_optimizer: torch.optim.Optimizer) -> None:
@@ -254,35 +257,33 @@ class Trainer:
         pending = {names[p]: row for p, row in pending_new_rows(full_optimizer).items()}
         optimizer_state = parallel.full_optimizer_state(self.model, full_optimizer)
         schedule = self.scheduler.state_dict()
-        parallel.shard(self.model, self.device, self.world_size, self.use_bf16)
+        parallel.shard(self.model, self.device, self.world_size)
         self.optimizer, self.scheduler = build_optimizer(
             self.model, self.cfg.optim, self.cfg.train.steps
         )
         parallel.load_full_optimizer_state(self.model, self.optimizer, optimizer_state)
         self._continue_schedule(schedule)
-        params = dict(self.model.named_parameters())
-        if pending:
-            seed_new_rows_at_next_step(self.optimizer, {params[n]: r for n, r in pending.items()})
+        _seed_pending(self.model, self.optimizer, pending)
 
-    def _fresh_model(self) -> nn.Module:
-        """A new model from the task (at its initial size), not disturbing any RNG."""
-        with discarded_rng():
-            model = self.task.build_model().to(self.device)
-        return model
+    def _empty_model(self) -> nn.Module:
+        """A new model from the task at its initial size, allocated on the device but not
+        initialised (built on the meta device: no time spent, no RNG drawn); callers load a
+        whole state into it."""
+        with torch.device("meta"):
+            model = self.task.build_model()
+        return model.to_empty(device=self.device)
 
     def _eval_model(self, ema: bool = True) -> nn.Module:
         """What evaluation runs: the EMA (``ema`` and one is kept), the model, or under FSDP2 a
-        full copy of it (a sharded forward needs every rank in step; evaluation batches per rank
-        may differ)."""
+        full copy of it, dropped after the evaluation (a sharded forward needs every rank in
+        step; evaluation batches per rank may differ)."""
         if ema and self.ema is not None:
             return self.ema.module
         if not self.sharded:
             return self.model
-        state = parallel.full_model_state(self.model)
-        if self._eval_replica is None:
-            self._eval_replica = self._fresh_model()
-        load_resized(self._eval_replica, state)
-        return self._eval_replica
+        replica = self._empty_model()
+        load_resized(replica, parallel.full_model_state(self.model))
+        return replica
 
     def _grown_ema(self, ema_state: dict[str, torch.Tensor], depth: int) -> nn.Module:
         """The EMA after growth: its averages where the old model had parameters, the live
@@ -506,6 +507,13 @@ class Trainer:
         if not self.cfg.train.compile:
             return module
         return torch.compile(module, backend=self.cfg.train.compile_backend)
+
+
+def _seed_pending(model: nn.Module, optimizer: torch.optim.Optimizer, rows: dict[str, int]) -> None:
+    """Move the new-row seeding of a rebuilt optimizer over, by parameter name."""
+    if rows:
+        params = dict(model.named_parameters())
+        seed_new_rows_at_next_step(optimizer, {params[name]: row for name, row in rows.items()})
 
 
 def _use_bf16(precision: str, device: torch.device) -> bool:

@@ -305,16 +305,12 @@ def test_warmup_stable_decay_schedule():
 def test_a_cooldown_branch_equals_a_run_scheduled_for_its_budget(tmp_path):
     """WSD: a branch from step 4 of an 8-step run, decaying over 2 steps, ends with the weights
     of a 6-step run with the same 2-step decay (same steps, data and RNG up to the branch)."""
-    common = [*TINY_VISION, "optim.schedule=wsd", "optim.decay_steps=2", "train.eval_every=100"]
+    common = ["optim.schedule=wsd", "optim.decay_steps=2", "train.eval_every=100"]
     long, short, branch = tmp_path / "long", tmp_path / "short", tmp_path / "branch"
-    run(train_command([*common, "train.steps=8", "train.checkpoint_every=4", f"run_dir={long}"]))
-    run(train_command([*common, "train.steps=6", "train.checkpoint_every=6", f"run_dir={short}"]))
+    trainer_for(long, [*common, "train.steps=8", "train.checkpoint_every=4"]).fit()
+    trainer_for(short, [*common, "train.steps=6", "train.checkpoint_every=6"]).fit()
     step_4 = long / "checkpoints" / "step_00000004"
-    run(
-        train_command(
-            [*common, "train.steps=6", f"train.branch_from={step_4}", f"run_dir={branch}"]
-        )
-    )
+    trainer_for(branch, [*common, "train.steps=6", f"train.branch_from={step_4}"]).fit()
     ours = checkpoint.load_weights(checkpoint.latest(branch / "checkpoints"))
     expected = checkpoint.load_weights(checkpoint.latest(short / "checkpoints"))
     assert checkpoint.latest(branch / "checkpoints").name == "step_00000006"

@@ -118,8 +118,7 @@ def _fill_new_rows(layer: Pattention, start: int, init: str, perturbation: float
     layer.value_tokens[start:].normal_(std=layer.value_init_std)
     if init == "official":
         layer.key_tokens[start:].normal_(std=layer.key_init_std)
-        layer.tau_value = math.sqrt(layer.num_tokens)
-        layer.tau.fill_(layer.tau_value)
+        layer.set_tau(math.sqrt(layer.num_tokens))
     else:
         _fill_new_keys(layer, start, init, perturbation)
 
@@ -554,11 +553,9 @@ def load_grown(
         layer.value_tokens[:old].copy_(state_dict[prefix + "value_tokens"])
         if old == layer.num_tokens or init != "official":
             _fill_new_keys(layer, old, init, perturbation)
-            layer.tau.copy_(state_dict[prefix + "tau"])
-            layer.tau_value = float(layer.tau)
+            layer.set_tau(float(state_dict[prefix + "tau"]))
         else:  # official: the model's own random rows, τ of the larger size
-            layer.tau_value = math.sqrt(layer.num_tokens)
-            layer.tau.fill_(layer.tau_value)
+            layer.set_tau(math.sqrt(layer.num_tokens))
         if old < layer.num_tokens:
             added = (layer.num_tokens - old) * (layer.in_features + layer.out_features)
             report.layers.append(

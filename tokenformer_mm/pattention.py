@@ -200,6 +200,12 @@ class Pattention(nn.Module):
         with torch.no_grad():
             self.tau.fill_(self.tau_value)
 
+    @torch.no_grad()
+    def set_tau(self, value: float) -> None:
+        """Pin τ (the buffer and ``tau_value``, which ``reset_parameters`` rebuilds it from)."""
+        self.tau_value = float(value)
+        self.tau.fill_(self.tau_value)
+
     def _load_from_state_dict(
         self, state_dict: Mapping[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
     ) -> None:

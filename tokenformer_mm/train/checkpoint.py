@@ -34,7 +34,9 @@ import safetensors.torch
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from ..distributed import barrier, rank_and_world_size
 from ..growth import load_resized
 
 logger = logging.getLogger(__name__)
@@ -217,10 +219,6 @@ def save_sharded(
 ) -> Path:
     """Write checkpoint ``step`` with every rank's shards (a collective: every rank calls it;
     ``state`` is rank 0's ``state.pt``, None elsewhere), atomically as ``save`` does."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    from ..distributed import barrier, rank_and_world_size
-
     root = Path(root)
     final, staging = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
     is_main = rank_and_world_size()[0] == 0
@@ -248,8 +246,6 @@ def load_sharded(
 ) -> None:
     """Load a sharded checkpoint's model and optimizer state into ``model`` (sharded or not, on
     any number of ranks: DCP re-slices) and ``optimizer``; the model already has its sizes."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
     model_state, optimizer_state = get_state_dict(model, optimizer)
     both = {"model": model_state, "optimizer": optimizer_state}
     with _one_process_quietly():

@@ -31,10 +31,6 @@ from ..growth import block_containers
 _FULL = StateDictOptions(full_state_dict=True)
 
 
-def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
-
-
 def shard(model: nn.Module, device: torch.device, world_size: int) -> None:
     """FSDP2 in place: each Tokenformer block one unit (its all-gather overlaps the previous
     block's compute), then the rest of the model (embeddings, norm, head) as the root unit.
@@ -94,8 +90,6 @@ def local_value(tensor: torch.Tensor) -> torch.Tensor:
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's whole state dict on every rank (gathered from the shards under FSDP2)."""
-    if not is_sharded(model):
-        return {k: v.detach() for k, v in model.state_dict().items()}
     return get_model_state_dict(model, options=_FULL)
 
 

@@ -86,6 +86,7 @@ class Trainer:
                 loader.dataset.strict = cfg.train.strict_data
         self.data = EpochBatches(self.train_loader)
         resume_from = self._resume_checkpoint()
+        saved = checkpoint.load_state(resume_from) if resume_from is not None else None
         if resume_from is not None and checkpoint.is_sharded(resume_from):
             shapes = checkpoint.sharded_shapes(resume_from)  # loaded once the optimizer exists
             match_depth(self.model, shapes)
@@ -95,10 +96,8 @@ class Trainer:
         elif cfg.growth.init_from:
             self._warm_start(cfg.growth.init_from)
         self.flops_per_item = self._measure_flops()
-        switching = (
-            self.sharded and resume_from is not None and not checkpoint.is_sharded(resume_from)
-        )
-        optimizer_state = self._full_optimizer_state(resume_from) if switching else None
+        if self.sharded and saved is not None and "optimizer" in saved:  # saved without FSDP2
+            saved["optimizer"] = self._optimizer_state_by_name(saved["optimizer"])
         if self.sharded:
             parallel.shard(self.model, self.device, self.world_size)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.steps)
@@ -106,7 +105,7 @@ class Trainer:
             ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
         )
         if resume_from is not None:
-            self._restore_state(resume_from, optimizer_state)
+            self._restore_state(resume_from, saved)
         else:
             # per-rank augmentation and dropout
             checkpoint.seed_everything(cfg.seed * 1000 + self.rank)
@@ -183,7 +182,7 @@ class Trainer:
             items += self.task.batch_items(batch)
             # DDP / FSDP2 reduce gradients only in the last micro-step of an accumulation.
             sync = self.world_size == 1 or micro == accum - 1
-            with parallel.gradient_sync(self.model if self.sharded else self.train_module, sync):
+            with parallel.gradient_sync(self.train_module, sync):
                 with self._autocast():
                     loss = self.task.training_loss(self.train_module, batch) / accum
                 loss.backward()
@@ -239,8 +238,7 @@ class Trainer:
     def _gathered(self) -> tuple[nn.Module, torch.optim.Optimizer]:
         """FSDP2: an unsharded copy of the model and its optimizer (full state, and the new rows
         still waiting for their seeding if the model grew since the last step), on every rank."""
-        names = {param: name for name, param in self.model.named_parameters()}
-        pending = {names[p]: row for p, row in pending_new_rows(self.optimizer).items()}
+        pending = _pending_by_name(self.model, self.optimizer)
         optimizer_state = parallel.full_optimizer_state(self.model, self.optimizer)
         model = self._empty_model()
         load_resized(model, parallel.full_model_state(self.model))
@@ -253,8 +251,7 @@ class Trainer:
         """FSDP2 after growth: shard the grown ``self.model``, and give it an optimizer holding
         ``full_optimizer``'s state, its pending new-row seeding and this run's schedule position.
         """
-        names = {param: name for name, param in self.model.named_parameters()}
-        pending = {names[p]: row for p, row in pending_new_rows(full_optimizer).items()}
+        pending = _pending_by_name(self.model, full_optimizer)
         optimizer_state = parallel.full_optimizer_state(self.model, full_optimizer)
         schedule = self.scheduler.state_dict()
         parallel.shard(self.model, self.device, self.world_size)
@@ -396,23 +393,22 @@ class Trainer:
         logger.info("warm start from %s: %s", source, report)
         self.growth_events.append({"step": 0, "from": source, **_report_fields(report)})
 
-    def _full_optimizer_state(self, path: Path) -> dict[str, Any]:
+    def _optimizer_state_by_name(self, optimizer_state: dict[str, Any]) -> dict[str, Any]:
         """A full checkpoint's optimizer state keyed by parameter name, read through the still
         unsharded model: how a run saved without FSDP2 resumes with ``train.parallel=fsdp``."""
         optimizer, _ = build_optimizer(self.model, self.cfg.optim, self.cfg.train.steps)
-        optimizer.load_state_dict(checkpoint.load_state(path)["optimizer"])
+        optimizer.load_state_dict(optimizer_state)
         return parallel.full_optimizer_state(self.model, optimizer)
 
-    def _restore_state(self, path: Path, optimizer_state: dict[str, Any] | None = None) -> None:
-        """Everything but the model weights: EMA, optimizer, schedule, step, RNGs, data position
-        (``optimizer_state``: a full checkpoint's, by parameter name, for a sharded model)."""
-        state = checkpoint.load_state(path)
+    def _restore_state(self, path: Path, state: dict[str, Any]) -> None:
+        """Everything but the model weights (``state``: the checkpoint's ``state.pt``): EMA,
+        optimizer, schedule, step, RNGs, data position."""
         if self.ema is not None:
             checkpoint.load_model(self.ema.module, path / checkpoint.EMA_FILE)
         if checkpoint.is_sharded(path):
             checkpoint.load_sharded(path, self.model, self.optimizer)
-        elif optimizer_state is not None:
-            parallel.load_full_optimizer_state(self.model, self.optimizer, optimizer_state)
+        elif self.sharded:  # by parameter name (see _optimizer_state_by_name)
+            parallel.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         self._continue_schedule(state["scheduler"])
@@ -509,8 +505,14 @@ class Trainer:
         return torch.compile(module, backend=self.cfg.train.compile_backend)
 
 
+def _pending_by_name(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """The new rows ``optimizer`` has still to seed, by parameter name (for a rebuilt one)."""
+    names = {param: name for name, param in model.named_parameters()}
+    return {names[param]: row for param, row in pending_new_rows(optimizer).items()}
+
+
 def _seed_pending(model: nn.Module, optimizer: torch.optim.Optimizer, rows: dict[str, int]) -> None:
-    """Move the new-row seeding of a rebuilt optimizer over, by parameter name."""
+    """Give a rebuilt optimizer the new-row seeding ``_pending_by_name`` read off the old one."""
     if rows:
         params = dict(model.named_parameters())
         seed_new_rows_at_next_step(optimizer, {params[name]: row for name, row in rows.items()})

@@ -45,6 +45,7 @@ class LMConfig:
     norm: str = "l2_norm_gelu"
     dropout: float = 0.0  # on every Pattention's theta and on the attention weights
     key_init: str | float = "fan_in"  # or "official" (the paper's N(0, 0.02)), or a std
+    value_grad: str = "centered"  # or "official" (pattention.VALUE_GRADS; same outputs)
 
 
 def _official(dim: int, depth: int, num_heads: int) -> LMConfig:
@@ -103,6 +104,7 @@ class TokenformerLM(nn.Module):
                     attn_dropout=config.dropout,
                     depth=config.depth,
                     key_init=config.key_init,
+                    value_grad=config.value_grad,
                 )
                 for _ in range(config.depth)
             )

@@ -9,7 +9,7 @@
     python scripts/bench.py timm-train --train-py ../pytorch-image-models/train.py
                                           # the same comparison under timm's own train.py
     python scripts/bench.py clip-train    # CLIP towers under open_clip's own trainer
-    python scripts/bench.py lm-recipe     # LM key inits vs the matched GPT at equal FLOPs
+    python scripts/bench.py lm-recipe     # LM key inits, value grads vs the GPT at equal FLOPs
     python scripts/bench.py shard-memory  # bytes per rank, DDP vs FSDP2, 450M LM on 2 ranks
 
 Every entry records the command line, machine, torch version and date, so a figure can always be
@@ -1056,17 +1056,19 @@ def lm_recipe_run(model: torch.nn.Module, train: torch.Tensor, val: torch.Tensor
 
 
 def bench_lm_recipe(args: argparse.Namespace) -> None:
-    """Tokenformer LM key inits vs the matched nanoGPT-style GPT: loss at equal training FLOPs."""
+    """Tokenformer LM key inits and value gradients vs the matched nanoGPT-style GPT: loss at
+    equal training FLOPs."""
     from tokenformer_mm.flops import training_flops
     from tokenformer_mm.language import TokenformerLM, lm_config
 
     train, val = byte_stream("train"), byte_stream("val")
     config = lm_config(args.model, context_length=args.seq_len)
     variants: dict[str, Callable[[], torch.nn.Module]] = {
-        f"Tokenformer {args.model}, key_init={k}": lambda k=k: TokenformerLM(
-            lm_config(args.model, context_length=args.seq_len, key_init=k)
+        f"Tokenformer {args.model}, key_init={k}, value_grad={v}": lambda k=k, v=v: TokenformerLM(
+            lm_config(args.model, context_length=args.seq_len, key_init=k, value_grad=v)
         )
         for k in args.key_inits
+        for v in args.value_grads
     }
     variants[f"nanoGPT-style GPT, mlp_ratio {MATCHED_MLP_RATIO:g} (matched)"] = lambda: GPT(
         config.vocab_size, config.context_length, config.dim, config.depth, config.num_heads,
@@ -1087,7 +1089,7 @@ def bench_lm_recipe(args: argparse.Namespace) -> None:
             row["training TFLOPs"] = f"{flops * args.batch_size * args.steps / 1e12:.3g}"
             rows.append({**row, "seconds": f"{time.perf_counter() - start:.0f}"})
     record(
-        "Language: Tokenformer key inits vs the matched GPT at equal training FLOPs",
+        "Language: Tokenformer key inits and value gradients vs the matched GPT at equal FLOPs",
         rows,
         notes=(
             f"The CPython help texts as UTF-8 bytes, batch {args.batch_size} x {args.seq_len}, "
@@ -1315,11 +1317,12 @@ def main(argv: list[str] | None = None) -> None:
     timm_train.add_argument("--train-args", default="", help="more train.py arguments")
     timm_train.add_argument("--jobs", type=int, default=2, help="runs at a time")
     timm_train.set_defaults(run=bench_timm_train)
-    lm_rec = commands.add_parser("lm-recipe", help="LM key inits vs the matched GPT, loss/FLOP")
+    lm_rec = commands.add_parser("lm-recipe", help="LM variants vs the matched GPT, loss/FLOP")
     lm_rec.add_argument(
         "--model", default="small", help="a name in tokenformer_mm.language.CONFIGS"
     )
-    lm_rec.add_argument("--key-inits", nargs="+", default=["fan_in", "official"], type=_key_init)
+    lm_rec.add_argument("--key-inits", nargs="+", default=["fan_in"], type=_key_init)
+    lm_rec.add_argument("--value-grads", nargs="+", default=["centered", "official"])
     lm_rec.add_argument("--seeds", type=int, nargs="+", default=[0])
     lm_rec.add_argument("--steps", type=int, default=600)
     lm_rec.add_argument("--eval-every", type=int, default=200)

@@ -57,7 +57,8 @@ def test_lm_recipe_bench_trains_each_variant_and_the_gpt_on_one_recipe(tmp_path)
     rows = bench(
         tmp_path,
         "lm-recipe",
-        *("--model", "tiny", "--key-inits", "fan_in", "official", "--steps", "4"),
+        *("--model", "tiny", "--key-inits", "fan_in", "--value-grads", "centered", "official"),
+        *("--steps", "4"),
         *("--eval-every", "2", "--batch-size", "2", "--seq-len", "32"),
     )
     header, data = rows[0], rows[1:]

@@ -39,6 +39,7 @@ class TokenformerBlock(nn.Module):
         depth: number of blocks in the model, for the "wang init" of the value tokens.
         eps: epsilon of the non-parametric LayerNorms.
         key_init: how every Pattention's key tokens start (``pattention.KEY_INITS``).
+        value_grad: every Pattention's value gradient (``pattention.VALUE_GRADS``).
         device, dtype: where and in which dtype the parameters are created.
 
     ``block(x)`` maps (B, T, dim) to (B, T, dim), so blocks compose in ``nn.Sequential``;
@@ -64,6 +65,7 @@ class TokenformerBlock(nn.Module):
         depth: int = 1,
         eps: float = 1e-5,
         key_init: str | float = "fan_in",
+        value_grad: str = "centered",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -89,6 +91,7 @@ class TokenformerBlock(nn.Module):
                 depth=depth,
                 kind=kind,
                 key_init=key_init,
+                value_grad=value_grad,
                 device=device,
                 dtype=dtype,
             )

@@ -31,6 +31,7 @@ class TokenformerTextEncoder(nn.Module):
         qkv_tokens: int = 512,
         ffn_tokens: int = 2048,
         rotary_pct: float = 0.25,
+        value_grad: str = "centered",
     ) -> None:
         super().__init__()
         self.context_length = context_length
@@ -40,7 +41,11 @@ class TokenformerTextEncoder(nn.Module):
         with discarded_rng():  # init_weights() below draws every initial value
             self.token_embedding = nn.Embedding(vocab_size, width)
             block = functools.partial(
-                TokenformerBlock, causal=True, rotary_pct=rotary_pct, depth=layers
+                TokenformerBlock,
+                causal=True,
+                rotary_pct=rotary_pct,
+                depth=layers,
+                value_grad=value_grad,
             )
             self.blocks = nn.ModuleList(
                 block(width, heads, qkv_tokens, qkv_tokens, ffn_tokens) for _ in range(layers)

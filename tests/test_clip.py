@@ -212,3 +212,20 @@ def test_a_grown_checkpoint_loads_back_through_open_clip(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(images), model.encode_image(images))
         assert torch.equal(loaded.encode_text(tokens), model.encode_text(tokens))
+
+
+def test_the_towers_choose_their_value_gradient():
+    """CLIP's two towers (the timm image tower open_clip builds, our text tower) centre their
+    value gradients, without which they can collapse to one embedding; the LM keeps the plain
+    one (docs/benchmarks.md); the paper's gradient stays one argument away."""
+    from tokenformer_mm import Pattention
+    from tokenformer_mm.language import TokenformerLM, lm_config
+
+    def value_grads(model):
+        return {m.value_grad for m in model.modules() if isinstance(m, Pattention)}
+
+    assert value_grads(open_clip.create_model("TokenformerCLIP-micro")) == {"centered"}
+    assert value_grads(TokenformerLM(lm_config("tiny"))) == {"official"}
+    official = TokenformerTextEncoder(32, width=32, heads=2, layers=1, qkv_tokens=8, ffn_tokens=8,
+                                      value_grad="official")  # fmt: skip
+    assert value_grads(official) == {"official"}

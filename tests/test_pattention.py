@@ -157,7 +157,7 @@ def test_centred_value_gradient_changes_only_the_value_gradient(norm, fused):
     torch.manual_seed(0)
     f64 = torch.float64  # built in fp64, so tau is sqrt(40) in fp64 too
     official = Pattention(12, 10, 40, norm=norm, value_grad="official", fused=fused, dtype=f64)
-    centred = Pattention(12, 10, 40, norm=norm, fused=fused, dtype=f64)
+    centred = Pattention(12, 10, 40, norm=norm, value_grad="centered", fused=fused, dtype=f64)
     centred.load_state_dict(official.state_dict())
     x, dy = torch.randn(3, 30, 12, dtype=f64), torch.randn(3, 30, 10, dtype=f64)
     plain, ours = _value_grads(official, x, dy), _value_grads(centred, x, dy)
@@ -205,7 +205,7 @@ def test_centred_value_gradient_is_a_sum_over_sequences(fused):
     """What makes DDP and gradient accumulation equal one big batch: each sequence's gradient
     depends on that sequence alone. A 1-D input is a single token: the plain gradient."""
     torch.manual_seed(0)
-    layer = Pattention(12, 10, 40, fused=fused, dtype=torch.float64)
+    layer = Pattention(12, 10, 40, value_grad="centered", fused=fused, dtype=torch.float64)
     x, dy = torch.randn(4, 9, 12, dtype=torch.float64), torch.randn(4, 9, 10, dtype=torch.float64)
     whole = _value_grads(layer, x, dy)["values"]
     parts = [_value_grads(layer, x[i : i + 2], dy[i : i + 2])["values"] for i in (0, 2)]

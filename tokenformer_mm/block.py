@@ -65,7 +65,7 @@ class TokenformerBlock(nn.Module):
         depth: int = 1,
         eps: float = 1e-5,
         key_init: str | float = "fan_in",
-        value_grad: str = "centered",
+        value_grad: str = "official",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

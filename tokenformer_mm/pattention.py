@@ -46,11 +46,12 @@ OFFICIAL_KEY_INIT_STD = 0.02
 # common part, the shared theta_i times the summed output gradient, that AdamW turns into
 # same-signed ~lr steps on all n rows at once: the output the tokens share moves by
 # ~lr · sum_i |theta_i| a step, drowning what tells them apart (CLIP under open_clip's recipe
-# collapses to one embedding). "centered" (the default) centres theta over the tokens of each
-# sequence in the value gradient only (Schraudolph's centring of gradient factors): the forward
-# function, the other gradients and growth are unchanged, and the gradient stays a sum over
-# sequences (DDP and accumulation equal one big batch). "official": the plain gradient
-# (docs/benchmarks.md, "CLIP collapse").
+# collapses to one embedding). "centered" centres theta over the tokens of each sequence in the
+# value gradient only (Schraudolph's centring of gradient factors): the forward function, the
+# other gradients and growth are unchanged, and the gradient stays a sum over sequences (DDP
+# and accumulation equal one big batch). "official" (the layer's default): the plain gradient.
+# The towers choose: the image and CLIP text towers centre, the language model does not (its
+# every position predicts, and centring cost it 0.19 nats/byte; docs/benchmarks.md).
 VALUE_GRADS = ("centered", "official")
 
 
@@ -161,8 +162,8 @@ class Pattention(nn.Module):
         key_init: how the key tokens start: ``"fan_in"`` N(0, 1/d_in), the default,
             ``"official"`` N(0, 0.02), the paper's, or a std. Values always start with the
             official "wang init".
-        value_grad: the value tokens' gradient (``VALUE_GRADS``): ``"centered"`` (default) or
-            ``"official"``, the plain gradient. The output is the same either way.
+        value_grad: the value tokens' gradient (``VALUE_GRADS``): ``"official"`` (default), the
+            plain one, or ``"centered"``. The output is the same either way.
         fused: None (default) takes the fused path where it applies and pays off (inputs of at
             least ``FUSED_MIN_SCORES`` score elements); True wherever it applies; False never.
     """
@@ -180,7 +181,7 @@ class Pattention(nn.Module):
         kind: str = "proj",
         eps: float = 1e-5,
         key_init: str | float = "fan_in",
-        value_grad: str = "centered",
+        value_grad: str = "official",
         fused: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,

@@ -53,8 +53,10 @@ class TokenformerViT(nn.Module):
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
         key_init: how the Pattention key tokens start: ``"fan_in"`` (default),
             ``"official"`` (the paper's N(0, 0.02)) or a std.
-        value_grad: the Pattention value gradient: ``"centered"`` (default) or ``"official"``
-            (``tokenformer_mm.pattention.VALUE_GRADS``; the output is the same either way).
+        value_grad: the Pattention value gradient: ``"centered"`` (default: the towers of a CLIP
+            model trained without it can collapse to one embedding; classification is the same
+            within noise) or ``"official"`` (``tokenformer_mm.pattention.VALUE_GRADS``; the
+            output is the same either way).
         device, dtype: where and in which dtype parameters are created (timm's factory kwargs;
             ``device="meta"`` builds the structure without memory).
     """

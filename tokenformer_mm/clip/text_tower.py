@@ -17,7 +17,9 @@ class TokenformerTextEncoder(nn.Module):
     """A causal Tokenformer over CLIP tokens, pooled at the end-of-text token, projected.
 
     Implements open_clip's text-tower interface: ``forward(tokens) -> (B, embed_dim)``,
-    ``context_length``, ``vocab_size``, ``lock`` and ``set_grad_checkpointing``.
+    ``context_length``, ``vocab_size``, ``lock`` and ``set_grad_checkpointing``. Its value
+    gradients are centred by default (``value_grad``, ``pattention.VALUE_GRADS``): with the
+    plain ones a CLIP model's towers can collapse to one embedding.
     """
 
     def __init__(

@@ -1196,7 +1196,7 @@ MATCHED_VIT_CLIP_CFG = {
 
 def clip_train_command(args: argparse.Namespace, variant: str, seed: int, out: Path) -> list[str]:
     """open_clip's own trainer (``open_clip_train.main``) on the digits caption shards."""
-    model = f"local-dir:{args.matched_vit}" if variant == MATCHED_VIT_CLIP else variant
+    model = args.variant_models[variant]
     shards = args.shards
     command = [sys.executable, "-m", "tokenformer_mm", "-m", "open_clip_train.main"]
     command += ["--train-data", str(shards / "train-{000000..000007}.tar")]
@@ -1210,6 +1210,18 @@ def clip_train_command(args: argparse.Namespace, variant: str, seed: int, out: P
     return [*command, "--name", "run", *shlex.split(args.train_args)]
 
 
+def open_clip_config(name: str) -> dict:
+    """A registered open_clip model config (ours included), as a dict to edit."""
+    import open_clip
+
+    import tokenformer_mm.clip  # noqa: F401  (registers the TokenformerCLIP configs)
+
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+    return cfg
+
+
 def bench_clip_train(args: argparse.Namespace) -> None:
     """TokenformerCLIP vs open_clip's ViT towers of its shape, under open_clip's own trainer."""
     import json
@@ -1218,10 +1230,22 @@ def bench_clip_train(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         args.shards = write_digits_pair_shards(Path(tmp) / "shards")
-        args.matched_vit = Path(tmp) / "matched-vit"
-        args.matched_vit.mkdir()
-        config = {"model_cfg": MATCHED_VIT_CLIP_CFG}
-        (args.matched_vit / "open_clip_config.json").write_text(json.dumps(config))
+        args.variant_models = {}
+        for i, variant in enumerate(args.variants):  # a local-dir config for all but a name
+            name, *settings = variant.split()
+            if name == MATCHED_VIT_CLIP:
+                cfg = MATCHED_VIT_CLIP_CFG
+            elif settings:  # "key=value": set in both tower configs (e.g. value_grad=official)
+                cfg = open_clip_config(name)
+                for key, value in (setting.split("=", 1) for setting in settings):
+                    cfg["vision_cfg"][key] = cfg["text_cfg"][key] = value
+            else:
+                args.variant_models[variant] = variant
+                continue
+            folder = Path(tmp) / f"variant{i}"
+            folder.mkdir()
+            (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+            args.variant_models[variant] = f"local-dir:{folder}"
         rows = []
         chance = math.log(args.batch_size)
         for variant, seed, out, sec in run_variants(
@@ -1332,7 +1356,10 @@ def main(argv: list[str] | None = None) -> None:
     lm_rec.set_defaults(run=bench_lm_recipe)
     clip_train = commands.add_parser("clip-train", help="CLIP towers under open_clip's trainer")
     clip_train.add_argument(
-        "--variants", nargs="+", default=["TokenformerCLIP-micro", MATCHED_VIT_CLIP]
+        "--variants",
+        nargs="+",
+        default=["TokenformerCLIP-micro", MATCHED_VIT_CLIP],
+        help='open_clip model names, or "name key=value ..." (set in both tower configs)',
     )
     clip_train.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     clip_train.add_argument("--epochs", type=int, default=8)

@@ -229,3 +229,23 @@ def test_the_towers_choose_their_value_gradient():
     official = TokenformerTextEncoder(32, width=32, heads=2, layers=1, qkv_tokens=8, ffn_tokens=8,
                                       value_grad="official")  # fmt: skip
     assert value_grads(official) == {"official"}
+
+
+def test_an_open_clip_config_sets_both_towers_value_gradient(tmp_path):
+    """open_clip passes no model arguments to a timm image tower: a ``"value_grad"`` in the
+    vision config reaches it (through our vision-tower builder), one in the text config our
+    text tower, as a user's local-dir config gives them."""
+    import json
+
+    from tokenformer_mm import Pattention
+
+    cfg = open_clip.get_model_config("TokenformerCLIP-micro")
+    cfg["vision_cfg"]["value_grad"] = cfg["text_cfg"]["value_grad"] = "official"
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    model = open_clip.create_model(f"local-dir:{tmp_path}")
+    towers = {"visual": model.visual, "text": model.text}
+    for tower in towers.values():
+        assert {m.value_grad for m in tower.modules() if isinstance(m, Pattention)} == {"official"}
+    vit = {"image_size": 32, "patch_size": 4, "width": 32, "head_width": 16, "layers": 1}
+    with pytest.raises(ValueError, match=r"value_grad='official' needs a Tokenformer image tower"):
+        open_clip.model._build_vision_tower(16, {**vit, "value_grad": "official"})

@@ -55,6 +55,25 @@ OFFICIAL_KEY_INIT_STD = 0.02
 VALUE_GRADS = ("centered", "official")
 
 
+def check_value_grad(value_grad: str) -> str:
+    if value_grad not in VALUE_GRADS:
+        raise ValueError(
+            f"unknown Pattention value_grad {value_grad!r}; expected one of {VALUE_GRADS}"
+        )
+    return value_grad
+
+
+def set_value_grad(model: nn.Module, value_grad: str) -> int:
+    """Give every Pattention in ``model`` the value gradient ``value_grad`` (``VALUE_GRADS``),
+    for models built by code that passes no arguments (open_clip's timm image tower). Returns
+    how many layers were set. The outputs do not change, only the next backward."""
+    check_value_grad(value_grad)
+    layers = [m for m in model.modules() if isinstance(m, Pattention)]
+    for layer in layers:
+        layer.value_grad = value_grad
+    return len(layers)
+
+
 def key_init_std(key_init: str | float, in_features: int) -> float:
     """The std of the key tokens for a ``key_init`` scheme (``KEY_INITS``) or an explicit std."""
     if key_init == "fan_in":
@@ -199,10 +218,7 @@ class Pattention(nn.Module):
             raise ValueError(f"unknown Pattention norm {norm!r}; expected one of {NORMS}")
         if kind not in KINDS:
             raise ValueError(f"unknown Pattention kind {kind!r}; expected one of {KINDS}")
-        if value_grad not in VALUE_GRADS:
-            raise ValueError(
-                f"unknown Pattention value_grad {value_grad!r}; expected one of {VALUE_GRADS}"
-            )
+        check_value_grad(value_grad)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Pattention dropout must be in [0, 1), got {dropout!r}")
         factory = {"device": device, "dtype": dtype}

@@ -1237,7 +1237,10 @@ def bench_clip_train(args: argparse.Namespace) -> None:
                 cfg = MATCHED_VIT_CLIP_CFG
             elif settings:  # "key=value": set in both tower configs (e.g. value_grad=official)
                 cfg = open_clip_config(name)
-                for key, value in (setting.split("=", 1) for setting in settings):
+                for setting in settings:
+                    key, equals, value = setting.partition("=")
+                    if not equals:
+                        raise ValueError(f"variant {variant!r}: {setting!r} is not key=value")
                     cfg["vision_cfg"][key] = cfg["text_cfg"][key] = value
             else:
                 args.variant_models[variant] = variant

@@ -188,7 +188,7 @@ def fused_pattention(
     center: bool,
 ) -> list[torch.Tensor]:
     """Run Pattentions sharing the input ``x`` through ``PattentionFunction`` (``center``: the
-    value gradient centred over the tokens).
+    value gradient centred over each sequence's tokens).
 
     Under autocast the inputs are cast once to the autocast dtype (what autocast does to a
     matmul) and the function runs with autocast off, so its saved tensors stay in that dtype.

@@ -56,6 +56,7 @@ VALUE_GRADS = ("centered", "official")
 
 
 def check_value_grad(value_grad: str) -> str:
+    """``value_grad`` itself if it names one of ``VALUE_GRADS``; a ValueError listing them else."""
     if value_grad not in VALUE_GRADS:
         raise ValueError(
             f"unknown Pattention value_grad {value_grad!r}; expected one of {VALUE_GRADS}"

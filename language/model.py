@@ -24,6 +24,7 @@ from tokenformer_mm.block import TokenformerBlock
 from tokenformer_mm.growth import load_resized
 from tokenformer_mm.initialization import discarded_rng, reset_submodules
 from tokenformer_mm.rotary import Rotary, rotary_dims, rotary_tables
+from tokenformer_mm.theta import accumulation_dtype
 
 IGNORE_INDEX = -100  # targets not scored (PyTorch's and Hugging Face's default)
 CONFIG_FILE = "config.json"
@@ -45,9 +46,6 @@ class LMConfig:
     norm: str = "l2_norm_gelu"
     dropout: float = 0.0  # on every Pattention's theta and on the attention weights
     key_init: str | float = "fan_in"  # or "official" (the paper's N(0, 0.02)), or a std
-    # "official" (the plain gradient) or "centered" (pattention.VALUE_GRADS; same outputs):
-    # centring cost the small LM 0.19 nats/byte after 600 steps (docs/benchmarks.md)
-    value_grad: str = "official"
 
 
 def _official(dim: int, depth: int, num_heads: int) -> LMConfig:
@@ -106,7 +104,6 @@ class TokenformerLM(nn.Module):
                     attn_dropout=config.dropout,
                     depth=config.depth,
                     key_init=config.key_init,
-                    value_grad=config.value_grad,
                 )
                 for _ in range(config.depth)
             )
@@ -148,7 +145,9 @@ class TokenformerLM(nn.Module):
         if targets is None:
             return logits, None
         loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+            logits.flatten(0, 1).to(accumulation_dtype(logits.dtype)),  # at least fp32
+            targets.flatten(),
+            ignore_index=IGNORE_INDEX,
         )
         return logits, loss
 
@@ -354,6 +353,9 @@ def from_pretrained(cls: type[TokenformerLM], name_or_path: str | os.PathLike) -
                 "save_pretrained (released official checkpoints load with load_official)"
             )
     saved = json.loads((directory / CONFIG_FILE).read_text())
+    # Written before the value tokens' gradient became the loss's own everywhere; it set only
+    # how a model trained, never what it computes.
+    saved.pop("value_grad", None)
     unknown = sorted(set(saved) - {field.name for field in fields(LMConfig)})
     if unknown:
         raise ValueError(f"{directory / CONFIG_FILE} has unknown LMConfig fields {unknown}")

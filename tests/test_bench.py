@@ -57,7 +57,7 @@ def test_lm_recipe_bench_trains_each_variant_and_the_gpt_on_one_recipe(tmp_path)
     rows = bench(
         tmp_path,
         "lm-recipe",
-        *("--model", "tiny", "--key-inits", "fan_in", "--value-grads", "centered", "official"),
+        *("--model", "tiny", "--key-inits", "fan_in", "official"),
         *("--steps", "4"),
         *("--eval-every", "2", "--batch-size", "2", "--seq-len", "32"),
     )
@@ -81,3 +81,29 @@ def test_digits_image_folder_is_the_embedded_split(tmp_path):
     counts = {split: len(list((root / split).rglob("*.png"))) for split in ("train", "validation")}
     assert counts == {"train": 1437, "validation": 360}
     assert sorted(p.name for p in (root / "train").iterdir()) == [str(d) for d in range(10)]
+
+
+def test_timm_grid_summary_counts_dead_starts_and_plots_each_cell(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_timm_grid
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    rows = [
+        {"model": model, "lr": lr, "warmup": "1", "aug": "light", "seed": str(seed),
+         "final": str(final), "best": str(final), "top1_per_epoch": "", "seconds": "1"}
+        for model, lr, finals in (
+            ("tf", "0.002", (12.0, 80.0, 90.0)),
+            (bench_timm_grid.MATCHED_VIT_MICRO, "0.002", (70.0, 80.0, 90.0)),
+            ("tf", "0.004", (29.9, 30.0, 60.0)),
+        )
+        for seed, final in enumerate(finals)
+    ]  # fmt: skip
+    table = bench_timm_grid.summarise(rows, dead_below=30.0)
+    cells = {(row["lr"], row["model"]): row for row in table}
+    assert cells[("0.002", "tf")]["dead starts"] == 1
+    assert cells[("0.002", "tf")]["mean top-1"] == "60.7"
+    assert cells[("0.002", "matched ViT")]["dead starts"] == 0
+    assert cells[("0.004", "tf")]["dead starts"] == 1  # 30.0 is not below 30
+    bench_timm_grid.plot(rows, tmp_path / "grid.png", dead_below=30.0)
+    assert (tmp_path / "grid.png").stat().st_size > 1000

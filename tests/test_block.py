@@ -103,3 +103,13 @@ def test_block_stack_scripts_and_traces():
     scripted = torch.jit.script(model)
     torch.testing.assert_close(scripted(x), model(x))
     torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
+
+
+def test_zero_residual_branches_make_the_block_the_identity_and_it_trains():
+    block = causal_block()
+    block.zero_residual_branches()
+    x = torch.randn(2, 7, 32)
+    assert torch.equal(block(x), x)
+    block(x).pow(2).sum().backward()
+    assert block.ffn.value_tokens.grad.abs().max() > 0  # the zero values move at the first step
+    assert block.proj.value_tokens.grad.abs().max() > 0

@@ -303,22 +303,14 @@ def test_an_optimizer_told_later_follows_the_grown_parameters():
 
 
 def test_training_flops_count_pattention_and_attention():
-    """One block, forward + backward: 3x the forward FLOPs of its Pattentions and attention,
-    and the centred value gradient's 2 · n · d_out per sequence forward and backward (the plain
-    path, which every layer takes at this size; the fused one adds the backward half only)."""
+    """One block, forward + backward: 3x the forward FLOPs of its Pattentions and attention."""
     from tokenformer_mm.flops import pattention_flops_per_token, training_flops
 
     x = torch.randn(2, 10, 32, requires_grad=True)
-    flops = {}
-    for value_grad in ("official", "centered"):
-        model = block_stack(depth=1, value_grad=value_grad)
-        flops[value_grad] = training_flops(model, lambda m=model: m(x).sum())
+    model = block_stack(depth=1)
+    flops = training_flops(model, lambda: model(x).sum())
     tokens = 2 * 10
-    expected = 3 * (tokens * pattention_flops_per_token(model) + 2 * 4 * 10 * 10 * 32)
-    assert flops["official"] == expected
-    sequences, n_d_out = 2, {"qkv": 3 * 16 * 32, "proj": 16 * 32, "ffn": 64 * 32}
-    centring = 4 * sequences * sum(n_d_out.values())
-    assert flops["centered"] == expected + centring
+    assert flops == 3 * (tokens * pattention_flops_per_token(model) + 2 * 4 * 10 * 10 * 32)
     assert pattention_flops_per_token(model) == 2 * (3 * 16 * 64 + 16 * 64 + 64 * 64)
 
 

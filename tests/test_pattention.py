@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tokenformer_mm import Pattention, pattention_theta
+from tokenformer_mm import Pattention
 from tokenformer_mm.pattention import official_pattention
 
 
@@ -140,83 +140,3 @@ def test_bad_constructor_arguments(bad):
     args = {"in_features": 8, "out_features": 8, "num_tokens": 16} | bad
     with pytest.raises(ValueError, match=str(next(iter(bad.values())))):
         Pattention(**args)
-
-
-def _value_grads(layer: Pattention, x: torch.Tensor, dy: torch.Tensor) -> dict[str, torch.Tensor]:
-    x = x.clone().requires_grad_()
-    layer.zero_grad()
-    y = layer(x)
-    y.backward(dy)
-    return {"y": y.detach(), "x": x.grad, "keys": layer.key_tokens.grad,
-            "values": layer.value_tokens.grad}  # fmt: skip
-
-
-@pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("norm", ["l2_norm_gelu", "gelu_l2_norm", "softmax"])
-def test_centred_value_gradient_changes_only_the_value_gradient(norm, fused):
-    torch.manual_seed(0)
-    f64 = torch.float64  # built in fp64, so tau is sqrt(40) in fp64 too
-    official = Pattention(12, 10, 40, norm=norm, value_grad="official", fused=fused, dtype=f64)
-    centred = Pattention(12, 10, 40, norm=norm, value_grad="centered", fused=fused, dtype=f64)
-    centred.load_state_dict(official.state_dict())
-    x, dy = torch.randn(3, 30, 12, dtype=f64), torch.randn(3, 30, 10, dtype=f64)
-    plain, ours = _value_grads(official, x, dy), _value_grads(centred, x, dy)
-    # the output and the other gradients are the same computation: equal to fp64 rounding
-    for name in ("y", "x", "keys"):
-        torch.testing.assert_close(ours[name], plain[name], rtol=1e-12, atol=1e-12)
-    # the value gradient: theta centred over each sequence's 30 tokens, from the fp64 reference
-    weights = reference_theta(x @ official.key_tokens.detach().T, norm, 40)  # (3, 30, 40)
-    centred_weights = weights - weights.mean(1, keepdim=True)
-    flat_dy = dy.reshape(-1, 10)
-    for got, w in ((plain["values"], weights), (ours["values"], centred_weights)):
-        expected = w.reshape(-1, 40).T @ flat_dy
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10 * expected.abs().max())
-
-
-def test_centred_value_gradient_stops_adam_moving_the_common_output():
-    """The failure it fixes (docs/benchmarks.md, "CLIP collapse"): tokens that share most of
-    their input share most of theta (mean mu), so the plain value gradient has a common part,
-    mu_i times the summed output gradient, that AdamW's sign-like first step applies to all n
-    rows alike: the output every token shares moves by lr · sum_i |mu_i| per coordinate. The
-    centred gradient has no such part, its steps are not aligned with mu: that shift is then
-    ~lr · |mu|_2, about sqrt(n) times less."""
-    torch.manual_seed(0)
-    common = torch.randn(16)
-    x = common + 0.05 * torch.randn(64, 16)  # 64 tokens, 5 % of their input differs
-    target = torch.randn(64, 8)
-    moved = {}
-    for value_grad in ("official", "centered"):
-        torch.manual_seed(1)
-        layer = Pattention(16, 8, 256, value_grad=value_grad)
-        layer.key_tokens.requires_grad_(False)  # only the values' step: theta stays put
-        before = layer(x).detach()
-        optimizer = torch.optim.AdamW([layer.value_tokens], lr=1e-3, weight_decay=0.0)
-        torch.nn.functional.mse_loss(layer(x), target).backward()
-        optimizer.step()
-        moved[value_grad] = (layer(x).detach() - before).mean(0).abs().mean().item()
-    with torch.no_grad():
-        mu = pattention_theta(x @ layer.key_tokens.T, layer.norm, layer.tau, layer.eps).mean(0)
-    assert moved["official"] == pytest.approx(1e-3 * mu.abs().sum().item(), rel=0.1)
-    assert moved["official"] > 4 * moved["centered"], moved
-
-
-@pytest.mark.parametrize("fused", [True, False])
-def test_centred_value_gradient_is_a_sum_over_sequences(fused):
-    """What makes DDP and gradient accumulation equal one big batch: each sequence's gradient
-    depends on that sequence alone. A 1-D input is a single token: the plain gradient."""
-    torch.manual_seed(0)
-    layer = Pattention(12, 10, 40, value_grad="centered", fused=fused, dtype=torch.float64)
-    x, dy = torch.randn(4, 9, 12, dtype=torch.float64), torch.randn(4, 9, 10, dtype=torch.float64)
-    whole = _value_grads(layer, x, dy)["values"]
-    parts = [_value_grads(layer, x[i : i + 2], dy[i : i + 2])["values"] for i in (0, 2)]
-    torch.testing.assert_close(whole, parts[0] + parts[1], rtol=1e-12, atol=1e-12)
-    token = _value_grads(layer, x[0, 0], dy[0, 0])["values"]
-    weights = pattention_theta(
-        x[0, 0] @ layer.key_tokens.detach().T, layer.norm, layer.tau, layer.eps
-    )
-    torch.testing.assert_close(token, torch.outer(weights, dy[0, 0]), rtol=1e-12, atol=1e-12)
-
-
-def test_a_bad_value_grad_names_the_choices():
-    with pytest.raises(ValueError, match=r"value_grad 'mean'.*centered.*official"):
-        Pattention(8, 8, 8, value_grad="mean")

@@ -19,7 +19,7 @@ from .growth import (
     load_grown,
     match_token_counts,
 )
-from .pattention import Pattention, pattention_group, set_fused_pattention, set_value_grad
+from .pattention import Pattention, pattention_group, set_fused_pattention
 from .theta import pattention_theta
 from .vision import tokenformer_vit  # noqa: F401  (registers the timm models; no data pipeline)
 
@@ -36,6 +36,5 @@ __all__ = [
     "pattention_group",
     "pattention_theta",
     "set_fused_pattention",
-    "set_value_grad",
 ]
 __version__ = "0.1.0"

@@ -39,7 +39,6 @@ class TokenformerBlock(nn.Module):
         depth: number of blocks in the model, for the "wang init" of the value tokens.
         eps: epsilon of the non-parametric LayerNorms.
         key_init: how every Pattention's key tokens start (``pattention.KEY_INITS``).
-        value_grad: every Pattention's value gradient (``pattention.VALUE_GRADS``).
         device, dtype: where and in which dtype the parameters are created.
 
     ``block(x)`` maps (B, T, dim) to (B, T, dim), so blocks compose in ``nn.Sequential``;
@@ -65,7 +64,6 @@ class TokenformerBlock(nn.Module):
         depth: int = 1,
         eps: float = 1e-5,
         key_init: str | float = "fan_in",
-        value_grad: str = "official",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -91,7 +89,6 @@ class TokenformerBlock(nn.Module):
                 depth=depth,
                 kind=kind,
                 key_init=key_init,
-                value_grad=value_grad,
                 device=device,
                 dtype=dtype,
             )
@@ -104,6 +101,13 @@ class TokenformerBlock(nn.Module):
         self.ln2 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
         self.ffn = pattention(dim, dim, ffn_tokens, "ffn")
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    @torch.no_grad()
+    def zero_residual_branches(self) -> None:
+        """``proj`` and FFN value tokens to zero: both branches add 0, the block is the identity.
+        It trains: the zero values get gradients at the first step, the keys once they moved."""
+        self.proj.value_tokens.zero_()
+        self.ffn.value_tokens.zero_()
 
     def forward(
         self,

@@ -89,19 +89,6 @@ def theta_backward(
     return torch._softmax_backward_data(grad, weights, -1, grad.dtype)  # one fused kernel
 
 
-def _centre(
-    grad_value: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor, shape: torch.Size
-) -> None:
-    """``grad_value -= mean^T sums``: theta's mean and the output gradient's sum over the tokens
-    of each sequence (dim -2 of the input ``shape``; a 1-D input is one token, left alone)."""
-    if len(shape) < 2:
-        return
-    sequences, acc = weights.shape[0] // shape[-2], accumulation_dtype(grad.dtype)
-    mean = weights.reshape(sequences, shape[-2], -1).mean(1, dtype=acc).to(grad.dtype)
-    sums = grad.reshape(sequences, shape[-2], -1).sum(1, dtype=acc).to(grad.dtype)
-    torch.addmm(grad_value, mean.t(), sums, alpha=-1.0, out=grad_value)
-
-
 def _scaled(values, norm: str, tau: torch.Tensor) -> list[torch.Tensor]:
     """The values as the matmuls use them: times ``value_scale`` where theta has one."""
     scale = value_scale(norm, tau)
@@ -113,17 +100,14 @@ def _scaled(values, norm: str, tau: torch.Tensor) -> list[torch.Tensor]:
 class PattentionFunction(torch.autograd.Function):
     """``m`` Pattentions with the same input and token count, evaluated together.
 
-    Inputs: ``x`` (..., d_in), ``tau`` (m,), ``norm``, ``eps``, ``center`` (the value gradient
-    centred over each sequence's tokens, ``pattention.VALUE_GRADS``), then the ``m`` key
-    tensors (n, d_in) and the ``m`` value tensors (n, d_out_i). Returns the ``m`` outputs
+    Inputs: ``x`` (..., d_in), ``tau`` (m,), ``norm``, ``eps``, then the ``m`` key tensors
+    (n, d_in) and the ``m`` value tensors (n, d_out_i). Returns the ``m`` outputs
     (..., d_out_i). Scores live in one ``(m, tokens, n)`` buffer, so each member's slice is
     contiguous for its matmuls.
     """
 
     @staticmethod
-    def forward(
-        ctx, x: torch.Tensor, tau: torch.Tensor, norm: str, eps: float, center: bool, *tokens
-    ):
+    def forward(ctx, x: torch.Tensor, tau: torch.Tensor, norm: str, eps: float, *tokens):
         members = len(tokens) // 2
         keys, values = tokens[:members], tokens[members:]
         flat = x.reshape(-1, x.shape[-1])
@@ -134,7 +118,7 @@ class PattentionFunction(torch.autograd.Function):
         weights, saved = theta(scores, norm, tau, eps, inplace=True)
         outputs = [weights[i] @ value for i, value in enumerate(_scaled(values, norm, tau))]
         ctx.save_for_backward(flat, tau, *keys, *values, *saved)
-        ctx.norm, ctx.eps, ctx.center = norm, eps, center
+        ctx.norm, ctx.eps = norm, eps
         ctx.members, ctx.input_shape = members, x.shape
         return tuple(y.view(*x.shape[:-1], y.shape[-1]) for y in outputs)
 
@@ -146,7 +130,7 @@ class PattentionFunction(torch.autograd.Function):
         keys, values = rest[:members], rest[members : 2 * members]
         saved = tuple(rest[2 * members :])
         grads = [g.reshape(-1, g.shape[-1]) for g in grads]
-        needs = ctx.needs_input_grad[5:]  # x, tau, norm, eps, center, then keys and values
+        needs = ctx.needs_input_grad[4:]  # x, tau, norm, eps, then keys and values
         weights = theta_recompute(saved, ctx.norm, tau, ctx.eps)
         scale = value_scale(ctx.norm, tau)
         grad_values = []
@@ -154,15 +138,13 @@ class PattentionFunction(torch.autograd.Function):
             grad_value = None
             if needs[members + i]:
                 grad_value = weights[i].t() @ grad
-                if ctx.center:  # sum over sequences of (theta - its mean there)^T grad
-                    _centre(grad_value, weights[i], grad, ctx.input_shape)
                 if scale is not None:
                     grad_value.mul_(scale[i])
             grad_values.append(grad_value)
         grad_keys, grad_x = [None] * members, None
         needs_x = ctx.needs_input_grad[0]
         if not (needs_x or any(needs[:members])):  # only the values train
-            return grad_x, None, None, None, None, *grad_keys, *grad_values
+            return grad_x, None, None, None, *grad_keys, *grad_values
         grad_weights = flat.new_empty(members, flat.shape[0], keys[0].shape[0])
         for i, (grad, value) in enumerate(zip(grads, _scaled(values, ctx.norm, tau), strict=True)):
             torch.mm(grad, value.t(), out=grad_weights[i])
@@ -174,7 +156,7 @@ class PattentionFunction(torch.autograd.Function):
             for i in range(1, members):  # out= rather than addmm_: FlopCounterMode counts it
                 torch.addmm(grad_x, grad_scores[i], keys[i], out=grad_x)
             grad_x = grad_x.view(ctx.input_shape)
-        return grad_x, None, None, None, None, *grad_keys, *grad_values
+        return grad_x, None, None, None, *grad_keys, *grad_values
 
 
 @torch.jit.ignore  # an fx graph calls it as one node; TorchScript of that graph calls back here
@@ -185,10 +167,8 @@ def fused_pattention(
     tau: torch.Tensor,
     norm: str,
     eps: float,
-    center: bool,
 ) -> list[torch.Tensor]:
-    """Run Pattentions sharing the input ``x`` through ``PattentionFunction`` (``center``: the
-    value gradient centred over each sequence's tokens).
+    """Run Pattentions sharing the input ``x`` through ``PattentionFunction``.
 
     Under autocast the inputs are cast once to the autocast dtype (what autocast does to a
     matmul) and the function runs with autocast off, so its saved tensors stay in that dtype.
@@ -200,5 +180,5 @@ def fused_pattention(
         keys = [k.to(dtype) for k in keys]
         values = [v.to(dtype) for v in values]
         with torch.autocast(device_type, enabled=False):
-            return list(PattentionFunction.apply(x, tau, norm, eps, center, *keys, *values))
-    return list(PattentionFunction.apply(x, tau, norm, eps, center, *keys, *values))
+            return list(PattentionFunction.apply(x, tau, norm, eps, *keys, *values))
+    return list(PattentionFunction.apply(x, tau, norm, eps, *keys, *values))

@@ -448,8 +448,7 @@ def grow_depth(
                 for layer in new.modules():
                     if isinstance(layer, Pattention):
                         layer.reset_parameters()
-                new.proj.value_tokens.zero_()
-                new.ffn.value_tokens.zero_()
+                new.zero_residual_branches()
             grown.append(new)
             for old, param in zip(block.parameters(), new.parameters(), strict=True):
                 if id(old) in group_of:

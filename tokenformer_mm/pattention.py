@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fused_pattention import fused_pattention
-from .theta import NORMS, accumulation_dtype, theta, value_scale
+from .theta import NORMS, theta, value_scale
 
 KINDS = ("qkv", "proj", "ffn")
 # How the key tokens start. Under l2_norm_gelu a layer's output ignores the keys' common scale,
@@ -41,38 +41,6 @@ KINDS = ("qkv", "proj", "ffn")
 # models learn far slower than a ViT (docs/benchmarks.md, "Initialisation").
 KEY_INITS = ("fan_in", "official")
 OFFICIAL_KEY_INIT_STD = 0.02
-# The gradient the value tokens get. Tokens with similar inputs share most of theta(s) (which is
-# positive on average), and the plain gradient of value row i, sum_t theta_ti g_t, then has a
-# common part, the shared theta_i times the summed output gradient, that AdamW turns into
-# same-signed ~lr steps on all n rows at once: the output the tokens share moves by
-# ~lr · sum_i |theta_i| a step, drowning what tells them apart (CLIP under open_clip's recipe
-# collapses to one embedding). "centered" centres theta over the tokens of each sequence in the
-# value gradient only (Schraudolph's centring of gradient factors): the forward function, the
-# other gradients and growth are unchanged, and the gradient stays a sum over sequences (DDP
-# and accumulation equal one big batch). "official" (the layer's default): the plain gradient.
-# The towers choose: the image and CLIP text towers centre, the language model does not (its
-# every position predicts, and centring cost it 0.19 nats/byte; docs/benchmarks.md).
-VALUE_GRADS = ("centered", "official")
-
-
-def check_value_grad(value_grad: str) -> str:
-    """``value_grad`` itself if it names one of ``VALUE_GRADS``; a ValueError listing them else."""
-    if value_grad not in VALUE_GRADS:
-        raise ValueError(
-            f"unknown Pattention value_grad {value_grad!r}; expected one of {VALUE_GRADS}"
-        )
-    return value_grad
-
-
-def set_value_grad(model: nn.Module, value_grad: str) -> int:
-    """Give every Pattention in ``model`` the value gradient ``value_grad`` (``VALUE_GRADS``),
-    for models built by code that passes no arguments (open_clip's timm image tower). Returns
-    how many layers were set. The outputs do not change, only the next backward."""
-    check_value_grad(value_grad)
-    layers = [m for m in model.modules() if isinstance(m, Pattention)]
-    for layer in layers:
-        layer.value_grad = value_grad
-    return len(layers)
 
 
 def key_init_std(key_init: str | float, in_features: int) -> float:
@@ -135,23 +103,6 @@ def wang_init_std(dim: int, depth: int) -> float:
     return 2.0 / (depth * math.sqrt(dim))
 
 
-def centre_value_grad(y: torch.Tensor, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``y = weights @ values`` again, its gradient wrt ``values`` now the centred one:
-    ``sum over sequences of (weights - mean)^T grad``, ``mean`` theta's mean over the tokens
-    (dim -2) of each sequence; a 1-D input is one token and keeps the plain gradient.
-
-    The added term is exactly zero; its gradient wrt ``values`` is ``-mean^T (the output
-    gradient summed over each sequence)``, none reaches ``weights`` (the mean is detached). It
-    costs 2 · n · d_out FLOPs per sequence forward and backward, under 1/(3 · tokens) of the
-    layer's.
-    """
-    if weights.dim() < 2:
-        return y
-    mean = weights.detach().mean(-2, keepdim=True, dtype=accumulation_dtype(weights.dtype))
-    zero = mean.to(values.dtype) @ (values.detach() - values)  # (..., 1, d_out)
-    return y + zero.to(y.dtype)
-
-
 def _check_in_features(x: torch.Tensor, in_features: int) -> None:
     if x.shape[-1] != in_features:
         raise ValueError(
@@ -182,8 +133,6 @@ class Pattention(nn.Module):
         key_init: how the key tokens start: ``"fan_in"`` N(0, 1/d_in), the default,
             ``"official"`` N(0, 0.02), the paper's, or a std. Values always start with the
             official "wang init".
-        value_grad: the value tokens' gradient (``VALUE_GRADS``): ``"official"`` (default), the
-            plain one, or ``"centered"``. The output is the same either way.
         fused: None (default) takes the fused path where it applies and pays off (inputs of at
             least ``FUSED_MIN_SCORES`` score elements); True wherever it applies; False never.
     """
@@ -201,7 +150,6 @@ class Pattention(nn.Module):
         kind: str = "proj",
         eps: float = 1e-5,
         key_init: str | float = "fan_in",
-        value_grad: str = "official",
         fused: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -219,7 +167,6 @@ class Pattention(nn.Module):
             raise ValueError(f"unknown Pattention norm {norm!r}; expected one of {NORMS}")
         if kind not in KINDS:
             raise ValueError(f"unknown Pattention kind {kind!r}; expected one of {KINDS}")
-        check_value_grad(value_grad)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Pattention dropout must be in [0, 1), got {dropout!r}")
         factory = {"device": device, "dtype": dtype}
@@ -228,7 +175,6 @@ class Pattention(nn.Module):
         self.norm = norm
         self.kind = kind
         self.eps = eps
-        self.value_grad = value_grad
         self.fused = fused
         self.key_init_std = key_init_std(key_init, in_features)
         self.value_init_std = wang_init_std(out_features, depth)
@@ -302,10 +248,7 @@ class Pattention(nn.Module):
         scale = value_scale(self.norm, self.tau)
         if scale is not None:
             values = values * scale.to(values.dtype)
-        y = weights @ values  # (..., d_out)
-        if self.value_grad == "centered" and values.requires_grad and torch.is_grad_enabled():
-            y = centre_value_grad(y, weights, values)
-        return y
+        return weights @ values  # (..., d_out)
 
     @torch.jit.unused
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
@@ -316,14 +259,12 @@ class Pattention(nn.Module):
             self.tau.view(1),
             self.norm,
             self.eps,
-            self.value_grad == "centered",
         )[0]
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"num_tokens={self.num_tokens}, norm={self.norm}, kind={self.kind}, "
-            f"value_grad={self.value_grad}, "
             f"tau={'meta' if self.tau.is_meta else format(self.tau.item(), '.4g')}"
         )
 
@@ -356,7 +297,7 @@ def pattention_group(layers: Sequence[Pattention], x: torch.Tensor) -> list[torc
     The group runs layer by layer instead whenever calling each layer could differ: a layer
     that is not a plain ``Pattention`` (a subclass overriding ``forward``, a wrapper), is off
     the fused path, has hooks (its own or global ones) that must see its call, or differs in
-    token count, norm, eps or value gradient (after an uneven growth); and under torch.fx
+    token count, norm or eps (after an uneven growth); and under torch.fx
     tracing (token counts are proxies then).
     """
     first = layers[0]
@@ -371,7 +312,6 @@ def pattention_group(layers: Sequence[Pattention], x: torch.Tensor) -> list[torc
             and layer.num_tokens == first.num_tokens
             and layer.norm == first.norm
             and layer.eps == first.eps
-            and layer.value_grad == first.value_grad
             and layer.in_features == first.in_features
             for layer in layers
         )
@@ -385,7 +325,6 @@ def pattention_group(layers: Sequence[Pattention], x: torch.Tensor) -> list[torc
                 torch.stack([layer.tau for layer in layers]),
                 first.norm,
                 first.eps,
-                first.value_grad == "centered",
             )
         )
     return [layer(x) for layer in layers]

@@ -53,10 +53,6 @@ class TokenformerViT(nn.Module):
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
         key_init: how the Pattention key tokens start: ``"fan_in"`` (default),
             ``"official"`` (the paper's N(0, 0.02)) or a std.
-        value_grad: the Pattention value gradient: ``"centered"`` (default: the towers of a CLIP
-            model trained without it can collapse to one embedding; classification is the same
-            within noise) or ``"official"`` (``tokenformer_mm.pattention.VALUE_GRADS``; the
-            output is the same either way).
         device, dtype: where and in which dtype parameters are created (timm's factory kwargs;
             ``device="meta"`` builds the structure without memory).
     """
@@ -82,7 +78,6 @@ class TokenformerViT(nn.Module):
         token_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         key_init: str | float = "fan_in",
-        value_grad: str = "centered",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -129,7 +124,6 @@ class TokenformerViT(nn.Module):
                         drop_path=drop_path[i],
                         depth=depth,
                         key_init=key_init,
-                        value_grad=value_grad,
                         **dd,
                     )
                     for i in range(depth)

@@ -2,8 +2,6 @@
 
 Each wrapper acts on Tokenformer models only and leaves every other model as open_clip builds
 it: the text-tower builder (a ``"tokenformer": true`` text config builds our encoder), the
-vision-tower builder (a ``"value_grad"`` in the vision config sets the value gradient of a
-Tokenformer image tower, to which open_clip's timm wrapper passes no model arguments), the
 preprocessing setter (our image mean/std, from the timm config, replace OpenAI's defaults; an
 explicit ``image_mean`` / ``image_std`` still wins) and the checkpoint converter (a checkpoint of
 a model that grew resizes the model's Pattention layers to its token counts, so
@@ -25,7 +23,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from ..growth import match_token_counts
-from ..pattention import Pattention, set_value_grad
+from ..pattention import Pattention
 from ..vision import TokenformerViT
 from .text_tower import TokenformerTextEncoder
 
@@ -43,24 +41,6 @@ def _text_tower_builder(build: Any) -> Any:
 
     build_text_tower.tokenformer = True
     return build_text_tower
-
-
-def _vision_tower_builder(build: Any) -> Any:
-    @functools.wraps(build)
-    def build_vision_tower(embed_dim: int, vision_cfg: Any, *args: Any, **kwargs: Any) -> nn.Module:
-        if not (isinstance(vision_cfg, dict) and "value_grad" in vision_cfg):
-            return build(embed_dim, vision_cfg, *args, **kwargs)
-        cfg = {k: v for k, v in vision_cfg.items() if k != "value_grad"}
-        visual = build(embed_dim, cfg, *args, **kwargs)
-        if not set_value_grad(visual, vision_cfg["value_grad"]):
-            raise ValueError(
-                f"vision_cfg value_grad={vision_cfg['value_grad']!r} needs a Tokenformer image "
-                f"tower (timm_model_name tokenformer_*), got {cfg.get('timm_model_name')!r}"
-            )
-        return visual
-
-    build_vision_tower.tokenformer = True
-    return build_vision_tower
 
 
 def _preprocess_setter(set_cfg: Any) -> Any:
@@ -98,10 +78,6 @@ def register() -> list[str]:
     """Register the Tokenformer CLIP configs with open_clip (idempotent); returns their names."""
     if not getattr(open_clip.model._build_text_tower, "tokenformer", False):
         open_clip.model._build_text_tower = _text_tower_builder(open_clip.model._build_text_tower)
-    if not getattr(open_clip.model._build_vision_tower, "tokenformer", False):
-        open_clip.model._build_vision_tower = _vision_tower_builder(
-            open_clip.model._build_vision_tower
-        )
     if not getattr(open_clip.factory.set_model_preprocess_cfg, "tokenformer", False):
         open_clip.factory.set_model_preprocess_cfg = _preprocess_setter(
             open_clip.factory.set_model_preprocess_cfg

@@ -17,9 +17,7 @@ class TokenformerTextEncoder(nn.Module):
     """A causal Tokenformer over CLIP tokens, pooled at the end-of-text token, projected.
 
     Implements open_clip's text-tower interface: ``forward(tokens) -> (B, embed_dim)``,
-    ``context_length``, ``vocab_size``, ``lock`` and ``set_grad_checkpointing``. Its value
-    gradients are centred by default (``value_grad``, ``pattention.VALUE_GRADS``): with the
-    plain ones a CLIP model's towers can collapse to one embedding.
+    ``context_length``, ``vocab_size``, ``lock`` and ``set_grad_checkpointing``.
     """
 
     def __init__(
@@ -33,7 +31,6 @@ class TokenformerTextEncoder(nn.Module):
         qkv_tokens: int = 512,
         ffn_tokens: int = 2048,
         rotary_pct: float = 0.25,
-        value_grad: str = "centered",
     ) -> None:
         super().__init__()
         self.context_length = context_length
@@ -47,7 +44,6 @@ class TokenformerTextEncoder(nn.Module):
                 causal=True,
                 rotary_pct=rotary_pct,
                 depth=layers,
-                value_grad=value_grad,
             )
             self.blocks = nn.ModuleList(
                 block(width, heads, qkv_tokens, qkv_tokens, ffn_tokens) for _ in range(layers)

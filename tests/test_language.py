@@ -497,3 +497,17 @@ def test_an_unknown_corpus_without_shards_names_the_embedded_ones():
     expected = r"data=books needs data.train_shards.*\['pydoc', 'stdlib'\]"
     with pytest.raises(ValueError, match=expected):
         build_task(cfg)
+
+
+def test_a_directory_saved_with_a_value_grad_setting_still_loads(tmp_path):
+    """Directories written while the value gradient was a setting record it; it never changed
+    what the model computes, so they load and compute what was saved."""
+    torch.manual_seed(0)
+    model = TokenformerLM(lm_config("tiny")).eval()
+    model.save_pretrained(tmp_path / "lm")
+    config = tmp_path / "lm" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "value_grad": "centered"}))
+    loaded = TokenformerLM.from_pretrained(tmp_path / "lm").eval()
+    tokens = torch.randint(0, model.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens)[0], model(tokens)[0])

@@ -113,3 +113,24 @@ def test_zero_residual_branches_make_the_block_the_identity_and_it_trains():
     block(x).pow(2).sum().backward()
     assert block.ffn.value_tokens.grad.abs().max() > 0  # the zero values move at the first step
     assert block.proj.value_tokens.grad.abs().max() > 0
+
+
+def test_layer_scale_scales_each_residual_branch_and_trains():
+    plain = causal_block()
+    scaled = causal_block(init_values=0.25)
+    missing, unexpected = scaled.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["ls1.gamma", "ls2.gamma"] and not unexpected
+    assert torch.equal(scaled.ls1.gamma, torch.full((32,), 0.25))
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        scaled.ls1.gamma.fill_(1.0)
+        scaled.ls2.gamma.fill_(1.0)
+    assert_equal_up_to_rounding(scaled(x), plain(x))  # gamma = 1 is the plain block
+    with torch.no_grad():  # the attention branch alone: FFN values zero, its gamma a quarter
+        plain.ffn.value_tokens.zero_()
+        scaled.ffn.value_tokens.zero_()
+        scaled.ls1.gamma.fill_(0.25)
+    attention_branch = plain(x) - x
+    torch.testing.assert_close(scaled(x), x + 0.25 * attention_branch)
+    scaled(x).pow(2).sum().backward()
+    assert scaled.ls1.gamma.grad.abs().max() > 0  # gamma trains

@@ -255,3 +255,20 @@ def test_a_grown_checkpoint_loads_through_timm_by_file(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_a_checkpoint_with_or_without_layer_scale_loads_only_into_its_own_kind(tmp_path):
+    """A checkpoint saved without LayerScale (the paper's block, or this library before it was
+    the default) is refused by the default model with the fix named, and loads as it was saved
+    into a model created with ``init_values=0``; and the other way round."""
+    x = torch.randn(2, 3, 64, 64)
+    for saved, other, fix in [(0, 0.1, "init_values=0 "), (0.1, 0, "init_values=0.1")]:
+        source = tiny(init_values=saved)
+        path = tmp_path / f"{saved}.safetensors"
+        safetensors.torch.save_file(source.state_dict(), path)
+        overlay = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        with pytest.raises(ValueError, match=fix):
+            tiny(init_values=other, **overlay)
+        assert torch.equal(tiny(init_values=saved, **overlay)(x), source(x))
+        with pytest.raises(RuntimeError, match="ls1.gamma"):  # timm's own strict loader
+            tiny(init_values=other, checkpoint_path=str(path))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, LayerScale
 from torch import nn
 
 from .pattention import Pattention, pattention_group
@@ -39,6 +39,8 @@ class TokenformerBlock(nn.Module):
         depth: number of blocks in the model, for the "wang init" of the value tokens.
         eps: epsilon of the non-parametric LayerNorms.
         key_init: how every Pattention's key tokens start (``pattention.KEY_INITS``).
+        init_values: LayerScale (CaiT; timm's ViT ``init_values``): each residual branch times a
+            learnable per-channel scale that starts at this value; 0 or None (default) for none.
         device, dtype: where and in which dtype the parameters are created.
 
     ``block(x)`` maps (B, T, dim) to (B, T, dim), so blocks compose in ``nn.Sequential``;
@@ -64,6 +66,7 @@ class TokenformerBlock(nn.Module):
         depth: int = 1,
         eps: float = 1e-5,
         key_init: str | float = "fan_in",
+        init_values: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -100,6 +103,12 @@ class TokenformerBlock(nn.Module):
         self.proj = pattention(dim, dim, proj_tokens, "proj")
         self.ln2 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
         self.ffn = pattention(dim, dim, ffn_tokens, "ffn")
+        self.ls1, self.ls2 = (
+            LayerScale(dim, init_values, device=device, dtype=dtype)
+            if init_values
+            else nn.Identity()
+            for _ in range(2)
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     @torch.no_grad()
@@ -172,8 +181,8 @@ class TokenformerBlock(nn.Module):
             dropout_p=self.attn_dropout if self.training else 0.0,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
-        x = x + self.drop_path(self.proj(y))
-        x = x + self.drop_path(self.ffn(self.ln2(x)))
+        x = x + self.drop_path(self.ls1(self.proj(y)))
+        x = x + self.drop_path(self.ls2(self.ffn(self.ln2(x))))
         return x, k, v
 
     @torch.jit.unused

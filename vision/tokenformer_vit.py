@@ -53,6 +53,11 @@ class TokenformerViT(nn.Module):
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
         key_init: how the Pattention key tokens start: ``"fan_in"`` (default),
             ``"official"`` (the paper's N(0, 0.02)) or a std.
+        init_values: LayerScale (CaiT; timm's ViT argument of the same name): each residual
+            branch times a learnable per-channel scale starting at this value. The default 0.1
+            departs from the paper (which has none): under timm's recipes with a short
+            warm-up the paper's model can stay near chance where a ViT learns, and with it
+            it does not (README, "Recipes"). 0 gives the paper's block (timm drops None kwargs).
         device, dtype: where and in which dtype parameters are created (timm's factory kwargs;
             ``device="meta"`` builds the structure without memory).
     """
@@ -78,6 +83,7 @@ class TokenformerViT(nn.Module):
         token_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         key_init: str | float = "fan_in",
+        init_values: float | None = 0.1,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -124,6 +130,7 @@ class TokenformerViT(nn.Module):
                         drop_path=drop_path[i],
                         depth=depth,
                         key_init=key_init,
+                        init_values=init_values,
                         **dd,
                     )
                     for i in range(depth)
@@ -346,6 +353,7 @@ def checkpoint_filter_fn(
             continue
         out[key] = value
     _check_depth(out, model)
+    _check_layer_scale(out, model)
     resized = match_token_counts(model, out)
     if resized:
         logger.info("resized %d Pattention layers to the checkpoint's token counts", resized)
@@ -370,6 +378,23 @@ def _new_head(checkpoint_classes: int, model: TokenformerViT) -> bool:
             f"head whose class count is not the pretrained config's ({default}): pass {fix}"
         )
     return checkpoint_classes != model.num_classes
+
+
+def _check_layer_scale(state_dict: dict[str, torch.Tensor], model: TokenformerViT) -> None:
+    """LayerScale or not is part of the function: a checkpoint of the other kind cannot load."""
+    saved = {k for k in state_dict if k.startswith("blocks.") and ".ls" in k}
+    has = {k for k in model.state_dict() if k.startswith("blocks.") and ".ls" in k}
+    if not any(k.startswith("blocks.") for k in state_dict) or bool(saved) == bool(has):
+        return
+    if saved:
+        gamma = next(state_dict[k] for k in sorted(saved))
+        fix = f"init_values={float(gamma.flatten()[0]):g} (any value: the checkpoint sets them)"
+    else:
+        fix = "init_values=0 (the paper's block, the default before LayerScale)"
+    raise ValueError(
+        f"the checkpoint's blocks {'have' if saved else 'have no'} LayerScale (ls1/ls2.gamma), "
+        f"the model's {'have' if has else 'have none'}: create the model with {fix}"
+    )
 
 
 def _check_depth(state_dict: dict[str, torch.Tensor], model: TokenformerViT) -> None:

@@ -19,6 +19,7 @@ reproduced. On a CUDA machine the same commands measure GPU figures.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import math
 import os
@@ -1240,7 +1241,10 @@ def bench_clip_train(args: argparse.Namespace) -> None:
                     key, equals, value = setting.partition("=")
                     if not equals:
                         raise ValueError(f"variant {variant!r}: {setting!r} is not key=value")
-                    cfg["text_cfg"][key] = value
+                    try:  # numbers and None as numbers, other text as text
+                        cfg["text_cfg"][key] = ast.literal_eval(value)
+                    except (ValueError, SyntaxError):
+                        cfg["text_cfg"][key] = value
             else:
                 args.variant_models[variant] = variant
                 continue

@@ -173,13 +173,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=DOCS / "robustness_vision.png")
     parser.add_argument("--report", type=Path, default=REPORT)
     parser.add_argument("--no-report", action="store_true", help="run only; no table or plot")
+    parser.add_argument(
+        "--report-only", action="store_true", help="no runs: the table and plot of what is done"
+    )
     args = parser.parse_args(argv)
-    if not args.train_py.is_file():
+    if not args.report_only and not args.train_py.is_file():
         raise SystemExit(
             f"no timm train.py at {args.train_py}: pass --train-py, the train.py of a "
             "pytorch-image-models checkout"
         )
-    run_grid(args)
+    if not args.report_only:
+        run_grid(args)
     if args.no_report:
         return
     wanted = {key(run) for run in grid(args)}

@@ -270,5 +270,5 @@ def test_a_checkpoint_with_or_without_layer_scale_loads_only_into_its_own_kind(t
         with pytest.raises(ValueError, match=fix):
             tiny(init_values=other, **overlay)
         assert torch.equal(tiny(init_values=saved, **overlay)(x), source(x))
-        with pytest.raises(RuntimeError, match="ls1.gamma"):  # timm's own strict loader
+        with pytest.raises(RuntimeError, match=r"ls1\.gamma"):  # timm's own strict loader
             tiny(init_values=other, checkpoint_path=str(path))

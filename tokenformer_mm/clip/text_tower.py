@@ -17,7 +17,8 @@ class TokenformerTextEncoder(nn.Module):
     """A causal Tokenformer over CLIP tokens, pooled at the end-of-text token, projected.
 
     Implements open_clip's text-tower interface: ``forward(tokens) -> (B, embed_dim)``,
-    ``context_length``, ``vocab_size``, ``lock`` and ``set_grad_checkpointing``.
+    ``context_length``, ``vocab_size``, ``lock`` and ``set_grad_checkpointing``. Its blocks
+    carry LayerScale (``init_values``, 0 or None for none) by default, as the image tower's do.
     """
 
     def __init__(
@@ -31,6 +32,7 @@ class TokenformerTextEncoder(nn.Module):
         qkv_tokens: int = 512,
         ffn_tokens: int = 2048,
         rotary_pct: float = 0.25,
+        init_values: float | None = 0.1,
     ) -> None:
         super().__init__()
         self.context_length = context_length
@@ -44,6 +46,7 @@ class TokenformerTextEncoder(nn.Module):
                 causal=True,
                 rotary_pct=rotary_pct,
                 depth=layers,
+                init_values=init_values,
             )
             self.blocks = nn.ModuleList(
                 block(width, heads, qkv_tokens, qkv_tokens, ffn_tokens) for _ in range(layers)

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             ]  # fmt: skip
             table.append(
                 {"model": label, "steps at full lr": after,
-                 "FFN branch RMS": f"{np.mean([float(r['rms']) for r in mine]):.2f}",
+                 "FFN output RMS": f"{np.mean([float(r['rms']) for r in mine]):.2f}",
                  "FFN shared fraction": f"{np.mean([float(r['shared']) for r in mine]):.2f}",
                  "max over blocks": f"{max(float(r['shared']) for r in mine):.2f}"}
             )  # fmt: skip
@@ -142,9 +142,11 @@ def main(argv: list[str] | None = None) -> None:
         table,
         notes=(
             f"The digits, AdamW, batch 32, {args.warmup_steps} steps at lr 1e-5 then lr "
-            f"{args.lr:g}; mean over the blocks' FFN branches and seeds {args.seeds}. The "
-            "residual stream's own RMS is ~0.7 (the patch embedding). Every branch and the "
-            f"attention projections: `{args.csv.name}`."
+            f"{args.lr:g}; mean over the blocks' FFN outputs and seeds {args.seeds}. The output "
+            "is the FFN Pattention's (the timm ViT's MLP's), before LayerScale: a LayerScale "
+            "block adds gamma (0.1 at the start) times it. The residual stream's own RMS is "
+            f"~0.7 (the patch embedding). Every branch and the attention projections: "
+            f"`{args.csv.name}`."
         ),
         report=args.report,
     )

@@ -1209,6 +1209,21 @@ def clip_train_command(args: argparse.Namespace, variant: str, seed: int, out: P
     return [*command, "--name", "run", *shlex.split(args.train_args)]
 
 
+def variant_settings(variant: str, settings: list[str]) -> dict[str, object]:
+    """A variant's ``key=value`` settings as keyword arguments, parsed as timm's --model-kwargs
+    parses them: Python literals (numbers, None) as such, other text as text."""
+    parsed: dict[str, object] = {}
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals:
+            raise ValueError(f"variant {variant!r}: {setting!r} is not key=value")
+        try:
+            parsed[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed[key] = value
+    return parsed
+
+
 def open_clip_config(name: str) -> dict:
     """A registered open_clip model config (ours included), as a dict to edit."""
     import open_clip
@@ -1237,14 +1252,7 @@ def bench_clip_train(args: argparse.Namespace) -> None:
             elif settings:  # "key=value" in the text tower's config (open_clip passes no
                 # arguments to a timm image tower: its settings are the timm model's defaults)
                 cfg = open_clip_config(name)
-                for setting in settings:
-                    key, equals, value = setting.partition("=")
-                    if not equals:
-                        raise ValueError(f"variant {variant!r}: {setting!r} is not key=value")
-                    try:  # numbers and None as numbers, other text as text
-                        cfg["text_cfg"][key] = ast.literal_eval(value)
-                    except (ValueError, SyntaxError):
-                        cfg["text_cfg"][key] = value
+                cfg["text_cfg"].update(variant_settings(variant, settings))
             else:
                 args.variant_models[variant] = variant
                 continue

@@ -13,7 +13,6 @@ all tokens). Raw rows go to ``--csv``, a table of the FFN branches to docs/bench
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from bench import MATCHED_VIT_MICRO, REPORT, record
+from bench import MATCHED_VIT_MICRO, REPORT, record, variant_settings
 
 import tokenformer_mm.vision  # noqa: F401  (registers the models with timm)
 
@@ -34,15 +33,8 @@ MODELS = {
 
 
 def build(variant: str) -> torch.nn.Module:
-    name, *kwargs = variant.split()
-    parsed = {}
-    for item in kwargs:
-        key, value = item.split("=")
-        try:
-            parsed[key] = ast.literal_eval(value)  # as timm's --model-kwargs parses them
-        except (ValueError, SyntaxError):
-            parsed[key] = value
-    return timm.create_model(name, num_classes=10, **parsed)
+    name, *settings = variant.split()
+    return timm.create_model(name, num_classes=10, **variant_settings(variant, settings))
 
 
 def branches(model: torch.nn.Module) -> dict[str, torch.nn.Module]:

@@ -107,3 +107,37 @@ def test_timm_grid_summary_counts_dead_starts_and_plots_each_cell(tmp_path):
     assert cells[("0.004", "tf")]["dead starts"] == 1  # 30.0 is not below 30
     bench_timm_grid.plot(rows, tmp_path / "grid.png", dead_below=30.0)
     assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+def test_lm_grid_trains_both_models_through_the_engine_and_counts_dead_starts(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_lm_grid
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    tiny = ["model.name=tiny", "train.steps=4", "train.eval_every=2", "train.batch_size=2"]
+    tiny += ["data.seq_len=32", "optim.warmup_steps=2", "train.log_every=2"]
+    results = {
+        model: bench_lm_grid.train_one(model, 3e-3, 0, tmp_path / model, tiny)
+        for model in bench_lm_grid.MODELS
+    }
+    for model, result in results.items():
+        losses = result["val_loss_per_eval"]
+        assert len(losses) == 2, model  # steps 2 and 4
+        # 4 steps from the start: about ln(vocab) nats per byte, far above the unigram entropy
+        assert all(4.0 < loss < 7.5 for loss in losses), (model, losses)
+        assert (tmp_path / model / "checkpoints").is_dir()  # trained by the engine's Trainer
+    unigram = results["gpt"]["unigram"]
+    assert unigram == results["tokenformer"]["unigram"]  # one validation set
+    assert 3.0 < unigram < 5.0  # English bytes: ~4.5 bits = 3.1 nats, well under ln 256
+    rows = [
+        {"model": model, "lr": "0.003", "seed": str(seed), "final": str(final),
+         "unigram": str(unigram)}
+        for model, finals in (("tokenformer", (1.5, unigram + 0.1)), ("gpt", (2.0, 2.1)))
+        for seed, final in enumerate(finals)
+    ]  # fmt: skip
+    table = {row["model"]: row for row in bench_lm_grid.summarise(rows)}
+    assert table["Tokenformer LM"]["dead starts"] == 1
+    assert table[bench_lm_grid.LABELS["gpt"]]["dead starts"] == 0
+    bench_lm_grid.plot(rows, tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 1000

@@ -1,0 +1,220 @@
+"""Robustness through the engine: the Tokenformer LM vs the matched GPT over an lr grid.
+
+    python scripts/bench_lm_grid.py --lrs 1e-3 3e-3 1e-2 --seeds 0 1 2 3 4
+
+Every (model, lr, seed) is one run of the language main job (``configs/language.yaml``: the
+CPython help texts as bytes, AdamW, warm-up then cosine, clipping 1.0) through the engine's
+``Trainer``, with only ``optim.lr`` and ``seed`` changed; the matched GPT is the nanoGPT-style
+model of equal FLOPs and parameters from ``bench.py``, trained by the same Trainer on the same
+batches. A run ending with validation loss above the unigram entropy of the validation tokens
+(what a model that ignores context reaches) is a dead start. Each finished run is appended to
+``--csv`` at once, so a stopped grid resumes; the summary goes to docs/benchmarks.md and a plot
+to ``--plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from bench import GPT, MATCHED_MLP_RATIO, REPORT, record, run_in_parallel
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+MODELS = ("tokenformer", "gpt")
+LABELS = {"tokenformer": "Tokenformer LM", "gpt": f"matched GPT (mlp_ratio {MATCHED_MLP_RATIO:g})"}
+FIELDS = ["model", "lr", "seed", "final", "unigram", "val_loss_per_eval", "seconds"]
+
+
+def language_config(overrides: list[str]):
+    """configs/language.yaml composed as scripts/train.py composes it, with ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    from tokenformer_mm.train import register_schemas
+
+    register_schemas()
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose("language", overrides=overrides)
+
+
+def unigram_entropy(task) -> float:
+    """Nats per token of the validation targets under their own unigram frequencies."""
+    from tokenformer_mm.language.model import IGNORE_INDEX
+    from tokenformer_mm.language.task import block_targets
+
+    counts: Counter[int] = Counter()
+    for batch in task.eval_loader():
+        targets = block_targets(batch)[1]
+        counts.update(targets[targets != IGNORE_INDEX].tolist())
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+def train_one(
+    model: str, lr: float, seed: int, run_dir: Path, extra: list[str]
+) -> dict[str, object]:
+    """One engine run (``extra``: more config overrides); its validation losses and the
+    unigram entropy."""
+    from tokenformer_mm.train import Trainer, build_task
+
+    cfg = language_config([f"optim.lr={lr}", f"seed={seed}", f"run_dir={run_dir}", *extra])
+    task = build_task(cfg)
+    if model == "gpt":
+        c = task.config
+        task.build_model = lambda: GPT(
+            c.vocab_size, c.context_length, c.dim, c.depth, c.num_heads, MATCHED_MLP_RATIO
+        )
+    summary = Trainer(cfg, task, run_dir).fit()
+    with open(summary["metrics_csv"]) as f:
+        losses = [float(row["val/loss"]) for row in csv.DictReader(f)]
+    return {"val_loss_per_eval": losses, "unigram": unigram_entropy(task)}
+
+
+def grid(args: argparse.Namespace) -> list[dict[str, object]]:
+    return [
+        {"model": m, "lr": lr, "seed": s}
+        for lr, s, m in itertools.product(args.lrs, args.seeds, args.models)
+    ]
+
+
+def key(run: dict[str, object]) -> tuple[str, ...]:
+    return (str(run["model"]), f"{float(run['lr']):g}", str(run["seed"]))
+
+
+def read_done(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def run_grid(args: argparse.Namespace) -> None:
+    """Run what ``args.csv`` does not hold yet, ``args.jobs`` engine runs at a time."""
+    done = {key(row) for row in read_done(args.csv)}
+    pending = [run for run in grid(args) if key(run) not in done]
+    new_file = not args.csv.is_file()
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, args.csv.open("a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if new_file:
+            writer.writeheader()
+        for start in range(0, len(pending), args.jobs):
+            batch = pending[start : start + args.jobs]
+            outs = [Path(tmp) / f"run{start + i}" for i in range(len(batch))]
+            commands = [
+                [sys.executable, __file__, "--worker", json.dumps(run), str(out)]
+                for run, out in zip(batch, outs, strict=True)
+            ]
+            logs = [out.with_suffix(".log") for out in outs]
+            desc = f"runs {start + 1}-{start + len(batch)} of {len(pending)}"
+            seconds = run_in_parallel(commands, logs, args.jobs, desc)
+            for run, out, sec in zip(batch, outs, seconds, strict=True):
+                result = json.loads((out / "result.json").read_text())
+                losses = result["val_loss_per_eval"]
+                writer.writerow(
+                    {**run, "final": f"{losses[-1]:.4f}", "unigram": f"{result['unigram']:.4f}",
+                     "val_loss_per_eval": " ".join(f"{v:.3f}" for v in losses),
+                     "seconds": f"{sec:.0f}"}
+                )  # fmt: skip
+            f.flush()
+
+
+def summarise(rows: list[dict[str, str]]) -> list[dict[str, object]]:
+    """One row per (lr, model): mean, std, min, max of the final loss and the dead starts."""
+    cells: dict[tuple[float, str], list[dict[str, str]]] = {}
+    for row in rows:
+        cells.setdefault((float(row["lr"]), row["model"]), []).append(row)
+    table = []
+    for (lr, model), runs in sorted(cells.items(), key=lambda c: (c[0][0], MODELS.index(c[0][1]))):
+        finals = [float(r["final"]) for r in runs]
+        dead = sum(float(r["final"]) > float(r["unigram"]) for r in runs)
+        table.append(
+            {"lr": f"{lr:g}", "model": LABELS[model], "seeds": len(runs),
+             "mean val loss": f"{np.mean(finals):.3f}", "std": f"{np.std(finals):.3f}",
+             "min": f"{min(finals):.3f}", "max": f"{max(finals):.3f}", "dead starts": dead,
+             "unigram entropy": f"{float(runs[0]['unigram']):.3f}"}
+        )  # fmt: skip
+    return table
+
+
+def plot(rows: list[dict[str, str]], path: Path) -> None:
+    """Final validation loss of every seed against lr, per model, with the unigram line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    lrs = sorted({float(r["lr"]) for r in rows})
+    for i, model in enumerate(m for m in MODELS if any(r["model"] == m for r in rows)):
+        mine = [r for r in rows if r["model"] == model]
+        offset = (i - 0.5) * 0.08
+        xs = [math.log2(float(r["lr"])) + offset for r in mine]
+        ax.scatter(xs, [float(r["final"]) for r in mine], s=14, alpha=0.7, color=f"C{i}",
+                   label=LABELS[model])  # fmt: skip
+        means = [np.mean([float(r["final"]) for r in mine if float(r["lr"]) == lr]) for lr in lrs]
+        ax.plot(np.log2(lrs) + offset, means, color=f"C{i}")
+    ax.axhline(float(rows[0]["unigram"]), color="grey", linestyle=":", linewidth=1,
+               label="unigram entropy (dead start above)")  # fmt: skip
+    ax.set_xticks(np.log2(lrs), [f"{lr:g}" for lr in lrs])
+    ax.set_xlabel("lr")
+    ax.set_ylabel("final validation loss (nats/byte)")
+    ax.set_title("language main job through the engine", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:  # one run, in its own process: python bench_lm_grid.py --worker
+        run, out = json.loads(argv[1]), Path(argv[2])
+        result = train_one(run["model"], float(run["lr"]), int(run["seed"]), out, argv[3:])
+        (out / "result.json").write_text(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--csv", type=Path, default=DOCS / "robustness_language.csv")
+    parser.add_argument("--plot", type=Path, default=DOCS / "robustness_language.png")
+    parser.add_argument("--report", type=Path, default=REPORT)
+    parser.add_argument(
+        "--report-only", action="store_true", help="no runs: the table and plot of what is done"
+    )
+    args = parser.parse_args(argv)
+    if not args.report_only:
+        run_grid(args)
+    wanted = {key(run) for run in grid(args)}
+    rows = [row for row in read_done(args.csv) if key(row) in wanted]
+    plot(rows, args.plot)
+    cfg = language_config([])
+    o, t = cfg.optim, cfg.train
+    record(
+        "Robustness through the engine: the Tokenformer LM vs the matched GPT",
+        summarise(rows),
+        notes=(
+            "`python scripts/train.py --config-name language` composed in-process with only "
+            "`optim.lr` and `seed` changed, through the engine's Trainer: the CPython help texts "
+            f"as bytes, `lm_{cfg.model.name}` and the nanoGPT-style GPT of equal FLOPs and "
+            f"parameters, batch {t.batch_size} x {cfg.data.seq_len}, {t.steps} steps, "
+            f"{o.warmup_steps} warm-up steps then {o.schedule}, AdamW betas {tuple(o.betas)}, "
+            f"weight decay {o.weight_decay}, clipping {o.grad_clip}. Final validation nats per "
+            "byte, std over seeds; a dead start ends above the unigram entropy of the validation "
+            f"bytes. Every run: `{args.csv.name}`; plot: `{args.plot.name}`."
+        ),
+        report=args.report,
+    )
+
+
+if __name__ == "__main__":
+    main()

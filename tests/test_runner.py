@@ -57,3 +57,17 @@ def test_bad_invocations_say_what_to_pass(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         main([])
     assert usage.value.code == 2 and "usage: python -m tokenformer_mm" in capsys.readouterr().out
+
+
+def test_an_unclipped_tokenformer_clip_run_under_open_clips_trainer_is_warned(caplog):
+    """open_clip's trainer does not clip by default; the entry point says what to add."""
+    from tokenformer_mm.__main__ import warn_unclipped_clip
+
+    base = ["-m", "open_clip_train.main", "--model", "TokenformerCLIP-micro", "--lr", "2e-3"]
+    with caplog.at_level("WARNING", logger="tokenformer_mm"):
+        warn_unclipped_clip(base)
+        warn_unclipped_clip([*base, "--grad-clip-norm", "1.0"])
+        warn_unclipped_clip(["-m", "open_clip_train.main", "--model=ViT-B-32"])
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "TokenformerCLIP-micro" in warnings[0]
+    assert "Add --grad-clip-norm 1.0" in warnings[0]

@@ -1108,6 +1108,7 @@ def first_update_of_new_rows(
     ``seeded`` True: the growth utility's moment seeding; False: zero moments (its hook removed,
     the kick issue 14 measured); None: a fresh AdamW over the grown model (the reference)."""
     from tokenformer_mm import Pattention, grow_model
+    from tokenformer_mm.growth.optimizer import NEW_ROWS
     from tokenformer_mm.language import TokenformerLM, lm_config
 
     torch.manual_seed(args.seed)
@@ -1129,8 +1130,9 @@ def first_update_of_new_rows(
     grow_model(model, factor=2, optimizer=None if seeded is None else optimizer)
     if seeded is None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, beta2))
-    elif not seeded:
-        optimizer._tokenformer_seed_hook.remove()
+    elif not seeded:  # zero moments: drop the seeding growth put in the optimizer's state
+        for state in optimizer.state.values():
+            state.pop(NEW_ROWS, None)
     layers = [m for m in model.modules() if isinstance(m, Pattention)]
     before = [m.key_tokens.detach()[m.num_tokens // 2 :].clone() for m in layers]
     adam_step(optimizer, batch())

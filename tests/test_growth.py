@@ -5,6 +5,8 @@ import torch
 from torch import nn
 
 from tokenformer_mm import GrowthReport, Pattention, grow_model, grow_optimizer_state, load_grown
+from tokenformer_mm.growth import seed_new_rows
+from tokenformer_mm.growth.optimizer import NEW_ROWS
 
 from .conftest import assert_equal_up_to_rounding, assert_same_function, block_stack
 
@@ -197,8 +199,8 @@ def test_optimizer_state_grows_and_old_moments_continue():
 
     layer = model[0].ffn
     moments = {k: v.clone() for k, v in optimizer.state[layer.key_tokens].items()}
-    grow_model(model, factor=2)
-    assert grow_optimizer_state(optimizer) == 2 * 5 * 2 * 2  # layers x tensors x moments
+    report = grow_model(model, factor=2)
+    assert grow_optimizer_state(optimizer, report) == 2 * 5 * 2 * 2  # layers x tensors x moments
     state = optimizer.state[layer.key_tokens]
     for key in ("exp_avg", "exp_avg_sq"):
         assert state[key].shape == layer.key_tokens.shape
@@ -235,8 +237,33 @@ def test_new_rows_first_update_is_no_larger_than_a_fresh_adamws():
     assert moved.max() <= lr * (1 + 1e-5)
     old_rows = [(m.key_tokens[:old] - keys[:old]).abs().max() for m, (keys, old) in pairs]
     assert max(old_rows) > 0.5 * lr  # the old rows keep their full AdamW steps
-    # The seeding hook ran once and is gone: the next steps are plain AdamW steps.
-    assert not optimizer._tokenformer_pending_rows and not optimizer._optimizer_step_pre_hooks
+    # The seeding ran once and is gone: the next steps are plain AdamW steps.
+    assert not any(NEW_ROWS in state for state in optimizer.state.values())
+    assert not optimizer._optimizer_step_pre_hooks
+
+
+def test_new_row_seeding_is_optimizer_state_that_a_checkpoint_carries():
+    """Saved between growth and the next step, an optimizer resumes into the same update: the
+    rows still to seed are in its ``state_dict``, and ``seed_new_rows`` applies them."""
+    x, target = regression_task(n=16)
+    model = block_stack(depth=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        adam_step(model, optimizer, x, target)
+    grow_model(model, factor=2, optimizer=optimizer)
+    saved = copy.deepcopy(optimizer.state_dict())
+    assert {state[NEW_ROWS] for state in saved["state"].values() if NEW_ROWS in state} == {64, 16}
+    twin = copy.deepcopy(model)
+    twin_optimizer = torch.optim.AdamW(twin.parameters(), lr=1e-3)
+    twin_optimizer.load_state_dict(saved)  # no hook: what a resumed run has
+    adam_step(model, optimizer, x, target)
+    twin_optimizer.zero_grad()
+    nn.functional.mse_loss(twin(x), target).backward()
+    assert seed_new_rows(twin_optimizer) == 0
+    twin_optimizer.step()
+    for mine, theirs in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert not any(NEW_ROWS in state for state in twin_optimizer.state.values())
 
 
 @pytest.mark.parametrize("pass_optimizer", [True, False])
@@ -290,9 +317,10 @@ def test_an_optimizer_told_later_follows_the_grown_parameters():
     x, target = regression_task(n=4)
     adam_step(model, optimizer, x, target)
     norms_and_others = [p for n, p in model.named_parameters() if "ffn" not in n]
-    grow_model(model, factor=2, kinds=["ffn"])
-    grow_model(model, factor=2, kinds=["ffn"])
-    assert grow_optimizer_state(optimizer) == 2 * 2  # ffn keys and values x two moments
+    first = grow_model(model, factor=2, kinds=["ffn"])
+    second = grow_model(model, factor=2, kinds=["ffn"])
+    # ffn keys and values x two moments
+    assert grow_optimizer_state(optimizer, first, second) == 2 * 2
     assert [id(p) for g in optimizer.param_groups for p in g["params"]] == [
         id(p) for p in model.parameters()
     ]
@@ -441,9 +469,9 @@ def _count(model):
 
 
 def _block_list(model):
-    from tokenformer_mm.growth import _block_container
+    from tokenformer_mm.growth import block_container
 
-    return _block_container(model)[1]
+    return block_container(model)[1]
 
 
 @pytest.mark.parametrize("norm", GELU_NORMS)

@@ -36,6 +36,10 @@ MODEL_CORE = {
         "growth",
         "initialization",
     )
+} | {
+    f"tokenformer_mm.growth.{path.stem}"
+    for path in (ROOT / "tokenformer_mm" / "growth").glob("*.py")
+    if path.stem != "__init__"
 }
 
 

@@ -38,6 +38,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from ..distributed import barrier, rank_and_world_size
 from ..growth import load_resized
+from ..growth.optimizer import NEW_ROWS, restore_new_rows, split_new_rows
 
 logger = logging.getLogger(__name__)
 
@@ -246,14 +247,21 @@ def load_sharded(
 ) -> None:
     """Load a sharded checkpoint's model and optimizer state into ``model`` (sharded or not, on
     any number of ranks: DCP re-slices) and ``optimizer``; the model already has its sizes."""
+    folder = str(Path(checkpoint) / SHARDED_DIR)
     model_state, optimizer_state = get_state_dict(model, optimizer)
+    saved = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
+    for name, entry in optimizer_state["state"].items():  # growth's seeding, where saved
+        if f"optimizer.state.{name}.{NEW_ROWS}" in saved:
+            entry[NEW_ROWS] = 0
     both = {"model": model_state, "optimizer": optimizer_state}
     with _one_process_quietly():
         no_dist = not torch.distributed.is_initialized()
-        dcp.load(both, checkpoint_id=str(Path(checkpoint) / SHARDED_DIR), no_dist=no_dist)
+        dcp.load(both, checkpoint_id=folder, no_dist=no_dist)
+    rows = split_new_rows(both["optimizer"])
     set_state_dict(
         model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optimizer"]
     )
+    restore_new_rows(model, optimizer, rows)
 
 
 def export(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:

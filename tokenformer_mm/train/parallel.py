@@ -27,6 +27,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from ..growth import block_containers
+from ..growth.optimizer import restore_new_rows, split_new_rows
 
 _FULL = StateDictOptions(full_state_dict=True)
 
@@ -109,9 +110,11 @@ def load_full_optimizer_state(
     A parameter the state has nothing for starts fresh, as in a plain optimizer: the loader
     would otherwise give it the zero state of its own initialising step (``step`` 1), and its
     first update would not be a fresh AdamW's."""
+    rows = split_new_rows(state)
     set_optimizer_state_dict(
         model, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False)
     )
     for name, param in model.named_parameters():
         if name not in state["state"]:
             optimizer.state.pop(param, None)
+    restore_new_rows(model, optimizer, rows)

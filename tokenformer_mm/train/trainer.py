@@ -26,16 +26,14 @@ from tqdm import tqdm
 from ..distributed import all_gather_objects, mean_over_ranks, setup_distributed
 from ..flops import training_flops
 from ..growth import (
-    deepened_state_dict,
     grow_model,
+    grown_companion_state,
     load_grown,
     load_resized,
     match_depth,
     match_token_counts,
-    pending_new_rows,
-    seed_new_rows_at_next_step,
+    seed_new_rows,
 )
-from ..initialization import seeded_rng
 from ..pattention import KINDS
 from . import checkpoint, parallel
 from .batches import EpochBatches, data_report, to_device
@@ -192,6 +190,7 @@ class Trainer:
         grad_norm = parallel.local_value(
             nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
         )
+        seed_new_rows(self.optimizer)  # rows a growth appended: their state, however it came
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -225,8 +224,7 @@ class Trainer:
             self._reshard(optimizer)
         self.train_module = self._wrap()  # DDP's buckets were sized for the old parameters
         if ema_state is not None:
-            with seeded_rng(seed + 1):
-                self.ema.module = self._grown_ema(ema_state, depth)
+            self.ema.module = self._grown_ema(ema_state, depth)
         after = self._evaluate(self._eval_model(ema=False))
         record = {"step": self.step, "factor": factor, "depth": depth, **_report_fields(report)}
         record.update(val_before=before, val_after=after)
@@ -236,22 +234,19 @@ class Trainer:
         return record
 
     def _gathered(self) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """FSDP2: an unsharded copy of the model and its optimizer (full state, and the new rows
-        still waiting for their seeding if the model grew since the last step), on every rank."""
-        pending = _pending_by_name(self.model, self.optimizer)
+        """FSDP2: an unsharded copy of the model and its optimizer (full state, new rows still
+        waiting for their seeding included), on every rank."""
         optimizer_state = parallel.full_optimizer_state(self.model, self.optimizer)
         model = self._empty_model()
         load_resized(model, parallel.full_model_state(self.model))
         optimizer, _ = build_optimizer(model, self.cfg.optim, self.cfg.train.steps)
         parallel.load_full_optimizer_state(model, optimizer, optimizer_state)
-        _seed_pending(model, optimizer, pending)
         return model, optimizer
 
     def _reshard(self, full_optimizer: torch.optim.Optimizer) -> None:
         """FSDP2 after growth: shard the grown ``self.model``, and give it an optimizer holding
-        ``full_optimizer``'s state, its pending new-row seeding and this run's schedule position.
+        ``full_optimizer``'s state and this run's schedule position.
         """
-        pending = _pending_by_name(self.model, full_optimizer)
         optimizer_state = parallel.full_optimizer_state(self.model, full_optimizer)
         schedule = self.scheduler.state_dict()
         parallel.shard(self.model, self.device, self.world_size)
@@ -260,7 +255,6 @@ class Trainer:
         )
         parallel.load_full_optimizer_state(self.model, self.optimizer, optimizer_state)
         self._continue_schedule(schedule)
-        _seed_pending(self.model, self.optimizer, pending)
 
     def _empty_model(self) -> nn.Module:
         """A new model from the task at its initial size, allocated on the device but not
@@ -283,14 +277,12 @@ class Trainer:
         return replica
 
     def _grown_ema(self, ema_state: dict[str, torch.Tensor], depth: int) -> nn.Module:
-        """The EMA after growth: its averages where the old model had parameters, the live
-        model's new parts elsewhere (new token rows as ``growth.init`` says, as in a warm start).
-        """
+        """The EMA after growth: its averages where the old model had parameters, the grown
+        model's own values for the new parts (the average of a parameter that just appeared)."""
         ema = copy.deepcopy(self.model)
-        growth = self.cfg.growth
-        if depth > 1:
-            ema_state = deepened_state_dict(ema, ema_state, depth, growth.depth_init)
-        load_grown(ema, ema_state, growth.init, growth.perturbation)
+        ema.load_state_dict(
+            grown_companion_state(ema, ema_state, depth, self.cfg.growth.depth_init)
+        )
         return ema
 
     # --- evaluation and checkpoints ---------------------------------------------------------
@@ -503,19 +495,6 @@ class Trainer:
         if not self.cfg.train.compile:
             return module
         return torch.compile(module, backend=self.cfg.train.compile_backend)
-
-
-def _pending_by_name(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """The new rows ``optimizer`` has still to seed, by parameter name (for a rebuilt one)."""
-    names = {param: name for name, param in model.named_parameters()}
-    return {names[param]: row for param, row in pending_new_rows(optimizer).items()}
-
-
-def _seed_pending(model: nn.Module, optimizer: torch.optim.Optimizer, rows: dict[str, int]) -> None:
-    """Give a rebuilt optimizer the new-row seeding ``_pending_by_name`` read off the old one."""
-    if rows:
-        params = dict(model.named_parameters())
-        seed_new_rows_at_next_step(optimizer, {params[name]: row for name, row in rows.items()})
 
 
 def _use_bf16(precision: str, device: torch.device) -> bool:

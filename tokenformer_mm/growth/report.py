@@ -1,0 +1,56 @@
+"""What a growth changed: the layers that grew, the parameter counts, the Parameters replaced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GrownLayer:
+    """One Pattention layer that grew."""
+
+    name: str
+    kind: str
+    old_tokens: int
+    new_tokens: int
+    added_params: int
+
+
+@dataclass
+class GrowthReport:
+    """What ``grow_model`` / ``grow_depth`` / ``load_grown`` changed.
+
+    ``replaced`` maps each Parameter a width growth replaced to its successor (the grown layers
+    get new Parameters): ``grow_optimizer_state(optimizer, report)`` follows it to move an
+    optimizer that was not passed to the growth.
+    """
+
+    init: str
+    params_before: int
+    params_after: int
+    layers: list[GrownLayer] = field(default_factory=list)
+    depth: tuple[int, int] | None = None  # (before, after) for a depth growth
+    replaced: dict[nn.Parameter, nn.Parameter] = field(default_factory=dict, repr=False)
+
+    @property
+    def added_params(self) -> int:
+        return self.params_after - self.params_before
+
+    def __str__(self) -> str:
+        params = (
+            f"{self.params_before:,} -> {self.params_after:,} parameters (+{self.added_params:,})"
+        )
+        grew = []
+        if self.depth is not None:
+            grew.append(f"depth {self.depth[0]} -> {self.depth[1]}")
+        if self.layers:
+            tokens = sorted({(g.kind, g.old_tokens, g.new_tokens) for g in self.layers})
+            per_kind = ", ".join(f"{kind} {old}->{new}" for kind, old, new in tokens)
+            grew.append(f"{len(self.layers)} Pattention layers ({per_kind})")
+        return f"grew {' and '.join(grew) or 'nothing'} with init={self.init}: {params}"
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

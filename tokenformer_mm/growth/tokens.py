@@ -1,0 +1,160 @@
+"""Width growth: more parameter tokens per Pattention (docs/design.md, "Growth").
+
+Growing a Pattention from ``n`` to ``n + m`` tokens appends ``m`` rows to its keys and values.
+
+``init="exact"`` (default): new key rows are zero, new value rows get the layer's value init and
+τ stays at ``sqrt(n)``. The new scores are 0, ``gelu(0) = 0`` and ``‖s‖`` is unchanged, so the
+grown model computes exactly what the small one did, yet the new tokens train: their keys get a
+gradient at the first step (``gelu'(0) = 1/2``), their values once the keys have moved.
+
+``init="perturbed"``: exact, but the new keys start at ``perturbation`` times the layer's key
+init std instead of zero, breaking the symmetry of the new tokens (they otherwise start alike);
+the output moves by O(perturbation).
+
+``init="official"``: new rows randomly initialised and τ recomputed as ``sqrt(n + m)``, as the
+official code does; the output changes, which reproduces the paper's runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..pattention import KINDS, Pattention
+from .report import GrownLayer
+
+INITS = ("exact", "perturbed", "official")
+DEFAULT_PERTURBATION = 1e-2  # of the key init std, for init="perturbed"
+
+
+def check_init(init: str, perturbation: float = DEFAULT_PERTURBATION) -> None:
+    if init not in INITS:
+        raise ValueError(f"unknown growth init {init!r}; expected one of {INITS}")
+    if init == "perturbed" and not perturbation > 0:
+        raise ValueError(f"init='perturbed' needs a positive perturbation, got {perturbation!r}")
+
+
+def pattention_layers(model: nn.Module) -> list[tuple[str, Pattention]]:
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, Pattention)]
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} contains no Pattention layers, so it has no parameter tokens "
+            "to grow; grow a Tokenformer model"
+        )
+    return layers
+
+
+def check_width_args(
+    factor: float | None, num_tokens: int | Mapping[str, int] | None, kinds: Iterable[str]
+) -> tuple[str, ...]:
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
+    if (factor is None) == (num_tokens is None):
+        raise ValueError(
+            "give exactly one of factor= (e.g. 2.0) or num_tokens= (int or per-kind dict)"
+        )
+    if factor is not None and (not isinstance(factor, (int, float)) or factor <= 0):
+        raise ValueError(f"growth factor must be a positive number, got {factor!r}")
+    if isinstance(num_tokens, Mapping):
+        extra = [k for k in num_tokens if k not in kinds]
+        if extra:
+            raise ValueError(f"num_tokens names kinds {extra} that are not being grown {kinds}")
+        counts = list(num_tokens.values())
+    else:
+        counts = [] if num_tokens is None else [num_tokens]
+    for count in counts:
+        if not isinstance(count, int) or count <= 0:
+            raise ValueError(f"token counts must be positive ints, got {count!r}")
+    return kinds
+
+
+def _target_tokens(
+    layer: Pattention, factor: float | None, num_tokens: int | Mapping[str, int] | None
+) -> int:
+    if factor is not None:
+        return round(layer.num_tokens * factor)
+    if isinstance(num_tokens, Mapping):
+        return num_tokens.get(layer.kind, layer.num_tokens)
+    return int(num_tokens)
+
+
+@torch.no_grad()
+def fill_new_keys(layer: Pattention, start: int, init: str, perturbation: float) -> None:
+    """The new key rows ``start:`` of the exact inits: zero, or small random ones (perturbed)."""
+    if init == "perturbed":
+        layer.key_tokens[start:].normal_(std=perturbation * layer.key_init_std)
+    else:
+        layer.key_tokens[start:].zero_()
+
+
+@torch.no_grad()
+def _fill_new_rows(layer: Pattention, start: int, init: str, perturbation: float) -> None:
+    """Initialise the token rows ``start:`` of a layer that has just grown (keys, values and τ)."""
+    layer.value_tokens[start:].normal_(std=layer.value_init_std)
+    if init == "official":
+        layer.key_tokens[start:].normal_(std=layer.key_init_std)
+        layer.set_tau(math.sqrt(layer.num_tokens))
+    else:
+        fill_new_keys(layer, start, init, perturbation)
+
+
+@torch.no_grad()
+def resize_tokens(layer: Pattention, num_tokens: int) -> dict[nn.Parameter, nn.Parameter]:
+    """Give the layer new, resized token Parameters (the first rows copied); returns each old
+    Parameter with its successor.
+
+    New ``nn.Parameter`` objects, not a ``.data`` swap: autograd caches one gradient accumulator
+    per tensor, and a graph recorded before growth (a loss a training loop still holds) keeps the
+    old one, shaped like the old tensor, alive; reusing the tensor would fail the next backward.
+    """
+    replaced = {}
+    for name in ("key_tokens", "value_tokens"):
+        old = getattr(layer, name)
+        grown = old.new_empty(num_tokens, old.shape[1])
+        keep = min(num_tokens, old.shape[0])
+        grown[:keep] = old[:keep]
+        new = nn.Parameter(grown, requires_grad=old.requires_grad)
+        setattr(layer, name, new)
+        old.grad = None  # a gradient of the old shape is meaningless now
+        replaced[old] = new
+    return replaced
+
+
+def widen(
+    model: nn.Module,
+    factor: float | None,
+    num_tokens: int | Mapping[str, int] | None,
+    kinds: tuple[str, ...],
+    init: str,
+    perturbation: float,
+) -> tuple[list[GrownLayer], dict[nn.Parameter, nn.Parameter], list[str]]:
+    """Grow the Pattention layers of ``kinds`` in place: (layers grown, Parameters replaced,
+    the softmax layers among them, which grow only approximately)."""
+    selected = [(name, m) for name, m in pattention_layers(model) if m.kind in kinds]
+    if not selected:
+        raise ValueError(f"{type(model).__name__} has no Pattention layers of kinds {kinds}")
+    targets = {name: _target_tokens(layer, factor, num_tokens) for name, layer in selected}
+    shrinking = [
+        f"{name} ({layer.num_tokens} -> {targets[name]})"
+        for name, layer in selected
+        if targets[name] < layer.num_tokens
+    ]
+    if shrinking:
+        raise ValueError(f"growth cannot shrink layers: {', '.join(shrinking)}")
+    layers, replaced, softmax = [], {}, []
+    for name, layer in selected:
+        old, new = layer.num_tokens, targets[name]
+        if new == old:
+            continue
+        replaced.update(resize_tokens(layer, new))
+        _fill_new_rows(layer, old, init, perturbation)
+        if layer.norm == "softmax":
+            softmax.append(name)
+        added = (new - old) * (layer.in_features + layer.out_features)
+        layers.append(GrownLayer(name, layer.kind, old, new, added))
+    return layers, replaced, softmax

@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "docs" / "benchmarks.md"
 
 
 def machine() -> str:
@@ -155,8 +156,9 @@ def pattention_case(
     shape: tuple[int, int, int, int, int], args: argparse.Namespace, device: torch.device
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Seconds per fwd+bwd and bytes saved for backward of each variant at one shape."""
-    from tokenformer_mm.memory import saved_activation_bytes
-    from tokenformer_mm.pattention import Pattention, official_pattention, pattention_group
+    sys.path.insert(0, str(ROOT))  # the references live beside the tests
+    from tests.reference import official_pattention, saved_activation_bytes
+    from tokenformer_mm.pattention import Pattention, pattention_group
 
     B, T, d, n, m = shape
     torch.manual_seed(0)

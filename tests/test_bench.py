@@ -3,6 +3,8 @@
 import re
 import sys
 
+import pytest
+
 from .engine_utils import ROOT, run
 
 
@@ -20,6 +22,7 @@ def bench(tmp_path, *args: str) -> list[list[str]]:
     return table_rows(text)
 
 
+@pytest.mark.slow
 def test_pattention_bench_reports_every_variant_and_the_memory_saving(tmp_path):
     rows = bench(tmp_path, "pattention", "--shapes", "2x5x8x8", "2x5x8x8x3", "--repeats", "2")
     data = {(row[0], row[1]): row for row in rows[1:]}  # (shape, variant) -> row
@@ -31,6 +34,7 @@ def test_pattention_bench_reports_every_variant_and_the_memory_saving(tmp_path):
         assert float(data[shape, "fused"][5]) < float(data[shape, "plain"][5])
 
 
+@pytest.mark.slow
 def test_language_bench_matches_the_gpt_flops_and_measures_generation(tmp_path):
     rows = bench(
         tmp_path,
@@ -45,6 +49,7 @@ def test_language_bench_matches_the_gpt_flops_and_measures_generation(tmp_path):
     assert len(flops) == 2 and flops[0] == flops[1]  # equal FLOPs by construction, and counted
 
 
+@pytest.mark.slow
 def test_clip_eval_bench_measures_memory_of_both_ways(tmp_path):
     rows = bench(tmp_path, "clip-eval", "--pairs", "300", "--full-matrix-pairs", "300")
     methods = {row[1]: row for row in rows[1:]}
@@ -53,6 +58,7 @@ def test_clip_eval_bench_measures_memory_of_both_ways(tmp_path):
         assert row[0] == "300" and float(row[2]) >= 0 and float(row[3]) > 0
 
 
+@pytest.mark.slow
 def test_lm_recipe_bench_trains_each_variant_and_the_gpt_on_one_recipe(tmp_path):
     rows = bench(
         tmp_path,
@@ -109,6 +115,7 @@ def test_timm_grid_summary_counts_dead_starts_and_plots_each_cell(tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_lm_grid_trains_both_models_through_the_engine_and_counts_dead_starts(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:

@@ -14,6 +14,7 @@ from .conftest import assert_same_function
 from .engine_utils import compose_config
 
 
+@pytest.mark.slow
 def test_every_tokenformer_clip_name_builds_encodes_and_trains():
     assert [f"TokenformerCLIP-{n}" for n in ("base", "micro", "small", "tiny")] == MODEL_NAMES
     assert all(name in open_clip.list_models() for name in MODEL_NAMES)
@@ -96,6 +97,7 @@ def test_digits_pairs_have_captions_and_labels():
     )
 
 
+@pytest.mark.slow
 def test_short_clip_run_lifts_zero_shot_accuracy_well_above_chance(tmp_path):
     overrides = [
         "train.steps=120",
@@ -117,6 +119,7 @@ def test_unknown_clip_model_is_a_clear_error(tmp_path):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.webdataset
 def test_make_shards_pairs_from_a_captioned_folder(tmp_path):
     import sys
@@ -154,6 +157,7 @@ def test_make_shards_pairs_from_a_captioned_folder(tmp_path):
     assert batch["image"].shape == (5, 3, 32, 32) and (batch["label"] == -1).all()
 
 
+@pytest.mark.slow
 def test_clip_trains_under_torchrun_with_features_gathered_across_ranks(tmp_path):
 
     from tokenformer_mm.train import checkpoint

@@ -34,6 +34,7 @@ def trainer_for(run_dir, overrides):
     return Trainer(cfg, build_task(cfg), run_dir)
 
 
+@pytest.mark.slow
 def test_short_digits_run_learns_and_writes_its_outputs(tmp_path):
     """A shortened main job: real learning (>= 70 % of 10 classes) in well under a minute."""
     overrides = [
@@ -66,6 +67,7 @@ def test_short_digits_run_learns_and_writes_its_outputs(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_growth_mid_run_is_exact_keeps_moments_and_keeps_learning(tmp_path):
     trainer = trainer_for(tmp_path, ["train.steps=60", "train.eval_every=20"])
     trainer.fit(until=30)
@@ -90,6 +92,7 @@ def test_growth_mid_run_is_exact_keeps_moments_and_keeps_learning(tmp_path):
     assert json.loads((tmp_path / "growth.jsonl").read_text())["step"] == 30
 
 
+@pytest.mark.slow
 def test_warm_start_from_a_smaller_run_is_exact(tmp_path):
     small = trainer_for(tmp_path / "small", ["train.steps=20"])
     small_metrics = small.fit()["metrics"]
@@ -106,6 +109,7 @@ def test_warm_start_from_a_smaller_run_is_exact(tmp_path):
     assert metrics["val/loss"] == pytest.approx(small_metrics["val/loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_ema_weights_are_saved_and_evaluated(tmp_path):
     trainer = trainer_for(tmp_path, ["train.steps=6", "train.ema_decay=0.9"])
     trainer.fit()
@@ -171,12 +175,14 @@ def test_config_typos_and_wrong_types_fail_at_composition():
         compose_config("vision", ["train.batch_size=many"])
 
 
+@pytest.mark.slow
 def test_a_run_refuses_to_overwrite_another_unless_resuming(tmp_path):
     trainer_for(tmp_path, ["train.steps=2"]).fit()
     with pytest.raises(ValueError, match="pass resume=true"):
         trainer_for(tmp_path, ["train.steps=4"])
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
     """Killed after a checkpoint, resumed: the remaining steps match an uninterrupted run
     (with a growth event before the kill, so the resume also restores the grown sizes)."""
@@ -216,6 +222,7 @@ def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
     assert final["val/top1"] == pytest.approx(float(last_row[header.index("val/top1")]))
 
 
+@pytest.mark.slow
 def test_kill_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     script = f"""
 import sys, torch
@@ -243,6 +250,7 @@ checkpoint.save({str(tmp_path)!r}, 2, big, {{"step": 2}})
     assert checkpoint.load_weights(last)["weight"].shape == (4096, 4096)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """DDP over gloo: 2 processes x batch 8 end with the parameters of 1 process x batch 16.
 
@@ -274,6 +282,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_cli_prints_results_and_multirun_sweeps(tmp_path):
     sweep = ["-m", *TINY_VISION, "train.steps=3", f"run_dir={tmp_path}", "optim.lr=1e-3,2e-3"]
     result = run(train_command(sweep))
@@ -302,6 +311,7 @@ def test_warmup_stable_decay_schedule():
     assert [round(schedule(s), 6) for s in range(15, 21)] == [1.0, 0.82, 0.64, 0.46, 0.28, 0.1]
 
 
+@pytest.mark.slow
 def test_a_cooldown_branch_equals_a_run_scheduled_for_its_budget(tmp_path):
     """WSD: a branch from step 4 of an 8-step run, decaying over 2 steps, ends with the weights
     of a 6-step run with the same 2-step decay (same steps, data and RNG up to the branch)."""
@@ -333,6 +343,7 @@ def test_a_branch_must_name_a_checkpoint_and_continue_it(tmp_path):
         validate(bad)
 
 
+@pytest.mark.slow
 def test_depth_and_width_growth_mid_run_is_exact_and_a_branch_after_it_replays_the_run(tmp_path):
     """A run deepened x2 and widened x2 at step 6 (EMA on): the loss does not move at the growth,
     and a run branched from its step-10 checkpoint (built at the initial size) takes the same
@@ -374,6 +385,7 @@ def test_depth_growth_configs_are_checked_before_training():
         validate(bad)
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_through_growth(tmp_path):
     """train.compile=true: the training forward runs through torch.compile (aot_eager here: the
     same graph capture and AOT autograd as inductor without its C++ build; tests/gpu/ compiles

@@ -53,6 +53,7 @@ def test_make_shards_refuses_a_folder_with_shards_and_overwrite_replaces_them(tm
     assert sum(info["train"]["shard_lengths"]) + sum(info["val"]["shard_lengths"]) == 1797
 
 
+@pytest.mark.slow
 def test_resume_skips_a_truncated_checkpoint_names_it_and_replays_from_the_one_before(
     tmp_path, caplog
 ):
@@ -95,6 +96,7 @@ def test_resume_without_a_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     assert not (tmp_path / "typo-run" / "train_steps.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_refused_start_leaves_the_runs_record_untouched(tmp_path):
     """Before: Hydra rewrote .hydra/config.yaml before the Trainer refused the start, and
     evaluate.py then rebuilt the wrong run."""
@@ -166,6 +168,7 @@ def _keep_first_samples(shard, samples):
     shard.write_bytes(buffer.getvalue())
 
 
+@pytest.mark.slow
 def test_a_shard_shorter_than_its_info_json_is_named_counted_and_strict_stops(tmp_path, caplog):
     """Before: 1,304 of 1,437 samples read and "0 of 8 shards damaged"."""
     from tokenformer_mm.vision.data import image_eval_loader

@@ -4,17 +4,16 @@ import pytest
 import torch
 
 from tokenformer_mm import Pattention, TokenformerBlock, grow_model
-from tokenformer_mm.memory import saved_activation_bytes
 from tokenformer_mm.pattention import (
     FUSED_MIN_SCORES,
     NORMS,
     fused_pattention_enabled,
-    official_pattention,
     pattention_group,
     set_fused_pattention,
 )
 
 from .conftest import assert_equal_up_to_rounding
+from .reference import official_pattention, saved_activation_bytes
 
 
 def outputs_and_grads(layers, x, fused, dy):

@@ -1,6 +1,10 @@
 import math
 
+import pytest
+
 from scripts.growth_study import BEGIN, END, flops_to_reach, interpolate, main
+
+pytestmark = pytest.mark.slow  # study runs: the full suite only
 
 
 def test_quick_growth_study_grows_exactly_and_the_grown_models_improve(tmp_path):

@@ -271,6 +271,7 @@ def test_make_shards_text_from_txt_and_jsonl(tmp_path):
     assert text == "first document" + "second" + "third"  # EOS (256) decodes to nothing
 
 
+@pytest.mark.slow
 @pytest.mark.webdataset
 def test_short_run_on_the_embedded_corpus_beats_the_unigram_baseline(tmp_path):
     steps = ["train.steps=120", "train.eval_every=120", "train.checkpoint_every=120"]
@@ -288,6 +289,7 @@ def test_short_run_on_the_embedded_corpus_beats_the_unigram_baseline(tmp_path):
     assert summary["metrics"]["val/ppl"] == pytest.approx(math.exp(summary["metrics"]["val/loss"]))
 
 
+@pytest.mark.slow
 def test_generate_script_from_a_run_and_from_an_official_file(tmp_path, capsys):
     run_dir = tmp_path / "run"
     overrides = ["train.steps=3", "+model.overrides.context_length=64", "data.seq_len=32"]
@@ -437,6 +439,7 @@ def test_from_pretrained_names_what_is_missing(tmp_path):
         TokenformerLM.from_pretrained(tmp_path / "half")
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_in_a_run_keeps_the_losses_and_the_flop_count(tmp_path):
     """train.grad_checkpointing=true: same training (recompute is exact), same model FLOPs."""
     runs = {}
@@ -478,6 +481,7 @@ def test_stdlib_corpus_splits_by_file_deterministically_without_test_suites():
         next(stdlib_documents("test"))
 
 
+@pytest.mark.slow
 @pytest.mark.webdataset
 def test_data_stdlib_builds_its_shards_on_first_use_and_trains(tmp_path):
     overrides = ["data=stdlib", "data.seq_len=64", "train.steps=2", "train.eval_every=2"]

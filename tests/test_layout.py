@@ -235,6 +235,7 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_one_top_level_package_with_every_subpackage(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {
@@ -245,6 +246,7 @@ def test_the_wheel_installs_one_top_level_package_with_every_subpackage(wheel):
     assert "tokenformer_mm/clip/configs/TokenformerCLIP-micro.json" in names
 
 
+@pytest.mark.slow
 def test_a_regular_install_imports_every_part_and_no_generic_name(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -31,6 +31,8 @@ from .engine_utils import (
     train_until_killed,
 )
 
+pytestmark = pytest.mark.slow  # torchrun runs: the full suite only
+
 SEQ_LEN = 32
 STEPS = 12
 

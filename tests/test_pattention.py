@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tokenformer_mm import Pattention
-from tokenformer_mm.pattention import official_pattention
+
+from .reference import official_pattention
 
 
 def reference_theta(scores: torch.Tensor, norm: str, n: int, eps: float = 1e-5) -> torch.Tensor:

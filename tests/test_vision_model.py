@@ -31,7 +31,14 @@ def test_every_variant_is_registered():
     assert timm.list_models("tokenformer_*") == ALL_NAMES
 
 
-@pytest.mark.parametrize("name", ALL_NAMES)
+# The 224/384 variants take seconds each on CPU: the fast tier builds the micro ones only.
+VARIANTS = [
+    pytest.param(name, marks=pytest.mark.slow) if "micro" not in name else name
+    for name in ALL_NAMES
+]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_every_variant_builds_runs_and_trains(name):
     model = timm.create_model(name, img_size=64, num_classes=7)
     assert isinstance(model, TokenformerViT) and model.pretrained_cfg["architecture"] == name
@@ -190,6 +197,7 @@ def timm_fx_model(model: torch.nn.Module) -> torch.nn.Module:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("size", [32, 64])  # 32: the small layers take the plain path eagerly
 def test_torchscript_fx_and_fx_torchscript_as_timm_tests_them(size):

@@ -73,31 +73,6 @@ def fused_pattention_enabled() -> bool:
     return _fused_enabled
 
 
-def official_pattention(
-    x: torch.Tensor, key_tokens: torch.Tensor, value_tokens: torch.Tensor, norm: str
-) -> torch.Tensor:
-    """Pattention as the official torch code computes it: a reference for tests and benchmarks.
-
-    It multiplies the scores by an all-ones ``[L, S]`` mask, divides by the unclamped norm, takes
-    τ from the *current* token count and calls dropout (p = 0) in every mode. The values equal
-    ``Pattention`` with τ = sqrt(n) away from all-zero rows; time and memory do not.
-    """
-    scores = x @ key_tokens.transpose(-2, -1) * 1.0
-    scores *= torch.ones(x.shape[-2], key_tokens.shape[0], dtype=x.dtype, device=x.device)
-    n = scores.shape[-1]
-    if norm == "l2_norm_gelu":
-        weights = F.gelu(scores / torch.norm(scores, p=2, dim=-1, keepdim=True) * math.sqrt(n))
-    elif norm == "gelu_l2_norm":
-        activated = F.gelu(scores)
-        weights = activated / torch.norm(activated, p=2, dim=-1, keepdim=True) * math.sqrt(n)
-    elif norm == "softmax":
-        exp = torch.exp(scores)
-        weights = exp / torch.norm(exp, p=1, dim=-1, keepdim=True) * n
-    else:
-        raise ValueError(f"unknown Pattention norm {norm!r}; expected one of {NORMS}")
-    return torch.dropout(weights, 0.0, train=True) @ value_tokens
-
-
 def wang_init_std(dim: int, depth: int) -> float:
     """GPT-NeoX "wang init" std, ``2 / (L · sqrt(d))``: the official init of the value tokens."""
     return 2.0 / (depth * math.sqrt(dim))

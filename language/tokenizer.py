@@ -10,6 +10,8 @@ import os
 from collections.abc import Sequence
 from typing import Protocol
 
+from tokenformer_mm.extras import missing_extra
+
 EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "[SEP]")
 
 
@@ -43,7 +45,10 @@ class HFTokenizer:
     """A ``tokenizers`` tokenizer from a ``tokenizer.json`` (e.g. GPT-NeoX-20B's)."""
 
     def __init__(self, path: str | os.PathLike, eos_token: str | None = None) -> None:
-        from tokenizers import Tokenizer as _Tokenizer
+        try:
+            from tokenizers import Tokenizer as _Tokenizer
+        except ModuleNotFoundError as error:  # the [train] extra
+            raise missing_extra(error, "train") from error
 
         self.path = str(path)
         self._tokenizer = _Tokenizer.from_file(self.path)

@@ -5,10 +5,10 @@
 Every (model, lr, seed) is one run of the language main job (``configs/language.yaml``: the
 CPython help texts as bytes, AdamW, warm-up then cosine, clipping 1.0) through the engine's
 ``Trainer``, with only ``optim.lr`` and ``seed`` changed; the matched GPT is the nanoGPT-style
-model of equal FLOPs and parameters from ``bench.py``, trained by the same Trainer on the same
-batches. A run ending with validation loss above the unigram entropy of the validation tokens
-(what a model that ignores context reaches) is a dead start. Each finished run is appended to
-``--csv`` at once, so a stopped grid resumes; the summary goes to docs/benchmarks.md and a plot
+model of equal FLOPs and parameters (``benchmarks/matched.py``), trained by the same Trainer on
+the same batches. A run ending with validation loss above the unigram entropy of the validation
+tokens (what a model that ignores context reaches) is a dead start. Each finished run is appended
+to ``--csv`` at once, so a stopped grid resumes; the summary goes to docs/benchmarks.md and a plot
 to ``--plot``.
 """
 
@@ -25,7 +25,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from bench import GPT, MATCHED_MLP_RATIO, REPORT, record, run_in_parallel
+
+from benchmarks.common import REPORT, record, run_in_parallel
+from benchmarks.matched import GPT, MATCHED_MLP_RATIO
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

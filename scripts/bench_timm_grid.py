@@ -19,14 +19,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from bench import (
-    MATCHED_VIT_MICRO,
-    REPORT,
-    digits_image_folder,
-    record,
-    run_in_parallel,
-    timm_train_command,
-)
+
+from benchmarks.common import REPORT, record, run_in_parallel
+from benchmarks.matched import MATCHED_VIT_MICRO, digits_image_folder
+from benchmarks.upstream import timm_train_command
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # timm's defaults (RandomResizedCrop scale 0.08-1, flips, colour jitter) against a light one:

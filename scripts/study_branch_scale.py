@@ -20,9 +20,10 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from bench import MATCHED_VIT_MICRO, REPORT, record, variant_settings
 
 import tokenformer_mm.vision  # noqa: F401  (registers the models with timm)
+from benchmarks.common import REPORT, record, variant_settings
+from benchmarks.matched import MATCHED_VIT_MICRO
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MODELS = {

@@ -80,7 +80,7 @@ def test_lm_recipe_bench_trains_each_variant_and_the_gpt_on_one_recipe(tmp_path)
 def test_digits_image_folder_is_the_embedded_split(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        from bench import digits_image_folder
+        from benchmarks.matched import digits_image_folder
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     root = digits_image_folder(tmp_path / "digits")

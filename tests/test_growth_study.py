@@ -1,8 +1,13 @@
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
-from scripts.growth_study import BEGIN, END, flops_to_reach, interpolate, main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # as the scripts run
+
+from growth_report import BEGIN, END, flops_to_reach, interpolate
+from growth_study import main
 
 pytestmark = pytest.mark.slow  # study runs: the full suite only
 

@@ -267,3 +267,68 @@ def test_a_regular_install_imports_every_part_and_no_generic_name(wheel, tmp_pat
     result = _python(code, cwd=tmp_path, pythonpath=site)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["vision absent", "language absent"]
+
+
+def _installed_closure(roots: tuple[str, ...]) -> list:
+    """The installed distributions ``roots`` need (their requirements, transitively)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    found, stack = {}, list(roots)
+    while stack:
+        name = stack.pop()
+        key = name.lower().replace("_", "-")
+        if key in found:
+            continue
+        try:
+            found[key] = distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                stack.append(requirement.name)
+    return list(found.values())
+
+
+@pytest.mark.slow
+def test_the_core_works_beside_torch_timm_and_safetensors_alone(wheel, tmp_path):
+    """``pip install --no-deps`` of the wheel next to torch, timm and safetensors (and what they
+    require) only: the models, timm's registration, growth; each extra names itself when missing."""
+    site, deps = tmp_path / "site", tmp_path / "deps"
+    zipfile.ZipFile(wheel).extractall(site)
+    deps.mkdir()
+    for distribution in _installed_closure(("torch", "timm", "safetensors")):
+        for top in {file.parts[0] for file in distribution.files or []}:
+            source = Path(distribution.locate_file(top))
+            if top not in ("..", "__pycache__") and source.exists() and not (deps / top).exists():
+                (deps / top).symlink_to(source)
+    code = (
+        f"import sys; sys.path[:0] = [{str(site)!r}, {str(deps)!r}]\n"
+        "import torch, timm, tokenformer_mm\n"
+        "from tokenformer_mm import grow_model\n"
+        "from tokenformer_mm.language import TokenformerLM, lm_config\n"
+        "model = timm.create_model('tokenformer_micro_patch4_32', num_classes=10)\n"
+        "x = torch.randn(2, 3, 32, 32)\n"
+        "before = model.eval()(x)\n"
+        "grow_model(model, factor=2)\n"
+        "print(tuple(before.shape), torch.allclose(model(x), before, atol=1e-5))\n"
+        "print(tuple(TokenformerLM(lm_config('tiny'))(torch.randint(0, 256, (1, 4)))[0].shape))\n"
+        "for name in ('tokenformer_mm.train', 'tokenformer_mm.clip', 'tokenformer_mm.data'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "    except ModuleNotFoundError as error:\n"
+        "        print(name, str(error).split(': it comes with the ')[1].split(' ')[0])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        "(2, 10) True",
+        "(1, 1, 320)",
+        "tokenformer_mm.train [train]",
+        "tokenformer_mm.clip [clip]",
+        "tokenformer_mm.data [train]",
+    ]

@@ -20,6 +20,7 @@ from tokenformer_mm.language import TokenformerLM
 from tokenformer_mm.language.model import lm_config
 from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import Trainer, build_task, checkpoint
+from tokenformer_mm.train import sharded as sharded_format
 
 from .conftest import assert_equal_up_to_rounding
 from .engine_utils import (
@@ -86,7 +87,7 @@ def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(
     command = train_command([*fsdp, *compiled], config="language", processes=2)
     train_until_killed(command, two / "checkpoints" / "step_00000006")
     resumed_from = checkpoint.newest_intact(two / "checkpoints")
-    assert resumed_from is not None and checkpoint.is_sharded(resumed_from)
+    assert resumed_from is not None and sharded_format.is_sharded(resumed_from)
     assert 6 <= int(resumed_from.name[5:]) < STEPS
     run(train_command([*fsdp, "resume=true"], config="language", processes=2))
 
@@ -227,13 +228,13 @@ def test_a_sharded_checkpoint_round_trips_and_a_truncated_shard_is_named(tmp_pat
     tokens = torch.randint(0, 320, (2, 17))
     model(tokens[:, :-1], targets=tokens[:, 1:])[1].backward()
     optimizer.step()
-    first = checkpoint.save_sharded(tmp_path, 1, model, optimizer, {"step": 1})
-    second = checkpoint.save_sharded(tmp_path, 2, model, optimizer, {"step": 2})
-    assert checkpoint.is_sharded(second) and checkpoint.damage(second) is None
+    first = sharded_format.save_sharded(tmp_path, 1, model, optimizer, {"step": 1})
+    second = sharded_format.save_sharded(tmp_path, 2, model, optimizer, {"step": 2})
+    assert sharded_format.is_sharded(second) and checkpoint.damage(second) is None
 
     restored = TokenformerLM(lm_config("tiny"))
     restored_optimizer = torch.optim.AdamW(restored.parameters(), lr=1e-3)
-    checkpoint.load_sharded(second, restored, restored_optimizer)
+    sharded_format.load_sharded(second, restored, restored_optimizer)
     for (name, param), other in zip(model.named_parameters(), restored.parameters(), strict=True):
         assert torch.equal(param, other), name
         state, other_state = optimizer.state[param], restored_optimizer.state[other]

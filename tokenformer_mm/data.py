@@ -23,12 +23,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
-import braceexpand
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .distributed import rank_and_world_size
+from .extras import missing_extra
+
+try:
+    import braceexpand
+    import webdataset as wds
+except ModuleNotFoundError as error:  # the [train] extra
+    raise missing_extra(error, "train") from error
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
-
 from .data import INFO_FILE
+from .extras import missing_extra
+
+try:
+    import webdataset as wds
+except ModuleNotFoundError as error:  # the [train] extra
+    raise missing_extra(error, "train") from error
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tokenformer_mm.extras import missing_extra
 from tokenformer_mm.shards import cached_shards, write_shards
 
 IMAGE_FILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -50,7 +51,10 @@ def imagefolder_samples(root: str | os.PathLike) -> Iterator[dict[str, Any]]:
 
 def digits_images(split: str) -> Iterator[tuple[Image.Image, int]]:
     """The scikit-learn digits of a split (``train`` or ``val``) as upscaled RGB images."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError as error:  # the [train] extra
+        raise missing_extra(error, "train") from error
 
     if split not in ("train", "val"):
         raise ValueError(f"digits split must be 'train' or 'val', got {split!r}")

@@ -16,16 +16,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import open_clip
-import open_clip.factory
-import open_clip.model
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from ..extras import missing_extra
 from ..growth import match_token_counts
 from ..pattention import Pattention
 from ..vision import TokenformerViT
 from .text_tower import TokenformerTextEncoder
+
+try:
+    import open_clip
+    import open_clip.factory
+    import open_clip.model
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+except ModuleNotFoundError as error:  # the [clip] extra
+    raise missing_extra(error, "clip") from error
 
 logger = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -10,10 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING
-
+from ..extras import missing_extra
 from ..growth import DEPTH_INITS, INITS
 from ..pattention import KINDS
+
+try:
+    from omegaconf import MISSING
+except ModuleNotFoundError as error:  # the [train] extra
+    raise missing_extra(error, "train") from error
 
 PARALLEL = ("ddp", "fsdp")  # train/parallel.py
 PRECISIONS = ("auto", "fp32", "bf16")

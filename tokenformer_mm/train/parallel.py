@@ -11,7 +11,7 @@ that must see whole tensors (growth, evaluation, a 1-process export) works on a 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from ..growth import block_containers
+from ..growth import block_containers, load_resized
 from ..growth.optimizer import restore_new_rows, split_new_rows
 
 _FULL = StateDictOptions(full_state_dict=True)
@@ -118,3 +118,44 @@ def load_full_optimizer_state(
         if name not in state["state"]:
             optimizer.state.pop(param, None)
     restore_new_rows(model, optimizer, rows)
+
+
+def full_replica(model: nn.Module, empty: nn.Module) -> nn.Module:
+    """``empty`` (a model of the task at its initial size, uninitialised) holding the whole
+    state of the sharded ``model``, on every rank."""
+    load_resized(empty, full_model_state(model))
+    return empty
+
+
+OptimizerFactory = Callable[[nn.Module], tuple[torch.optim.Optimizer, Any]]
+
+
+def gathered(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    empty: nn.Module,
+    make_optimizer: OptimizerFactory,
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """An unsharded copy of a sharded model (in ``empty``) and an optimizer over it holding the
+    whole state of ``optimizer`` (new rows still waiting for their seeding included)."""
+    optimizer_state = full_optimizer_state(model, optimizer)
+    replica = full_replica(model, empty)
+    full_optimizer, _ = make_optimizer(replica)
+    load_full_optimizer_state(replica, full_optimizer, optimizer_state)
+    return replica, full_optimizer
+
+
+def resharded(
+    model: nn.Module,
+    full_optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    world_size: int,
+    make_optimizer: OptimizerFactory,
+) -> tuple[torch.optim.Optimizer, Any]:
+    """Shard ``model`` (a whole one, e.g. grown on ``gathered``'s copy) and give it a new
+    optimizer and schedule holding ``full_optimizer``'s state; the schedule is at its start."""
+    optimizer_state = full_optimizer_state(model, full_optimizer)
+    shard(model, device, world_size)
+    optimizer, scheduler = make_optimizer(model)
+    load_full_optimizer_state(model, optimizer, optimizer_state)
+    return optimizer, scheduler

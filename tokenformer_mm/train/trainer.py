@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,22 +23,22 @@ from torch import nn
 from tqdm import tqdm
 
 from ..distributed import all_gather_objects, mean_over_ranks, setup_distributed
-from ..flops import training_flops
 from ..growth import (
     grow_model,
     grown_companion_state,
     load_grown,
-    load_resized,
     match_depth,
     match_token_counts,
     seed_new_rows,
 )
 from ..pattention import KINDS
-from . import checkpoint, parallel
-from .batches import EpochBatches, data_report, to_device
+from . import checkpoint, parallel, start
+from .batches import EpochBatches, to_device
 from .config import validate
 from .metric_log import CONFIG_FILE, MetricLog
 from .optim import build_optimizer
+from .rng import rng_state, seed_everything, set_rng_state
+from .sharded import is_sharded, load_sharded, save_sharded, sharded_shapes
 from .tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -64,9 +63,9 @@ class Trainer:
         self.rank, self.world_size, self.device = setup_distributed(cfg.train.device)
         self.is_main = self.rank == 0
         if self.is_main:
-            _check_writable(self.run_dir)
+            start.check_writable(self.run_dir)
         self.sharded = cfg.train.parallel == "fsdp" and self.world_size > 1
-        self.use_bf16 = _use_bf16(cfg.train.precision, self.device)
+        self.use_bf16 = start.use_bf16(cfg.train.precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
             torch.backends.cudnn.allow_tf32 = cfg.train.tf32
@@ -76,29 +75,31 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = task.build_model().to(self.device)
-        self._set_grad_checkpointing(cfg.train.grad_checkpointing)
+        start.set_grad_checkpointing(self.model, cfg.train.grad_checkpointing)
         # Built now, before any training: a missing shard pattern fails here, not at step 1.
         self.train_loader, self.eval_loader = task.train_loader(), task.eval_loader()
         for loader in (self.train_loader, self.eval_loader):
             if hasattr(loader.dataset, "strict"):
                 loader.dataset.strict = cfg.train.strict_data
         self.data = EpochBatches(self.train_loader)
-        resume_from = self._resume_checkpoint()
+        resume_from = start.resume_checkpoint(self.run_dir, cfg.resume, cfg.train.branch_from)
         saved = checkpoint.load_state(resume_from) if resume_from is not None else None
-        if resume_from is not None and checkpoint.is_sharded(resume_from):
-            shapes = checkpoint.sharded_shapes(resume_from)  # loaded once the optimizer exists
+        if resume_from is not None and is_sharded(resume_from):
+            shapes = sharded_shapes(resume_from)  # loaded once the optimizer exists
             match_depth(self.model, shapes)
             match_token_counts(self.model, shapes)
         elif resume_from is not None:
             checkpoint.load_model(self.model, resume_from)
         elif cfg.growth.init_from:
             self._warm_start(cfg.growth.init_from)
-        self.flops_per_item = self._measure_flops()
+        self.flops_per_item = start.measure_flops(
+            self.model, self.task, self.eval_loader, self.device, self.cfg.train.grad_checkpointing
+        )
         if self.sharded and saved is not None and "optimizer" in saved:  # saved without FSDP2
             saved["optimizer"] = self._optimizer_state_by_name(saved["optimizer"])
         if self.sharded:
             parallel.shard(self.model, self.device, self.world_size)
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.train.steps)
+        self.optimizer, self.scheduler = self._optim(self.model)
         self.ema = (
             ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
         )
@@ -106,7 +107,7 @@ class Trainer:
             self._restore_state(resume_from, saved)
         else:
             # per-rank augmentation and dropout
-            checkpoint.seed_everything(cfg.seed * 1000 + self.rank)
+            seed_everything(cfg.seed * 1000 + self.rank)
         self.train_module = self._wrap()
         if self.is_main:
             self._save_config()
@@ -212,16 +213,24 @@ class Trainer:
         # equal full tensors; the ranks' own RNG streams continue undisturbed.
         seed = self.cfg.seed * 1_000_003 + self.step
         self.train_module = self.model  # drop DDP (its hooks) before anything runs a backward
-        model, optimizer = self._gathered() if self.sharded else (self.model, self.optimizer)
+        model, optimizer = self.model, self.optimizer
+        if self.sharded:  # grown as on one process, on a whole copy on every rank
+            model, optimizer = parallel.gathered(model, optimizer, self._empty_model(), self._optim)
         report = grow_model(
             model, factor if factor > 1 else None, kinds=kinds, init=growth.init,
             optimizer=optimizer, perturbation=growth.perturbation, depth=depth,
             depth_init=growth.depth_init, seed=seed,
         )  # fmt: skip
         self.model = model
-        self.flops_per_item = self._measure_flops()
+        self.flops_per_item = start.measure_flops(
+            self.model, self.task, self.eval_loader, self.device, self.cfg.train.grad_checkpointing
+        )
         if self.sharded:
-            self._reshard(optimizer)
+            schedule = self.scheduler.state_dict()
+            self.optimizer, self.scheduler = parallel.resharded(
+                self.model, optimizer, self.device, self.world_size, self._optim
+            )
+            start.continue_schedule(self.optimizer, self.scheduler, schedule)
         self.train_module = self._wrap()  # DDP's buckets were sized for the old parameters
         if ema_state is not None:
             self.ema.module = self._grown_ema(ema_state, depth)
@@ -233,28 +242,9 @@ class Trainer:
         logger.info("step %d: %s; val before %s, after %s", self.step, report, before, after)
         return record
 
-    def _gathered(self) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """FSDP2: an unsharded copy of the model and its optimizer (full state, new rows still
-        waiting for their seeding included), on every rank."""
-        optimizer_state = parallel.full_optimizer_state(self.model, self.optimizer)
-        model = self._empty_model()
-        load_resized(model, parallel.full_model_state(self.model))
-        optimizer, _ = build_optimizer(model, self.cfg.optim, self.cfg.train.steps)
-        parallel.load_full_optimizer_state(model, optimizer, optimizer_state)
-        return model, optimizer
-
-    def _reshard(self, full_optimizer: torch.optim.Optimizer) -> None:
-        """FSDP2 after growth: shard the grown ``self.model``, and give it an optimizer holding
-        ``full_optimizer``'s state and this run's schedule position.
-        """
-        optimizer_state = parallel.full_optimizer_state(self.model, full_optimizer)
-        schedule = self.scheduler.state_dict()
-        parallel.shard(self.model, self.device, self.world_size)
-        self.optimizer, self.scheduler = build_optimizer(
-            self.model, self.cfg.optim, self.cfg.train.steps
-        )
-        parallel.load_full_optimizer_state(self.model, self.optimizer, optimizer_state)
-        self._continue_schedule(schedule)
+    def _optim(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        """This run's AdamW and LR schedule over ``model``."""
+        return build_optimizer(model, self.cfg.optim, self.cfg.train.steps)
 
     def _empty_model(self) -> nn.Module:
         """A new model from the task at its initial size, allocated on the device but not
@@ -272,9 +262,7 @@ class Trainer:
             return self.ema.module
         if not self.sharded:
             return self.model
-        replica = self._empty_model()
-        load_resized(replica, parallel.full_model_state(self.model))
-        return replica
+        return parallel.full_replica(self.model, self._empty_model())
 
     def _grown_ema(self, ema_state: dict[str, torch.Tensor], depth: int) -> nn.Module:
         """The EMA after growth: its averages where the old model had parameters, the grown
@@ -314,7 +302,7 @@ class Trainer:
         return {f"data/{name}": value for name, value in counts.items()}
 
     def _save(self) -> None:
-        per_rank = all_gather_objects({"rng": checkpoint.rng_state(), "data": self.data.position()})
+        per_rank = all_gather_objects({"rng": rng_state(), "data": self.data.position()})
         state = {
             "step": self.step,
             "scheduler": self.scheduler.state_dict(),
@@ -323,7 +311,7 @@ class Trainer:
             "ranks": per_rank,
         }
         if self.sharded:  # every rank writes its shards of the model and the optimizer
-            checkpoint.save_sharded(
+            save_sharded(
                 self.ckpt_dir, self.step, self.model, self.optimizer,
                 state if self.is_main else None, self.cfg.train.keep_checkpoints,
             )  # fmt: skip
@@ -338,45 +326,6 @@ class Trainer:
 
     # --- set-up steps -----------------------------------------------------------------------
 
-    def _resume_checkpoint(self) -> Path | None:
-        """This run's newest checkpoint (resume=true), else ``train.branch_from``'s, else None."""
-        found = checkpoint.latest(self.ckpt_dir)
-        if found is not None and not self.cfg.resume:
-            raise ValueError(
-                f"{self.run_dir} already holds checkpoints ({found.name}); pass resume=true to "
-                "continue that run, or choose another run_dir"
-            )
-        if self.cfg.resume:
-            found = checkpoint.newest_intact(self.ckpt_dir)
-            if found is None:
-                raise ValueError(
-                    f"resume=true, but {self.ckpt_dir} holds no checkpoint: check run_dir (a "
-                    "typo starts nothing), or drop resume=true to start a new run there"
-                )
-        branch = self.cfg.train.branch_from
-        if found is None and branch:
-            found = self._branch_point(Path(branch))
-        return found
-
-    def _branch_point(self, path: Path) -> Path:
-        """The checkpoint ``train.branch_from`` names: a checkpoint directory, or a run's
-        ``checkpoints/`` folder or run directory (then its newest checkpoint)."""
-        for candidate in (path, path / "checkpoints"):
-            newest = checkpoint.latest(candidate) if candidate.is_dir() else None
-            if newest is not None:
-                path = newest
-                break
-        if not (path / checkpoint.STATE_FILE).is_file():
-            raise ValueError(
-                f"train.branch_from={str(path)!r} is not a checkpoint: expected a directory with "
-                f"{checkpoint.STATE_FILE} (e.g. <run>/checkpoints/step_000400) or a run directory"
-            )
-        problem = checkpoint.damage(path)
-        if problem is not None:
-            raise ValueError(f"train.branch_from: {problem}; branch from another checkpoint")
-        logger.info("branching from %s", path)
-        return path
-
     def _warm_start(self, source: str) -> None:
         growth = self.cfg.growth
         report = load_grown(
@@ -388,7 +337,7 @@ class Trainer:
     def _optimizer_state_by_name(self, optimizer_state: dict[str, Any]) -> dict[str, Any]:
         """A full checkpoint's optimizer state keyed by parameter name, read through the still
         unsharded model: how a run saved without FSDP2 resumes with ``train.parallel=fsdp``."""
-        optimizer, _ = build_optimizer(self.model, self.cfg.optim, self.cfg.train.steps)
+        optimizer, _ = self._optim(self.model)
         optimizer.load_state_dict(optimizer_state)
         return parallel.full_optimizer_state(self.model, optimizer)
 
@@ -397,13 +346,13 @@ class Trainer:
         optimizer, schedule, step, RNGs, data position."""
         if self.ema is not None:
             checkpoint.load_model(self.ema.module, path / checkpoint.EMA_FILE)
-        if checkpoint.is_sharded(path):
-            checkpoint.load_sharded(path, self.model, self.optimizer)
+        if is_sharded(path):
+            load_sharded(path, self.model, self.optimizer)
         elif self.sharded:  # by parameter name (see _optimizer_state_by_name)
             parallel.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
         else:
             self.optimizer.load_state_dict(state["optimizer"])
-        self._continue_schedule(state["scheduler"])
+        start.continue_schedule(self.optimizer, self.scheduler, state["scheduler"])
         self.step, self.total_flops = state["step"], state["total_flops"]
         if path.resolve().parent != self.ckpt_dir.resolve() and self.step >= self.cfg.train.steps:
             raise ValueError(
@@ -413,7 +362,7 @@ class Trainer:
         self.growth_events = state["growth_events"]
         ranks = state["ranks"]
         if len(ranks) == self.world_size:
-            checkpoint.set_rng_state(ranks[self.rank]["rng"])
+            set_rng_state(ranks[self.rank]["rng"])
             self.data = EpochBatches(self.train_loader, **ranks[self.rank]["data"])
         else:
             epoch = ranks[0]["data"]["epoch"] + 1
@@ -421,24 +370,10 @@ class Trainer:
                 "checkpoint written by %d processes, resuming with %d: data restarts at epoch %d",
                 *(len(ranks), self.world_size, epoch),
             )
-            checkpoint.seed_everything(self.cfg.seed * 1000 + self.rank + self.step)
+            seed_everything(self.cfg.seed * 1000 + self.rank + self.step)
             self.data = EpochBatches(self.train_loader, epoch=epoch)
         self.log.resume(self.step)
         logger.info("resumed from %s at step %d", path, self.step)
-
-    def _continue_schedule(self, scheduler_state: dict[str, Any]) -> None:
-        """Put the LR schedule at a saved position. The position, not the saved schedule's
-        shape: LambdaLR would restore our schedule objects' fields too, and a branch (or a
-        resume with other train.steps or optim.decay_steps) follows this run's config."""
-        lambdas = [None] * len(self.scheduler.lr_lambdas)  # None: keep ours
-        self.scheduler.load_state_dict({**scheduler_state, "lr_lambdas": lambdas})
-        for group, base_lr, schedule in zip(
-            self.optimizer.param_groups,
-            self.scheduler.base_lrs,
-            self.scheduler.lr_lambdas,
-            strict=True,
-        ):
-            group["lr"] = base_lr * schedule(self.scheduler.last_epoch)
 
     def _save_config(self) -> None:
         """The run's config as ``.hydra/config.yaml`` (what ``load_run`` and evaluate.py read),
@@ -449,38 +384,6 @@ class Trainer:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(OmegaConf.to_yaml(self.cfg))
-
-    def _measure_flops(self) -> float:
-        """Training FLOPs per item (image, token) of the current model, on one validation item.
-
-        Measured on the bare model (DDP's hooks expect DDP's own forward). Every RNG is restored
-        afterwards: measuring must not shift what an exact resume replays.
-        """
-        batch = next(iter(self.eval_loader), None)
-        if batch is None:
-            raise ValueError(
-                f"the validation loader yields no sample ({data_report(self.eval_loader)}); "
-                "check data.val_shards"
-            )
-        two = to_device({k: v[:2] for k, v in batch.items()}, self.device)  # even: mixup needs it
-        rng = checkpoint.rng_state()
-        self._set_grad_checkpointing(False)  # model FLOPs: the recompute is not counted
-        flops = training_flops(self.model, lambda: self.task.training_loss(self.model, two))
-        self._set_grad_checkpointing(self.cfg.train.grad_checkpointing)
-        checkpoint.set_rng_state(rng)
-        per_item = flops / self.task.batch_items(two)
-        logger.info("training FLOPs per %s: %.4g", self.task.unit, per_item)
-        return per_item
-
-    def _set_grad_checkpointing(self, enable: bool) -> None:
-        if not hasattr(self.model, "set_grad_checkpointing"):
-            if enable:
-                raise ValueError(
-                    f"train.grad_checkpointing=true, but {type(self.model).__name__} has no "
-                    "set_grad_checkpointing(); set it to false"
-                )
-            return
-        self.model.set_grad_checkpointing(enable)
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast on CUDA (or when asked); fp32 otherwise."""
@@ -495,30 +398,6 @@ class Trainer:
         if not self.cfg.train.compile:
             return module
         return torch.compile(module, backend=self.cfg.train.compile_backend)
-
-
-def _use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast: asked for, or ``auto`` on a GPU that supports it (never fp16 silently)."""
-    supported = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
-    if precision == "bf16" and not supported:
-        raise ValueError(
-            f"train.precision=bf16, but {torch.cuda.get_device_name(device)} has no bf16 support; "
-            "use train.precision=fp32 (or auto)"
-        )
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda" and supported)
-
-
-def _check_writable(run_dir: Path) -> None:
-    """Fail before any work when ``run_dir`` cannot be created or written."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir):
-            pass
-    except OSError as error:
-        raise ValueError(
-            f"run_dir={str(run_dir)!r} cannot be written ({error}); choose another run_dir or "
-            "fix its permissions"
-        ) from error
 
 
 def _report_fields(report: Any) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The benchmarks behind ``scripts/bench.py``, one file per subject (docs/benchmarks.md)."""

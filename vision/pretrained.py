@@ -1,0 +1,106 @@
+"""Loading a checkpoint into an image Tokenformer through timm (``pretrained_cfg_overlay=dict(
+file=...)``, ``pretrained=True``): the filter timm calls, and the checks that keep a trained part
+from being dropped or left random."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+
+from tokenformer_mm.growth import match_token_counts
+
+if TYPE_CHECKING:
+    from .tokenformer_vit import TokenformerViT
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_filter_fn(
+    state_dict: dict[str, torch.Tensor], model: TokenformerViT
+) -> dict[str, torch.Tensor]:
+    """Adapt a checkpoint to ``model``: the one place foreign checkpoints are converted.
+
+    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` and ``module.`` (DDP) prefixes, resamples
+    the position embedding to the model's grid and the patch embedding to its patch size, and
+    drops the head when the class count differs (or the model has no head). A checkpoint of a
+    model that grew has more parameter tokens than the registered size: the model's Pattention
+    layers are resized to the checkpoint's token counts, so it loads as it was saved.
+    """
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+    model_state = model.state_dict()
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        if key == "pos_embed" and value.shape != model.pos_embed.shape:
+            value = resample_abs_pos_embed(
+                value,
+                new_size=list(model.patch_embed.grid_size),
+                num_prefix_tokens=model.num_prefix_tokens,
+            )
+        elif key == "patch_embed.proj.weight" and value.shape != model_state[key].shape:
+            value = resample_patch_embed(value, list(model.patch_embed.patch_size))
+        elif key.startswith("head.") and _new_head(value.shape[0], model):
+            logger.warning(
+                "dropping %s %s: the checkpoint's head has %d classes, the model %d; the model's "
+                "head is new (random)", key, tuple(value.shape), value.shape[0], model.num_classes,
+            )  # fmt: skip
+            continue
+        out[key] = value
+    _check_depth(out, model)
+    _check_layer_scale(out, model)
+    resized = match_token_counts(model, out)
+    if resized:
+        logger.info("resized %d Pattention layers to the checkpoint's token counts", resized)
+    return out
+
+
+def _new_head(checkpoint_classes: int, model: TokenformerViT) -> bool:
+    """Whether the model gets a new head: only when it was created with another class count on
+    purpose (fine-tuning). timm's loader then also drops a head whose class count differs from
+    the pretrained config's, so a trained head that would be lost is an error saying the fix."""
+    default = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
+    fix = f"pretrained_cfg_overlay=dict(file=..., num_classes={checkpoint_classes})"
+    if checkpoint_classes != model.num_classes and model.num_classes == default:
+        raise ValueError(
+            f"the checkpoint's head has {checkpoint_classes} classes, the model "
+            f"{model.num_classes} (its default): pass {fix} to load the trained head, or "
+            "num_classes=<yours> to fine-tune with a new one"
+        )
+    if checkpoint_classes == model.num_classes != default:
+        raise ValueError(
+            f"the checkpoint's {checkpoint_classes}-class head fits the model, but timm drops a "
+            f"head whose class count is not the pretrained config's ({default}): pass {fix}"
+        )
+    return checkpoint_classes != model.num_classes
+
+
+def _check_layer_scale(state_dict: dict[str, torch.Tensor], model: TokenformerViT) -> None:
+    """LayerScale or not is part of the function: a checkpoint of the other kind cannot load."""
+    saved = {k for k in state_dict if k.startswith("blocks.") and ".ls" in k}
+    has = {k for k in model.state_dict() if k.startswith("blocks.") and ".ls" in k}
+    if not any(k.startswith("blocks.") for k in state_dict) or bool(saved) == bool(has):
+        return
+    if saved:
+        gamma = next(state_dict[k] for k in sorted(saved))
+        fix = f"init_values={float(gamma.flatten()[0]):g} (any value: the checkpoint sets them)"
+    else:
+        fix = "init_values=0 (the paper's block, the default before LayerScale)"
+    raise ValueError(
+        f"the checkpoint's blocks {'have' if saved else 'have no'} LayerScale (ls1/ls2.gamma), "
+        f"the model's {'have' if has else 'have none'}: create the model with {fix}"
+    )
+
+
+def _check_depth(state_dict: dict[str, torch.Tensor], model: TokenformerViT) -> None:
+    """A checkpoint with other blocks than the model would leave blocks random or unused."""
+    saved = {int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.")}
+    if saved and len(saved) != len(model.blocks):
+        raise ValueError(
+            f"the checkpoint has {len(saved)} blocks, the model {len(model.blocks)}: create it "
+            f"with depth={len(saved)} (and grow it afterwards with grow_depth if you want more)"
+        )

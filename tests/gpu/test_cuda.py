@@ -14,7 +14,7 @@ import torch
 from tokenformer_mm import Pattention, TokenformerBlock, grow_model
 from tokenformer_mm.pattention import NORMS
 from tokenformer_mm.train import Trainer, build_task
-from tokenformer_mm.train.trainer import _use_bf16
+from tokenformer_mm.train.start import use_bf16
 from tokenformer_mm.vision.data import DeviceImageTransform
 
 from ..conftest import assert_equal_up_to_rounding
@@ -107,9 +107,9 @@ def test_a_bf16_training_run_of_each_tower_with_growth(tmp_path, domain, overrid
 
 
 def test_precision_auto_is_bf16_only_where_the_gpu_supports_it():
-    assert _use_bf16("auto", CUDA) == BF16_OK
-    assert _use_bf16("fp32", CUDA) is False
-    assert _use_bf16("auto", torch.device("cpu")) is False
+    assert use_bf16("auto", CUDA) == BF16_OK
+    assert use_bf16("fp32", CUDA) is False
+    assert use_bf16("auto", torch.device("cpu")) is False
 
 
 def test_device_image_transform_on_cuda_equals_the_cpu():

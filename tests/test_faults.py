@@ -237,5 +237,7 @@ def test_timm_loading_never_drops_a_trained_head_or_leaves_blocks_random(tmp_pat
     with caplog.at_level("WARNING"):  # fine-tuning on purpose: a new head, said at WARNING
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=3)
     assert "head has 10 classes, the model 3" in caplog.text
-    with pytest.raises(ValueError, match=r"checkpoint has 4 blocks, the model 6: .*depth=4"):
+    with pytest.raises(
+        ValueError, match=r"checkpoint has 4 blocks under 'blocks', the model 6: .*depth=4"
+    ):
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, depth=6)

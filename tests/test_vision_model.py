@@ -248,10 +248,12 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, grad)
 
 
-def test_a_grown_checkpoint_loads_through_timm_by_file(tmp_path):
-    """timm's own loading path (pretrained + file overlay) rebuilds a grown model exactly."""
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_grown_checkpoint_loads_through_timm_by_file(tmp_path, depth):
+    """timm's own loading path (pretrained + file overlay) rebuilds a grown model exactly, also
+    one that grew in depth (the engine's resume and timm's filter follow one rule)."""
     model = timm.create_model("tokenformer_micro_patch4_32").eval()
-    grow_model(model, factor=2)
+    grow_model(model, factor=2, depth=depth)
     with torch.no_grad():
         model.blocks[0].ffn.key_tokens[-1].normal_()  # the grown tokens carry trained weights
     path = tmp_path / "model.safetensors"
@@ -260,6 +262,7 @@ def test_a_grown_checkpoint_loads_through_timm_by_file(tmp_path):
         "tokenformer_micro_patch4_32", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
     ).eval()
     assert loaded.blocks[0].ffn.num_tokens == model.blocks[0].ffn.num_tokens == 768
+    assert len(loaded.blocks) == len(model.blocks) == 4 * depth
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
-from tokenformer_mm.growth import match_token_counts
+from tokenformer_mm.growth import fit_to_state
 
 if TYPE_CHECKING:
     from .tokenformer_vit import TokenformerViT
@@ -26,8 +26,9 @@ def checkpoint_filter_fn(
     Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` and ``module.`` (DDP) prefixes, resamples
     the position embedding to the model's grid and the patch embedding to its patch size, and
     drops the head when the class count differs (or the model has no head). A checkpoint of a
-    model that grew has more parameter tokens than the registered size: the model's Pattention
-    layers are resized to the checkpoint's token counts, so it loads as it was saved.
+    model that grew has more parameter tokens or blocks than the registered size: the model is
+    fitted to the checkpoint (``fit_to_state``, the rule every loader follows), so it loads as it
+    was saved; a checkpoint with fewer blocks, or a count that is no multiple, is an error.
     """
     for wrapper in ("model", "state_dict"):
         if isinstance(state_dict.get(wrapper), dict):
@@ -51,11 +52,8 @@ def checkpoint_filter_fn(
             )  # fmt: skip
             continue
         out[key] = value
-    _check_depth(out, model)
     _check_layer_scale(out, model)
-    resized = match_token_counts(model, out)
-    if resized:
-        logger.info("resized %d Pattention layers to the checkpoint's token counts", resized)
+    fit_to_state(model, out)
     return out
 
 
@@ -94,13 +92,3 @@ def _check_layer_scale(state_dict: dict[str, torch.Tensor], model: TokenformerVi
         f"the checkpoint's blocks {'have' if saved else 'have no'} LayerScale (ls1/ls2.gamma), "
         f"the model's {'have' if has else 'have none'}: create the model with {fix}"
     )
-
-
-def _check_depth(state_dict: dict[str, torch.Tensor], model: TokenformerViT) -> None:
-    """A checkpoint with other blocks than the model would leave blocks random or unused."""
-    saved = {int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.")}
-    if saved and len(saved) != len(model.blocks):
-        raise ValueError(
-            f"the checkpoint has {len(saved)} blocks, the model {len(model.blocks)}: create it "
-            f"with depth={len(saved)} (and grow it afterwards with grow_depth if you want more)"
-        )

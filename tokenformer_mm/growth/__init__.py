@@ -7,7 +7,13 @@ with the optimizer (``optimizer``), ``loading`` moves checkpoints across sizes.
 
 from .depth import DEPTH_INITS, block_container, block_containers, grow_depth, match_depth
 from .grow import grow_model
-from .loading import grown_companion_state, load_grown, load_resized, match_token_counts
+from .loading import (
+    fit_to_state,
+    grown_companion_state,
+    load_grown,
+    load_resized,
+    match_token_counts,
+)
 from .optimizer import grow_optimizer_state, seed_new_rows
 from .report import GrownLayer, GrowthReport
 from .tokens import DEFAULT_PERTURBATION, INITS
@@ -20,6 +26,7 @@ __all__ = [
     "GrowthReport",
     "block_container",
     "block_containers",
+    "fit_to_state",
     "grow_depth",
     "grow_model",
     "grow_optimizer_state",

@@ -162,8 +162,9 @@ def match_depth(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int
     if saved < len(blocks) or saved % len(blocks):
         raise ValueError(
             f"the checkpoint has {saved} blocks under {name!r}, the model {len(blocks)}: a run "
-            "that grew in depth saves a multiple of its initial depth; build the model with the "
-            "checkpoint's depth or load the matching checkpoint"
+            "that grew in depth saves a multiple of its initial depth; create the model with "
+            f"depth={saved} (and grow it afterwards with grow_depth if you want more) or load "
+            "the matching checkpoint"
         )
     deepen(model, saved // len(blocks), "stack", None)
     return saved // len(blocks)

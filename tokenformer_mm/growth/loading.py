@@ -89,10 +89,23 @@ def _is_row_prefix(small: torch.Tensor, large: torch.Tensor) -> bool:
     )
 
 
+def fit_to_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Resize ``model``, built at its initial size, to the shapes of a checkpoint of a run that
+    grew: its blocks (``match_depth``), then its parameter tokens (``match_token_counts``). The
+    one rule every loader follows (engine resume, warm start's source, timm's filter, open_clip,
+    ``from_pretrained``, export); the tensors of ``state_dict`` may be meta (shapes only)."""
+    depth = match_depth(model, state_dict)
+    resized = match_token_counts(model, state_dict)
+    if depth > 1 or resized:
+        logger.info(
+            "fitted %s to the checkpoint: depth x%d, %d Pattention layers resized",
+            type(model).__name__, depth, resized,
+        )  # fmt: skip
+
+
 def load_resized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load ``state_dict`` strictly into ``model`` built at its initial size (a run that grew)."""
-    match_depth(model, state_dict)
-    match_token_counts(model, state_dict)
+    fit_to_state(model, state_dict)
     model.load_state_dict(state_dict)
 
 

@@ -24,11 +24,10 @@ from tqdm import tqdm
 
 from ..distributed import all_gather_objects, mean_over_ranks, setup_distributed
 from ..growth import (
+    fit_to_state,
     grow_model,
     grown_companion_state,
     load_grown,
-    match_depth,
-    match_token_counts,
     seed_new_rows,
 )
 from ..pattention import KINDS
@@ -86,8 +85,7 @@ class Trainer:
         saved = checkpoint.load_state(resume_from) if resume_from is not None else None
         if resume_from is not None and is_sharded(resume_from):
             shapes = sharded_shapes(resume_from)  # loaded once the optimizer exists
-            match_depth(self.model, shapes)
-            match_token_counts(self.model, shapes)
+            fit_to_state(self.model, shapes)
         elif resume_from is not None:
             checkpoint.load_model(self.model, resume_from)
         elif cfg.growth.init_from:

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tokenformer_mm._source_tree import SourceTreeTowers
-
 from .engine_utils import ROOT
 
 # Where each installed package's source lives in the repository (pyproject's package-dir).
@@ -69,7 +67,10 @@ def imports_of(name: str, path: Path, everywhere: bool = False) -> set[str]:
     base = name.split(".") if is_package else name.split(".")[:-1]
     found: set[str] = set()
     tree = ast.parse(path.read_text())
-    for node in ast.walk(tree) if everywhere else tree.body:
+    # At import time: the module's statements, and the imports of its top-level try blocks (a
+    # missing extra's guard, the towers' import in the package root).
+    top = [*tree.body, *(n for t in tree.body if isinstance(t, ast.Try) for n in t.body)]
+    for node in ast.walk(tree) if everywhere else top:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -196,20 +197,22 @@ def test_importing_the_core_loads_no_data_pipeline_and_registers_timm(tmp_path):
     assert result.stdout.split() == ["[]", "True", "False"]
 
 
-def test_source_tree_finder_maps_only_the_two_towers_of_its_own_checkout(tmp_path):
-    finder = SourceTreeTowers(ROOT)
-    package_path = [str(ROOT / "tokenformer_mm")]
-    for name, folder in (
-        ("tokenformer_mm.vision", "vision"),
-        ("tokenformer_mm.language", "language"),
-    ):
-        spec = finder.find_spec(name, package_path)
-        assert Path(spec.origin) == ROOT / folder / "__init__.py"
-        assert spec.submodule_search_locations == [str(ROOT / folder)]
-    assert finder.find_spec("vision", None) is None
-    assert finder.find_spec("tokenformer_mm.scripts", package_path) is None
-    other_checkout = [str(tmp_path / "tokenformer_mm")]  # another clone's core: not ours to map
-    assert finder.find_spec("tokenformer_mm.vision", other_checkout) is None
+def test_a_checkout_that_was_never_installed_says_how_to_install_it():
+    """The checkout first on ``sys.path`` and no install's finder (``-S``: no .pth files run):
+    the towers are not inside ``tokenformer_mm/``, and the import names the fix."""
+    import sysconfig
+
+    code = (
+        f"import sys; sys.path[:0] = [{str(ROOT)!r}]; "
+        f"sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
+        "import tokenformer_mm\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "tokenformer_mm.vision is not installed" in result.stderr
+    assert "pip install -e ." in result.stderr
 
 
 def test_a_tower_imported_under_its_folder_name_says_what_to_import():

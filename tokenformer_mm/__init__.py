@@ -8,7 +8,6 @@ them is imported here except the image tower's model definitions, which register
 ``import tokenformer_mm; timm.create_model("tokenformer_tiny_patch16_224")`` works.
 """
 
-from . import _source_tree  # noqa: F401  (first: maps the towers when run from a checkout)
 from .block import TokenformerBlock
 from .growth import (
     GrownLayer,
@@ -21,7 +20,18 @@ from .growth import (
 )
 from .pattention import Pattention, pattention_group, set_fused_pattention
 from .theta import pattention_theta
-from .vision import tokenformer_vit  # noqa: F401  (registers the timm models; no data pipeline)
+
+try:
+    from .vision import tokenformer_vit  # noqa: F401  (registers the timm models; no pipeline)
+except ModuleNotFoundError as error:  # a checkout on sys.path that was never installed
+    if error.name != "tokenformer_mm.vision":
+        raise
+    raise ModuleNotFoundError(
+        "tokenformer_mm.vision is not installed: the towers live in vision/ and language/ beside "
+        "tokenformer_mm/ and are mapped into the package by the install; run "
+        "pip install -e . in the checkout (README, Set up and test)",
+        name=error.name,
+    ) from error
 
 __all__ = [
     "GrownLayer",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -26,6 +26,18 @@ def _key_init(text: str) -> str | float:
         return float(text)
     except ValueError:
         return text
+
+
+def seeded_variants(
+    args: argparse.Namespace, variants: dict[str, Callable[[], torch.nn.Module]]
+) -> Iterator[tuple[int, str, torch.nn.Module]]:
+    """Every variant for every seed of ``args.seeds``, built from ``torch.manual_seed(seed)``
+    (``args.seed`` set for the run's own draws): (seed, name, model)."""
+    for seed in tqdm(args.seeds, desc="seeds"):
+        for name, build in variants.items():
+            torch.manual_seed(seed)
+            args.seed = seed
+            yield seed, name, build()
 
 
 def recipe_run(model: torch.nn.Module, data: tuple, args: argparse.Namespace) -> list[float]:
@@ -78,18 +90,15 @@ def bench_recipe(args: argparse.Namespace) -> None:
         mlp_ratio=MATCHED_MLP_RATIO, num_classes=10,
     )  # fmt: skip
     rows = []
-    for seed in tqdm(args.seeds, desc="seeds"):
-        for name, build in variants.items():
-            torch.manual_seed(seed)
-            args.seed = seed
-            start = time.perf_counter()
-            top1 = recipe_run(build(), data, args)
-            chance = next((i + 1 for i, t in enumerate(top1) if t > 25), "never")
-            epochs = sorted({max(1, args.epochs // 4), max(1, args.epochs // 2), args.epochs})
-            row = {"model": name, "seed": seed}
-            row.update({f"epoch {e}": f"{top1[e - 1]:.1f}" for e in epochs})
-            row.update({"first epoch > 25 %": chance})
-            rows.append({**row, "seconds": f"{time.perf_counter() - start:.0f}"})
+    for seed, name, model in seeded_variants(args, variants):
+        start = time.perf_counter()
+        top1 = recipe_run(model, data, args)
+        chance = next((i + 1 for i, t in enumerate(top1) if t > 25), "never")
+        epochs = sorted({max(1, args.epochs // 4), max(1, args.epochs // 2), args.epochs})
+        row = {"model": name, "seed": seed}
+        row.update({f"epoch {e}": f"{top1[e - 1]:.1f}" for e in epochs})
+        row.update({"first epoch > 25 %": chance})
+        rows.append({**row, "seconds": f"{time.perf_counter() - start:.0f}"})
     record(
         "Initialisation: one generic recipe, Tokenformer vs the matched ViT",
         rows,
@@ -154,19 +163,15 @@ def bench_lm_recipe(args: argparse.Namespace) -> None:
         MATCHED_MLP_RATIO,
     )  # fmt: skip
     rows = []
-    for seed in tqdm(args.seeds, desc="seeds"):
-        for name, build in variants.items():
-            torch.manual_seed(seed)
-            args.seed = seed
-            model = build()
-            sample = torch.randint(0, config.vocab_size, (1, args.seq_len + 1))
-            flops = training_flops(model, lambda m=model, x=sample: m(x[:, :-1], x[:, 1:])[1])
-            start = time.perf_counter()
-            curve = lm_recipe_run(model, train, val, args)
-            row = {"model": name, "seed": seed}
-            row.update({f"step {s}": f"{v:.3f}" for s, v in curve.items()})
-            row["training TFLOPs"] = f"{flops * args.batch_size * args.steps / 1e12:.3g}"
-            rows.append({**row, "seconds": f"{time.perf_counter() - start:.0f}"})
+    for seed, name, model in seeded_variants(args, variants):
+        sample = torch.randint(0, config.vocab_size, (1, args.seq_len + 1))
+        flops = training_flops(model, lambda m=model, x=sample: m(x[:, :-1], x[:, 1:])[1])
+        start = time.perf_counter()
+        curve = lm_recipe_run(model, train, val, args)
+        row = {"model": name, "seed": seed}
+        row.update({f"step {s}": f"{v:.3f}" for s, v in curve.items()})
+        row["training TFLOPs"] = f"{flops * args.batch_size * args.steps / 1e12:.3g}"
+        rows.append({**row, "seconds": f"{time.perf_counter() - start:.0f}"})
     record(
         "Language: Tokenformer key inits vs the matched GPT at equal FLOPs",
         rows,

@@ -4,7 +4,11 @@
 - ``tasks.py``: what a domain plugs in (``Task``), the domain registry, ``load_run``;
 - ``config.py``: the structured configs Hydra validates runs against;
 - ``optim.py``: AdamW weight-decay groups and the learning-rate schedule;
-- ``checkpoint.py``: atomic safetensors checkpoints, RNG state, ``load_model``;
+- ``start.py``: the start-up steps (where a run starts from, precision, FLOPs, the schedule's
+  position);
+- ``checkpoint.py``: safetensors checkpoints, ``load_model``, ``export``; ``sharded.py``: FSDP2's
+  format; ``atomic.py``: publishing a checkpoint; ``rng.py``: the RNG states an exact resume needs;
+- ``parallel.py``: DDP and FSDP2, whole copies of a sharded model;
 - ``metric_log.py``: CSV files, TensorBoard, growth events, the plot;
 - ``batches.py``: the resumable data cursor.
 

@@ -50,8 +50,13 @@ class EpochBatches:
         self.batch += 1
         return batch
 
-    def position(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue at ``state``'s position: the next batch replays the epoch up to it first."""
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self._iterator = None
 
 
 def data_report(loader: DataLoader) -> str:

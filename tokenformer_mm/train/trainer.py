@@ -38,6 +38,7 @@ from .metric_log import CONFIG_FILE, MetricLog
 from .optim import build_optimizer
 from .rng import rng_state, seed_everything, set_rng_state
 from .sharded import is_sharded, load_sharded, save_sharded, sharded_shapes
+from .state import TrainState
 from .tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
             torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         self.log = MetricLog(self.run_dir, write=self.is_main)
-        self.step, self.total_flops = 0, 0  # total_flops: training FLOPs so far, all ranks
-        self.growth_events: list[dict[str, Any]] = []
+        self.state = TrainState()
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = task.build_model().to(self.device)
@@ -111,6 +111,16 @@ class Trainer:
             self._save_config()
 
     @property
+    def step(self) -> int:
+        """Optimizer steps taken so far (``self.state.step``)."""
+        return self.state.step
+
+    @property
+    def growth_events(self) -> list[dict[str, Any]]:
+        """The run's growth events so far, as ``growth.jsonl`` records them."""
+        return self.state.growth_events
+
+    @property
     def eval_rows(self) -> list[dict[str, Any]]:
         """Every evaluation of the run so far (the rows of ``metrics.csv``)."""
         return self.log.eval_rows
@@ -128,24 +138,24 @@ class Trainer:
         growth_at = {event.step: event for event in self.cfg.growth.schedule}
         progress = tqdm(
             total=until,
-            initial=self.step,
+            initial=self.state.step,
             disable=not self.is_main,
             unit="step",
             dynamic_ncols=True,
         )
         window_loss, window_items, window_start = [], 0, time.perf_counter()
-        while self.step < until:
-            if self.step in growth_at:
-                event = growth_at[self.step]
+        while self.state.step < until:
+            if self.state.step in growth_at:
+                event = growth_at[self.state.step]
                 self.grow(event.factor, event.kinds, event.depth)
             loss, grad_norm, items = self._train_step()
-            self.step += 1
-            self.total_flops += items * self.world_size * self.flops_per_item
+            self.state.step += 1
+            self.state.total_flops += items * self.world_size * self.flops_per_item
             window_loss.append(loss)
             window_items += items
             lr = self.scheduler.get_last_lr()[0]
-            self.log.log_step(self.step, self.data.epoch, loss, lr, grad_norm)
-            if self.step % cfg.log_every == 0 or self.step == until:
+            self.log.log_step(self.state.step, self.data.epoch, loss, lr, grad_norm)
+            if self.state.step % cfg.log_every == 0 or self.state.step == until:
                 rate = window_items * self.world_size / (time.perf_counter() - window_start)
                 recent = window_loss[-cfg.log_every :]
                 progress.set_postfix(
@@ -156,13 +166,13 @@ class Trainer:
                 )
                 window_items, window_start = 0, time.perf_counter()
             progress.update(1)
-            if self.step % cfg.eval_every == 0 or self.step == until:
+            if self.state.step % cfg.eval_every == 0 or self.state.step == until:
                 self._evaluate_and_log(sum(window_loss) / len(window_loss))
                 window_loss = []
-            if self.step % cfg.checkpoint_every == 0 or self.step == until:
+            if self.state.step % cfg.checkpoint_every == 0 or self.state.step == until:
                 self._save()
         progress.close()
-        plot = self.log.plot([e["step"] for e in self.growth_events if e["step"] > 0])
+        plot = self.log.plot([e["step"] for e in self.state.growth_events if e["step"] > 0])
         return {
             "metrics": self.eval_rows[-1] if self.eval_rows else {},
             "checkpoint": str(checkpoint.latest(self.ckpt_dir)),
@@ -194,7 +204,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(self.model, step=self.step)
+            self.ema.update(self.model, step=self.state.step)
         return mean_over_ranks(total_loss).item(), grad_norm.item(), items
 
     def grow(self, factor: float = 1.0, kinds: Sequence[str] = KINDS, depth: int = 1) -> dict:
@@ -209,7 +219,7 @@ class Trainer:
         ema_state = self.ema.module.state_dict() if self.ema is not None else None
         # The new rows from one seed on every rank: DDP's replicas stay equal, FSDP2 shards
         # equal full tensors; the ranks' own RNG streams continue undisturbed.
-        seed = self.cfg.seed * 1_000_003 + self.step
+        seed = self.cfg.seed * 1_000_003 + self.state.step
         self.train_module = self.model  # drop DDP (its hooks) before anything runs a backward
         model, optimizer = self.model, self.optimizer
         if self.sharded:  # grown as on one process, on a whole copy on every rank
@@ -233,11 +243,16 @@ class Trainer:
         if ema_state is not None:
             self.ema.module = self._grown_ema(ema_state, depth)
         after = self._evaluate(self._eval_model(ema=False))
-        record = {"step": self.step, "factor": factor, "depth": depth, **_report_fields(report)}
+        record = {
+            "step": self.state.step,
+            "factor": factor,
+            "depth": depth,
+            **_report_fields(report),
+        }
         record.update(val_before=before, val_after=after)
-        self.growth_events.append(record)
-        self.log.log_growth(self.growth_events)
-        logger.info("step %d: %s; val before %s, after %s", self.step, report, before, after)
+        self.state.growth_events.append(record)
+        self.log.log_growth(self.state.growth_events)
+        logger.info("step %d: %s; val before %s, after %s", self.state.step, report, before, after)
         return record
 
     def _optim(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
@@ -281,17 +296,19 @@ class Trainer:
         metrics = self._evaluate(self._eval_model())
         self.log.log_evaluation(
             {
-                "step": self.step,
+                "step": self.state.step,
                 "epoch": self.data.epoch,
                 "train/loss": train_loss,
                 "lr": self.scheduler.get_last_lr()[0],
                 "params": sum(p.numel() for p in self.model.parameters()),
-                "flops": self.total_flops,
+                "flops": self.state.total_flops,
                 **metrics,
                 **self._data_counts(),
             }
         )
-        logger.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        logger.info(
+            "step %d: %s", self.state.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        )
 
     def _data_counts(self) -> dict[str, int]:
         """The training data's losses so far (corrupt samples, damaged and short shards)."""
@@ -300,17 +317,15 @@ class Trainer:
         return {f"data/{name}": value for name, value in counts.items()}
 
     def _save(self) -> None:
-        per_rank = all_gather_objects({"rng": rng_state(), "data": self.data.position()})
+        per_rank = all_gather_objects({"rng": rng_state(), "data": self.data.state_dict()})
         state = {
-            "step": self.step,
+            **self.state.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "growth_events": self.growth_events,
-            "total_flops": self.total_flops,
             "ranks": per_rank,
         }
         if self.sharded:  # every rank writes its shards of the model and the optimizer
             save_sharded(
-                self.ckpt_dir, self.step, self.model, self.optimizer,
+                self.ckpt_dir, self.state.step, self.model, self.optimizer,
                 state if self.is_main else None, self.cfg.train.keep_checkpoints,
             )  # fmt: skip
             return
@@ -319,7 +334,7 @@ class Trainer:
         state["optimizer"] = self.optimizer.state_dict()
         ema = self.ema.module if self.ema is not None else None
         checkpoint.save(
-            self.ckpt_dir, self.step, self.model, state, ema, self.cfg.train.keep_checkpoints
+            self.ckpt_dir, self.state.step, self.model, state, ema, self.cfg.train.keep_checkpoints
         )
 
     # --- set-up steps -----------------------------------------------------------------------
@@ -330,7 +345,7 @@ class Trainer:
             self.model, checkpoint.load_weights(source), growth.init, growth.perturbation
         )
         logger.info("warm start from %s: %s", source, report)
-        self.growth_events.append({"step": 0, "from": source, **_report_fields(report)})
+        self.state.growth_events.append({"step": 0, "from": source, **_report_fields(report)})
 
     def _optimizer_state_by_name(self, optimizer_state: dict[str, Any]) -> dict[str, Any]:
         """A full checkpoint's optimizer state keyed by parameter name, read through the still
@@ -351,27 +366,29 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         start.continue_schedule(self.optimizer, self.scheduler, state["scheduler"])
-        self.step, self.total_flops = state["step"], state["total_flops"]
-        if path.resolve().parent != self.ckpt_dir.resolve() and self.step >= self.cfg.train.steps:
+        self.state.load_state_dict(state)
+        if (
+            path.resolve().parent != self.ckpt_dir.resolve()
+            and self.state.step >= self.cfg.train.steps
+        ):
             raise ValueError(
-                f"train.branch_from={str(path)!r} is at step {self.step}, but train.steps="
+                f"train.branch_from={str(path)!r} is at step {self.state.step}, but train.steps="
                 f"{self.cfg.train.steps}: a branch continues that run, so raise train.steps"
             )
-        self.growth_events = state["growth_events"]
         ranks = state["ranks"]
         if len(ranks) == self.world_size:
             set_rng_state(ranks[self.rank]["rng"])
-            self.data = EpochBatches(self.train_loader, **ranks[self.rank]["data"])
+            self.data.load_state_dict(ranks[self.rank]["data"])
         else:
             epoch = ranks[0]["data"]["epoch"] + 1
             logger.warning(
                 "checkpoint written by %d processes, resuming with %d: data restarts at epoch %d",
                 *(len(ranks), self.world_size, epoch),
             )
-            seed_everything(self.cfg.seed * 1000 + self.rank + self.step)
-            self.data = EpochBatches(self.train_loader, epoch=epoch)
-        self.log.resume(self.step)
-        logger.info("resumed from %s at step %d", path, self.step)
+            seed_everything(self.cfg.seed * 1000 + self.rank + self.state.step)
+            self.data.load_state_dict({"epoch": epoch, "batch": 0})
+        self.log.resume(self.state.step)
+        logger.info("resumed from %s at step %d", path, self.state.step)
 
     def _save_config(self) -> None:
         """The run's config as ``.hydra/config.yaml`` (what ``load_run`` and evaluate.py read),

@@ -405,3 +405,25 @@ def test_compiled_training_matches_eager_through_growth(tmp_path):
         assert got[step] == pytest.approx(loss, rel=1e-5), step
     saved = checkpoint.load_weights(checkpoint.latest(tmp_path / "compiled" / "checkpoints"))
     assert not [key for key in saved if "_orig_mod" in key]  # checkpoints keep the model's keys
+
+
+def test_a_checkpoint_with_the_optimizer_keyed_by_index_still_resumes_exactly(tmp_path):
+    """Checkpoints keep the optimizer state by parameter name (one route into one process, DDP
+    and FSDP2); one written before, with ``optimizer.state_dict()``'s indices, resumes into the
+    same steps as an uninterrupted run."""
+    settings = ["train.steps=8", "train.checkpoint_every=4", "train.eval_every=8"]
+    straight = trainer_for(tmp_path / "straight", settings)
+    straight.fit()
+    paused = trainer_for(tmp_path / "paused", settings)
+    paused.fit(until=4)
+    saved = checkpoint.latest(tmp_path / "paused" / "checkpoints")
+    state = checkpoint.load_state(saved)
+    assert isinstance(next(iter(state["optimizer"]["state"])), str)  # by name now
+    state["optimizer"] = paused.optimizer.state_dict()  # the older layout: by index
+    torch.save(state, saved / checkpoint.STATE_FILE)
+    resumed = trainer_for(tmp_path / "paused", [*settings, "resume=true"])
+    assert resumed.step == 4
+    resumed.fit()
+    expected, got = step_losses(tmp_path / "straight"), step_losses(tmp_path / "paused")
+    for step in range(5, 9):
+        assert got[step] == pytest.approx(expected[step], abs=1e-6), step

@@ -93,7 +93,7 @@ class Trainer:
         self.flops_per_item = start.measure_flops(
             self.model, self.task, self.eval_loader, self.device, self.cfg.train.grad_checkpointing
         )
-        if self.sharded and saved is not None and "optimizer" in saved:  # saved without FSDP2
+        if saved is not None and _keyed_by_index(saved.get("optimizer")):  # an older checkpoint
             saved["optimizer"] = self._optimizer_state_by_name(saved["optimizer"])
         if self.sharded:
             parallel.shard(self.model, self.device, self.world_size)
@@ -331,7 +331,7 @@ class Trainer:
             return
         if not self.is_main:
             return
-        state["optimizer"] = self.optimizer.state_dict()
+        state["optimizer"] = parallel.full_optimizer_state(self.model, self.optimizer)
         ema = self.ema.module if self.ema is not None else None
         checkpoint.save(
             self.ckpt_dir, self.state.step, self.model, state, ema, self.cfg.train.keep_checkpoints
@@ -348,8 +348,9 @@ class Trainer:
         self.state.growth_events.append({"step": 0, "from": source, **_report_fields(report)})
 
     def _optimizer_state_by_name(self, optimizer_state: dict[str, Any]) -> dict[str, Any]:
-        """A full checkpoint's optimizer state keyed by parameter name, read through the still
-        unsharded model: how a run saved without FSDP2 resumes with ``train.parallel=fsdp``."""
+        """An optimizer state keyed by parameter index (``optimizer.state_dict()``, what
+        checkpoints held before they were keyed by name) keyed by name, read through the still
+        unsharded model."""
         optimizer, _ = self._optim(self.model)
         optimizer.load_state_dict(optimizer_state)
         return parallel.full_optimizer_state(self.model, optimizer)
@@ -359,12 +360,10 @@ class Trainer:
         optimizer, schedule, step, RNGs, data position."""
         if self.ema is not None:
             checkpoint.load_model(self.ema.module, path / checkpoint.EMA_FILE)
-        if is_sharded(path):
+        if is_sharded(path):  # the model's shards and the optimizer's, as the ranks wrote them
             load_sharded(path, self.model, self.optimizer)
-        elif self.sharded:  # by parameter name (see _optimizer_state_by_name)
+        else:  # by parameter name, into one process, DDP or FSDP2 alike
             parallel.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
         start.continue_schedule(self.optimizer, self.scheduler, state["scheduler"])
         self.state.load_state_dict(state)
         if (
@@ -421,3 +420,11 @@ def _report_fields(report: Any) -> dict[str, Any]:
         "params_after": report.params_after,
         "layers": len(report.layers),
     }
+
+
+def _keyed_by_index(optimizer_state: dict[str, Any] | None) -> bool:
+    """Whether a saved optimizer state is ``optimizer.state_dict()``'s (parameters by index)."""
+    if not optimizer_state:
+        return False
+    groups = optimizer_state.get("param_groups") or [{}]
+    return any(isinstance(p, int) for group in groups for p in group.get("params", []))

@@ -320,14 +320,8 @@ def save_pretrained(model: TokenformerLM, directory: str | os.PathLike, overwrit
             "them, or choose another directory"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    block = model.blocks[0]  # a model that grew saves its grown sizes
-    config = replace(
-        model.config,
-        qkv_tokens=block.q.num_tokens,
-        proj_tokens=block.proj.num_tokens,
-        ffn_tokens=block.ffn.num_tokens,
-    )
-    (directory / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    # model.config follows growth (depth and token counts), so it is the grown model's shape
+    (directory / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     safetensors.torch.save_file(tensors, str(directory / WEIGHTS_FILE))
     return directory

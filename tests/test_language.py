@@ -185,9 +185,18 @@ def test_growth_of_the_lm_is_exact_and_the_grown_lm_trains():
     tokens = torch.randint(0, 320, (4, 33))
     with torch.no_grad():  # growth resizes parameters in place: no graph may outlive it
         before = all_logits(model, tokens)
+    config = model.config
     report = grow_model(model, factor=2)
     assert report.added_params > 0
     assert_same_function(all_logits(model, tokens), before)
+    # the model's record of its shape follows it (save_pretrained writes it)
+    assert (model.config.qkv_tokens, model.config.ffn_tokens, model.config.depth) == (
+        2 * config.qkv_tokens, 2 * config.ffn_tokens, config.depth,
+    )  # fmt: skip
+    grow_model(model, factor=2, kinds=["ffn"])
+    assert (model.config.qkv_tokens, model.config.ffn_tokens) == (
+        2 * config.qkv_tokens, 4 * config.ffn_tokens,
+    )  # fmt: skip
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []

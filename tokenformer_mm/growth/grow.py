@@ -15,7 +15,13 @@ from ..pattention import KINDS
 from .depth import check_depth_args, deepen
 from .optimizer import grow_optimizer_state
 from .report import GrowthReport, count_params
-from .tokens import DEFAULT_PERTURBATION, check_init, check_width_args, widen
+from .tokens import (
+    DEFAULT_PERTURBATION,
+    check_init,
+    check_width_args,
+    record_token_counts,
+    widen,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,7 @@ def grow_model(
             report.layers, report.replaced, softmax = widen(
                 model, factor, num_tokens, kinds, init, perturbation
             )
+            record_token_counts(model)
             if softmax and init != "official":
                 warnings.warn(
                     f"{len(softmax)} softmax Pattention layers (e.g. {softmax[0]}) grew "

@@ -17,6 +17,7 @@ from .tokens import (
     check_init,
     fill_new_keys,
     pattention_layers,
+    record_token_counts,
     resize_tokens,
 )
 
@@ -121,6 +122,8 @@ def match_token_counts(model: nn.Module, state_dict: Mapping[str, torch.Tensor])
         if key in state_dict and state_dict[key].shape[0] != layer.num_tokens:
             resize_tokens(layer, state_dict[key].shape[0])
             resized += 1
+    if resized:
+        record_token_counts(model)
     return resized
 
 

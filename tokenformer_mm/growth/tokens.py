@@ -17,6 +17,7 @@ official code does; the output changes, which reproduces the paper's runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 
@@ -158,3 +159,23 @@ def widen(
         added = (new - old) * (layer.in_features + layer.out_features)
         layers.append(GrownLayer(name, layer.kind, old, new, added))
     return layers, replaced, softmax
+
+
+def record_token_counts(model: nn.Module) -> None:
+    """The model's own record of its shape follows its layers: a dataclass ``config`` with
+    ``<kind>_tokens`` fields (what ``save_pretrained`` writes) gets each kind's token count, where
+    every layer of that kind has the same one."""
+    config = getattr(model, "config", None)
+    if not dataclasses.is_dataclass(config):
+        return
+    fields = {f.name for f in dataclasses.fields(config)}
+    counts: dict[str, set[int]] = {}
+    for _, layer in pattention_layers(model):
+        counts.setdefault(layer.kind, set()).add(layer.num_tokens)
+    changes = {
+        f"{kind}_tokens": next(iter(n))
+        for kind, n in counts.items()
+        if len(n) == 1 and f"{kind}_tokens" in fields
+    }
+    if changes:
+        model.config = dataclasses.replace(config, **changes)

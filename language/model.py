@@ -21,7 +21,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tokenformer_mm.block import TokenformerBlock
-from tokenformer_mm.growth import load_resized
+from tokenformer_mm.growth import load_resized, model_shape
+from tokenformer_mm.growth.shape import shape_from_metadata, shape_metadata
 from tokenformer_mm.initialization import discarded_rng, reset_submodules
 from tokenformer_mm.rotary import Rotary, rotary_dims, rotary_tables
 from tokenformer_mm.theta import accumulation_dtype
@@ -323,7 +324,8 @@ def save_pretrained(model: TokenformerLM, directory: str | os.PathLike, overwrit
     # model.config follows growth (depth and token counts), so it is the grown model's shape
     (directory / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    safetensors.torch.save_file(tensors, str(directory / WEIGHTS_FILE))
+    metadata = shape_metadata(model_shape(model))
+    safetensors.torch.save_file(tensors, str(directory / WEIGHTS_FILE), metadata=metadata)
     return directory
 
 
@@ -355,8 +357,9 @@ def from_pretrained(cls: type[TokenformerLM], name_or_path: str | os.PathLike) -
         raise ValueError(f"{directory / CONFIG_FILE} has unknown LMConfig fields {unknown}")
     model = cls(LMConfig(**saved))
     weights = safetensors.torch.load_file(str(directory / WEIGHTS_FILE))
-    load_resized(model, weights)  # per-layer counts, should growth have been uneven
-    return model
+    with safetensors.safe_open(str(directory / WEIGHTS_FILE), "pt") as file:
+        shape = shape_from_metadata(file.metadata())
+    return load_resized(model, weights, shape)  # per-layer counts, should growth be uneven
 
 
 def sample_next(

@@ -16,7 +16,8 @@ from .growth import (
     grow_model,
     grow_optimizer_state,
     load_grown,
-    match_token_counts,
+    load_resized,
+    model_shape,
 )
 from .pattention import Pattention, pattention_group, set_fused_pattention
 from .theta import pattention_theta
@@ -42,7 +43,8 @@ __all__ = [
     "grow_model",
     "grow_optimizer_state",
     "load_grown",
-    "match_token_counts",
+    "load_resized",
+    "model_shape",
     "pattention_group",
     "pattention_theta",
     "set_fused_pattention",

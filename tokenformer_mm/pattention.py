@@ -13,16 +13,14 @@ growth exact.
 Two code paths compute the same function from the same ``theta.theta``: the *fused* one
 (``fused_pattention.py``: saves one ``[tokens, n]`` tensor for backward instead of several) is
 used where it applies and pays off, the *plain* one (autograd over it) is the reference and
-serves TorchScript,
-``torch.func``, active dropout and tiny inputs. ``Pattention(fused=False)``,
-``set_fused_pattention(False)`` or the environment variable ``TOKENFORMER_MM_FUSED_PATTENTION=0``
-force the plain path.
+serves TorchScript, ``torch.func``, active dropout and tiny inputs. ``Pattention(fused=False)``
+forces the plain path for one layer, ``set_fused_pattention(False)`` for every layer (the one
+global switch; no environment variable).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,7 +54,7 @@ def key_init_std(key_init: str | float, in_features: int) -> float:
     )
 
 
-_fused_enabled = os.environ.get("TOKENFORMER_MM_FUSED_PATTENTION", "1") != "0"
+_fused_enabled = True
 # Below this many score elements ([tokens, n]) a single layer's plain path is faster: the fused
 # function's fixed Python cost (~0.1 ms on CPU) outweighs its fewer passes (measured on 2 cores;
 # e.g. one token per step in generation). Groups (q/k/v) are faster fused at every size measured.

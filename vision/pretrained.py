@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
-from tokenformer_mm.growth import fit_to_state
+from tokenformer_mm.growth import fit_to_shape, state_shape
 
 if TYPE_CHECKING:
     from .tokenformer_vit import TokenformerViT
@@ -27,8 +27,9 @@ def checkpoint_filter_fn(
     the position embedding to the model's grid and the patch embedding to its patch size, and
     drops the head when the class count differs (or the model has no head). A checkpoint of a
     model that grew has more parameter tokens or blocks than the registered size: the model is
-    fitted to the checkpoint (``fit_to_state``, the rule every loader follows), so it loads as it
-    was saved; a checkpoint with fewer blocks, or a count that is no multiple, is an error.
+    fitted to the checkpoint's shape (``fit_to_shape``, the rule every loader follows), so it
+    loads as it was saved; a checkpoint with fewer blocks, or a count that is no multiple, is an
+    error.
     """
     for wrapper in ("model", "state_dict"):
         if isinstance(state_dict.get(wrapper), dict):
@@ -53,7 +54,7 @@ def checkpoint_filter_fn(
             continue
         out[key] = value
     _check_layer_scale(out, model)
-    fit_to_state(model, out)
+    fit_to_shape(model, state_shape(model, out))
     return out
 
 

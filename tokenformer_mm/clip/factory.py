@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..extras import missing_extra
-from ..growth import fit_to_state
+from ..growth import fit_to_shape, state_shape
 from ..pattention import Pattention
 from ..vision import TokenformerViT
 from .text_tower import TokenformerTextEncoder
@@ -70,7 +70,7 @@ def _checkpoint_converter(convert: Any) -> Any:
     def convert_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
         state_dict = convert(model, state_dict)
         if any(isinstance(m, Pattention) for m in model.modules()):
-            fit_to_state(model, state_dict)
+            fit_to_shape(model, state_shape(model, state_dict))
         return state_dict
 
     convert_state_dict.tokenformer = True

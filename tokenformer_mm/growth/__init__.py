@@ -2,20 +2,17 @@
 
 Everything here works on any module tree holding Pattention layers: either tower, a CLIP model,
 a model wrapped in DDP. ``tokens`` widens layers, ``depth`` inserts blocks, ``grow`` joins them
-with the optimizer (``optimizer``), ``loading`` moves checkpoints across sizes.
+with the optimizer (``optimizer``), ``shape`` is the record of what growth changed and the one
+way a checkpoint loads into a model built at its initial size, ``loading`` warm-starts a larger
+model from a smaller one.
 """
 
-from .depth import DEPTH_INITS, block_container, block_containers, grow_depth, match_depth
-from .grow import grow_model
-from .loading import (
-    fit_to_state,
-    grown_companion_state,
-    load_grown,
-    load_resized,
-    match_token_counts,
-)
+from .depth import DEPTH_INITS, block_container, block_containers
+from .grow import grow_depth, grow_model
+from .loading import grown_companion_state, load_grown
 from .optimizer import grow_optimizer_state, seed_new_rows
 from .report import GrownLayer, GrowthReport
+from .shape import Shape, fit_to_shape, load_resized, model_shape, state_shape
 from .tokens import DEFAULT_PERTURBATION, INITS
 
 __all__ = [
@@ -24,16 +21,17 @@ __all__ = [
     "INITS",
     "GrownLayer",
     "GrowthReport",
+    "Shape",
     "block_container",
     "block_containers",
-    "fit_to_state",
+    "fit_to_shape",
     "grow_depth",
     "grow_model",
     "grow_optimizer_state",
     "grown_companion_state",
     "load_grown",
     "load_resized",
-    "match_depth",
-    "match_token_counts",
+    "model_shape",
     "seed_new_rows",
+    "state_shape",
 ]

@@ -1,4 +1,5 @@
-"""``grow_model``: one call that deepens and widens a model, its optimizer following."""
+"""``grow_model`` (one call that deepens and widens a model, its optimizer following) and
+``grow_depth`` (depth alone)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..pattention import KINDS
 from .depth import check_depth_args, deepen
 from .optimizer import grow_optimizer_state
 from .report import GrowthReport, count_params
+from .shape import model_shape
 from .tokens import (
     DEFAULT_PERTURBATION,
     check_init,
@@ -91,7 +93,34 @@ def grow_model(
                     stacklevel=2,
                 )
     report.params_after = count_params(model)
+    report.shape = model_shape(model)
     if optimizer is not None:
         grow_optimizer_state(optimizer, report)
+    logger.info("%s", report)
+    return report
+
+
+def grow_depth(
+    model: nn.Module,
+    factor: int = 2,
+    init: str = "exact",
+    optimizer: torch.optim.Optimizer | None = None,
+) -> GrowthReport:
+    """Make a tower ``factor`` times deeper, in place: each block is followed by ``factor - 1``
+    new ones.
+
+    ``init="exact"``: a new block is a freshly initialised copy of the block before it with its
+    ``proj`` and FFN value tokens zero, so both residual branches add 0 and the block is the
+    identity: the model computes what it did. It trains: the zero values get gradients at the
+    first step, and the rest once they have moved. ``init="stack"``: a new block is a copy of
+    the block before it (depth stacking, as in G_stack; not exact).
+
+    The model's metadata follow: a dataclass ``config`` with a ``depth`` field and timm's
+    ``feature_info`` list. With ``optimizer``, the new parameters join the parameter groups of
+    the block they copy, with fresh optimizer state.
+    """
+    before = count_params(model)
+    depth = deepen(model, factor, init, optimizer)
+    report = GrowthReport(init, before, count_params(model), depth=depth, shape=model_shape(model))
     logger.info("%s", report)
     return report

@@ -1,5 +1,6 @@
-"""Loading a checkpoint across sizes: a smaller one into a grown model, a grown one into a model
-built at its initial size, and a companion (the EMA) laid into a grown model's state."""
+"""Loading across sizes: a smaller model's checkpoint into a larger model (a warm start), and a
+companion (the EMA) laid into a grown model's state. A checkpoint into the model it was saved
+from, grown or not, is ``shape.load_resized``."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .depth import block_container, deepened_keys, match_depth
+from .depth import block_container, deepened_keys
 from .report import GrownLayer, GrowthReport, count_params
+from .shape import model_shape
 from .tokens import (
     DEFAULT_PERTURBATION,
     check_init,
     fill_new_keys,
     pattention_layers,
-    record_token_counts,
-    resize_tokens,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def load_grown(
                 GrownLayer(prefix.rstrip("."), layer.kind, old, layer.num_tokens, added)
             )
     report.params_before = report.params_after - sum(layer.added_params for layer in report.layers)
+    report.shape = model_shape(model)
     logger.info("%s", report)
     return report
 
@@ -88,43 +89,6 @@ def _is_row_prefix(small: torch.Tensor, large: torch.Tensor) -> bool:
         and small.shape[1:] == large.shape[1:]
         and (small.shape[0] < large.shape[0])
     )
-
-
-def fit_to_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Resize ``model``, built at its initial size, to the shapes of a checkpoint of a run that
-    grew: its blocks (``match_depth``), then its parameter tokens (``match_token_counts``). The
-    one rule every loader follows (engine resume, warm start's source, timm's filter, open_clip,
-    ``from_pretrained``, export); the tensors of ``state_dict`` may be meta (shapes only)."""
-    depth = match_depth(model, state_dict)
-    resized = match_token_counts(model, state_dict)
-    if depth > 1 or resized:
-        logger.info(
-            "fitted %s to the checkpoint: depth x%d, %d Pattention layers resized",
-            type(model).__name__, depth, resized,
-        )  # fmt: skip
-
-
-def load_resized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load ``state_dict`` strictly into ``model`` built at its initial size (a run that grew)."""
-    fit_to_state(model, state_dict)
-    model.load_state_dict(state_dict)
-
-
-def match_token_counts(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Resize every Pattention of ``model`` to the token counts in ``state_dict``.
-
-    For loading a checkpoint of a run that grew into a model built at the run's initial size:
-    call this, then ``model.load_state_dict(state_dict)``. Returns the number of layers resized.
-    """
-    resized = 0
-    for name, layer in pattention_layers(model):
-        key = f"{name}.key_tokens" if name else "key_tokens"
-        if key in state_dict and state_dict[key].shape[0] != layer.num_tokens:
-            resize_tokens(layer, state_dict[key].shape[0])
-            resized += 1
-    if resized:
-        record_token_counts(model)
-    return resized
 
 
 def grown_companion_state(

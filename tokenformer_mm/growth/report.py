@@ -22,6 +22,8 @@ class GrownLayer:
 class GrowthReport:
     """What ``grow_model`` / ``grow_depth`` / ``load_grown`` changed.
 
+    ``shape`` is the model's shape record after the growth (``shape.model_shape``: blocks per
+    block list, tokens per Pattention layer), what a checkpoint of the grown model carries.
     ``replaced`` maps each Parameter a width growth replaced to its successor (the grown layers
     get new Parameters): ``grow_optimizer_state(optimizer, report)`` follows it to move an
     optimizer that was not passed to the growth.
@@ -32,11 +34,20 @@ class GrowthReport:
     params_after: int
     layers: list[GrownLayer] = field(default_factory=list)
     depth: tuple[int, int] | None = None  # (before, after) for a depth growth
+    shape: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
     replaced: dict[nn.Parameter, nn.Parameter] = field(default_factory=dict, repr=False)
 
     @property
     def added_params(self) -> int:
         return self.params_after - self.params_before
+
+    def counts(self) -> dict[str, int]:
+        """The figures a run's ``growth.jsonl`` records."""
+        return {
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "layers": len(self.layers),
+        }
 
     def __str__(self) -> str:
         params = (

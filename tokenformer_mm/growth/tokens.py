@@ -162,20 +162,22 @@ def widen(
 
 
 def record_token_counts(model: nn.Module) -> None:
-    """The model's own record of its shape follows its layers: a dataclass ``config`` with
-    ``<kind>_tokens`` fields (what ``save_pretrained`` writes) gets each kind's token count, where
-    every layer of that kind has the same one."""
-    config = getattr(model, "config", None)
-    if not dataclasses.is_dataclass(config):
-        return
-    fields = {f.name for f in dataclasses.fields(config)}
-    counts: dict[str, set[int]] = {}
-    for _, layer in pattention_layers(model):
-        counts.setdefault(layer.kind, set()).add(layer.num_tokens)
-    changes = {
-        f"{kind}_tokens": next(iter(n))
-        for kind, n in counts.items()
-        if len(n) == 1 and f"{kind}_tokens" in fields
-    }
-    if changes:
-        model.config = dataclasses.replace(config, **changes)
+    """Each tower's own record of its token counts follows its layers: every module of ``model``
+    with a dataclass ``config`` holding ``<kind>_tokens`` fields (what ``save_pretrained``
+    writes) gets the count of each kind whose layers below it all have the same one."""
+    for tower in model.modules():
+        config = getattr(tower, "config", None)
+        if not dataclasses.is_dataclass(config):
+            continue
+        fields = {f.name for f in dataclasses.fields(config)}
+        counts: dict[str, set[int]] = {}
+        for layer in tower.modules():
+            if isinstance(layer, Pattention):
+                counts.setdefault(layer.kind, set()).add(layer.num_tokens)
+        changes = {
+            f"{kind}_tokens": next(iter(n))
+            for kind, n in counts.items()
+            if len(n) == 1 and f"{kind}_tokens" in fields
+        }
+        if changes:
+            tower.config = dataclasses.replace(config, **changes)

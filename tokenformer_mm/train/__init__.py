@@ -1,6 +1,7 @@
 """The training engine, one for every domain: a small folder, one job per file.
 
-- ``trainer.py``: the loop (``Trainer``), growth inside a run, resume;
+- ``trainer.py``: the loop (``Trainer``), growth inside a run;
+- ``resume.py``: the checkpoint protocol (the run's stateful parts, saved and put back);
 - ``tasks.py``: what a domain plugs in (``Task``), the domain registry, ``load_run``;
 - ``config.py``: the structured configs Hydra validates runs against;
 - ``optim.py``: AdamW weight-decay groups and the learning-rate schedule;

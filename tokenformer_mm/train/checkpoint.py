@@ -2,7 +2,8 @@
 
 A checkpoint is a directory ``checkpoints/step_00001200/`` holding
 
-- ``model.safetensors`` (and ``ema.safetensors``): the weights, loadable by timm / open_clip;
+- ``model.safetensors`` (and ``ema.safetensors``): the weights, loadable by timm / open_clip,
+  with the model's shape record (``growth.shape``) in the file's metadata;
 - ``state.pt``: optimizer, scheduler, step, RNG states, data position, growth sizes — plain
   tensors and Python containers, so ``torch.load(weights_only=True)`` reads it.
 
@@ -29,7 +30,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ..growth import load_resized
+from ..growth import Shape, load_resized
+from ..growth.shape import model_shape, shape_from_metadata, shape_metadata
 from .atomic import checkpoint_dirs, publish
 from .sharded import SHARDED_DIR, STATE_FILE, is_sharded, read_sharded_weights, sharded_damage
 
@@ -86,9 +88,10 @@ def newest_intact(root: str | os.PathLike) -> Path | None:
 
 
 def save_weights(module: nn.Module, path: str | os.PathLike) -> None:
-    """A module's state dict as safetensors (contiguous, unshared copies of every tensor)."""
+    """A module's state dict as safetensors (contiguous, unshared copies of every tensor), its
+    shape record in the metadata."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    safetensors.torch.save_file(tensors, str(path))
+    safetensors.torch.save_file(tensors, str(path), metadata=shape_metadata(model_shape(module)))
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -103,14 +106,23 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(str(path))
 
 
-def load_model(model: nn.Module, source: str | os.PathLike | dict[str, torch.Tensor]) -> None:
-    """Load a checkpoint's weights into ``model``, built at its initial size: the one way.
+def read_shape(source: str | os.PathLike) -> Shape | None:
+    """The shape record of a checkpoint directory (the model's, or a sharded one's state) or a
+    ``.safetensors`` file; None for one written before records (read from its tensors then)."""
+    path = Path(source)
+    if path.is_dir() and is_sharded(path):
+        return load_state(path).get("shape")
+    if path.is_dir():
+        path = path / MODEL_FILE
+    with safetensors.safe_open(str(path), "pt") as file:
+        return shape_from_metadata(file.metadata())
 
-    A run that grew saved more parameter tokens than the model it builds has, so every Pattention
-    is first resized to the checkpoint's token counts; then every tensor loads strictly.
-    ``source``: a checkpoint directory, a ``.safetensors`` file or a state dict.
-    """
-    load_resized(model, source if isinstance(source, dict) else load_weights(source))
+
+def load_model(model: nn.Module, source: str | os.PathLike) -> nn.Module:
+    """``model``, built at its initial size, holding a checkpoint's weights: fitted to the
+    checkpoint's shape record (a run that grew), then loaded strictly (``growth.load_resized``).
+    ``source``: a checkpoint directory or a ``.safetensors`` file. Returns ``model``."""
+    return load_resized(model, load_weights(source), read_shape(source))
 
 
 def save(
@@ -143,7 +155,7 @@ def export(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
         raise ValueError(f"{path} already exists; choose another file or remove it")
     tensors = {k: v.contiguous() for k, v in load_weights(checkpoint).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(tensors, str(path))
+    safetensors.torch.save_file(tensors, str(path), metadata=shape_metadata(read_shape(checkpoint)))
     return path
 
 

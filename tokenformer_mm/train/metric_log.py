@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 STEPS_FILE = "train_steps.csv"
 METRICS_FILE = "metrics.csv"
@@ -130,3 +133,40 @@ def plot_metrics(run_dir: Path, growth_steps: Sequence[int]) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+class ProgressLine:
+    """The progress bar of a run (rank 0): the mean loss, lr and throughput of the last
+    ``every`` steps, refreshed every ``every`` steps."""
+
+    def __init__(
+        self, until: int, step: int, every: int, unit: str, flops_per_item: float, show: bool
+    ) -> None:
+        self.bar = tqdm(
+            total=until, initial=step, disable=not show, unit="step", dynamic_ncols=True
+        )
+        self.every, self.unit, self.flops_per_item = every, unit, flops_per_item
+        self.losses: list[float] = []
+        self.items, self.since = 0, time.perf_counter()
+
+    def update(self, step: int, loss: float, items: int, lr: float, final: bool) -> None:
+        """One step of ``items`` (all ranks) at ``loss``."""
+        self.losses.append(loss)
+        self.items += items
+        if step % self.every == 0 or final:
+            rate = self.items / (time.perf_counter() - self.since)
+            recent = self.losses[-self.every :]
+            self.bar.set_postfix(
+                loss=f"{sum(recent) / len(recent):.4f}",
+                lr=f"{lr:.2e}",
+                **{f"{self.unit}/s": f"{rate:.0f}"},
+                GFLOPs=f"{rate * self.flops_per_item / 1e9:.1f}",
+            )
+            self.items, self.since = 0, time.perf_counter()
+        self.bar.update(1)
+
+    def window_loss(self) -> float:
+        """The mean loss since the last call (the train loss an evaluation row records)."""
+        mean = sum(self.losses) / len(self.losses)
+        self.losses = []
+        return mean

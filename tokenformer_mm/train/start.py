@@ -14,6 +14,7 @@ from torch import nn
 from ..flops import training_flops
 from . import checkpoint
 from .batches import data_report, to_device
+from .metric_log import CONFIG_FILE
 from .rng import rng_state, set_rng_state
 from .tasks import Task
 
@@ -135,3 +136,30 @@ def check_writable(run_dir: Path) -> None:
             f"run_dir={str(run_dir)!r} cannot be written ({error}); choose another run_dir or "
             "fix its permissions"
         ) from error
+
+
+def save_config(run_dir: Path, cfg: Any) -> None:
+    """The run's config as ``.hydra/config.yaml`` (what ``load_run`` and evaluate.py read),
+    once the start is accepted; a resumed run keeps the one its first start wrote."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(OmegaConf.to_yaml(cfg))
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """TF32 matmuls and convolutions on CUDA (``train.tf32``)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def check_branch(path: Path, ckpt_dir: Path, step: int, steps: int) -> None:
+    """A branch (a checkpoint of another run) must leave steps to train."""
+    if path.resolve().parent != ckpt_dir.resolve() and step >= steps:
+        raise ValueError(
+            f"train.branch_from={str(path)!r} is at step {step}, but train.steps={steps}: a "
+            "branch continues that run, so raise train.steps"
+        )

@@ -4,7 +4,7 @@ A domain supplies a ``Task`` (model, loaders, training loss, evaluation); the ``
 rest: AdamW with weight-decay groups, warmup + cosine, gradient clipping and accumulation, bf16
 autocast on CUDA, EMA, periodic evaluation and checkpoints, exact resume, growth inside the run,
 DDP or FSDP2 under torchrun (``parallel.py``), ``torch.compile``, and the run's record
-(``metric_log``).
+(``metric_log``). Its stateful parts are saved and restored through one protocol (``resume.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,24 +19,18 @@ from typing import Any
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
-from tqdm import tqdm
 
-from ..distributed import all_gather_objects, mean_over_ranks, setup_distributed
-from ..growth import (
-    fit_to_state,
-    grow_model,
-    grown_companion_state,
-    load_grown,
-    seed_new_rows,
-)
+from ..distributed import mean_over_ranks, setup_distributed
+from ..growth import fit_to_shape, grow_model, grown_companion_state, load_grown, seed_new_rows
+from ..growth import state_shape as shape_from_tensors
 from ..pattention import KINDS
-from . import checkpoint, parallel, start
+from . import checkpoint, parallel, resume, start
 from .batches import EpochBatches, to_device
 from .config import validate
-from .metric_log import CONFIG_FILE, MetricLog
+from .metric_log import MetricLog, ProgressLine
 from .optim import build_optimizer
-from .rng import rng_state, seed_everything, set_rng_state
-from .sharded import is_sharded, load_sharded, save_sharded, sharded_shapes
+from .rng import seed_everything
+from .sharded import is_sharded, sharded_shapes
 from .state import TrainState
 from .tasks import Task
 
@@ -47,12 +40,10 @@ logger = logging.getLogger(__name__)
 class Trainer:
     """Trains ``task`` as ``cfg`` says, writing everything under ``run_dir`` (rank 0 only).
 
-    Construction happens in this order, because each step needs the previous one:
-    the model at its initial size -> resized and loaded from the checkpoint it resumes (a run
-    that grew) or warm-started from a smaller run -> the FLOPs per item (measured on the bare
-    model) -> FSDP2's shards (``train.parallel=fsdp``) -> the optimizer over the final
-    parameters -> the EMA (a copy of the loaded model) -> the optimizer / schedule / RNG state of
-    the resumed checkpoint (a sharded one loads the weights here too) -> DDP, torch.compile.
+    Construction order, each step needing the one before: the model at its initial size ->
+    fitted to and loaded from the checkpoint it resumes (or warm-started from a smaller run) ->
+    its FLOPs per item (on the bare model) -> FSDP2's shards -> the optimizer over the final
+    parameters -> the EMA -> the other parts of the resumed checkpoint -> DDP, torch.compile.
     """
 
     def __init__(self, cfg: Any, task: Task, run_dir: str | os.PathLike) -> None:
@@ -66,9 +57,7 @@ class Trainer:
             start.check_writable(self.run_dir)
         self.sharded = cfg.train.parallel == "fsdp" and self.world_size > 1
         self.use_bf16 = start.use_bf16(cfg.train.precision, self.device)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
-            torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+        start.set_tf32(self.device, cfg.train.tf32)
         self.log = MetricLog(self.run_dir, write=self.is_main)
         self.state = TrainState()
 
@@ -83,18 +72,20 @@ class Trainer:
         self.data = EpochBatches(self.train_loader)
         resume_from = start.resume_checkpoint(self.run_dir, cfg.resume, cfg.train.branch_from)
         saved = checkpoint.load_state(resume_from) if resume_from is not None else None
-        if resume_from is not None and is_sharded(resume_from):
-            shapes = sharded_shapes(resume_from)  # loaded once the optimizer exists
-            fit_to_state(self.model, shapes)
+        if resume_from is not None and is_sharded(resume_from):  # weights load once sharded
+            shape = checkpoint.read_shape(resume_from)
+            if shape is None:  # written before checkpoints kept the record
+                shape = shape_from_tensors(self.model, sharded_shapes(resume_from))
+            fit_to_shape(self.model, shape)
         elif resume_from is not None:
             checkpoint.load_model(self.model, resume_from)
         elif cfg.growth.init_from:
             self._warm_start(cfg.growth.init_from)
-        self.flops_per_item = start.measure_flops(
-            self.model, self.task, self.eval_loader, self.device, self.cfg.train.grad_checkpointing
-        )
-        if saved is not None and _keyed_by_index(saved.get("optimizer")):  # an older checkpoint
-            saved["optimizer"] = self._optimizer_state_by_name(saved["optimizer"])
+        self.flops_per_item = self._measure_flops()
+        if saved is not None:  # an older checkpoint's by index, read by the unsharded model
+            saved["optimizer"] = resume.optimizer_state_by_name(
+                self.model, lambda: self._optim(self.model)[0], saved.get("optimizer")
+            )
         if self.sharded:
             parallel.shard(self.model, self.device, self.world_size)
         self.optimizer, self.scheduler = self._optim(self.model)
@@ -102,13 +93,15 @@ class Trainer:
             ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
         )
         if resume_from is not None:
-            self._restore_state(resume_from, saved)
+            resume.restore(self._parts(), resume_from, saved, cfg.seed)
+            start.check_branch(resume_from, self.ckpt_dir, self.state.step, cfg.train.steps)
+            self.log.resume(self.state.step)
+            logger.info("resumed from %s at step %d", resume_from, self.state.step)
         else:
-            # per-rank augmentation and dropout
-            seed_everything(cfg.seed * 1000 + self.rank)
+            seed_everything(cfg.seed * 1000 + self.rank)  # per-rank augmentation and dropout
         self.train_module = self._wrap()
         if self.is_main:
-            self._save_config()
+            start.save_config(self.run_dir, cfg)
 
     @property
     def step(self) -> int:
@@ -136,42 +129,27 @@ class Trainer:
         cfg = self.cfg.train
         until = cfg.steps if until is None else until
         growth_at = {event.step: event for event in self.cfg.growth.schedule}
-        progress = tqdm(
-            total=until,
-            initial=self.state.step,
-            disable=not self.is_main,
-            unit="step",
-            dynamic_ncols=True,
-        )
-        window_loss, window_items, window_start = [], 0, time.perf_counter()
+        progress = ProgressLine(
+            until, self.state.step, cfg.log_every, self.task.unit, self.flops_per_item,
+            show=self.is_main,
+        )  # fmt: skip
         while self.state.step < until:
             if self.state.step in growth_at:
                 event = growth_at[self.state.step]
                 self.grow(event.factor, event.kinds, event.depth)
+                progress.flops_per_item = self.flops_per_item
             loss, grad_norm, items = self._train_step()
             self.state.step += 1
             self.state.total_flops += items * self.world_size * self.flops_per_item
-            window_loss.append(loss)
-            window_items += items
+            step, final = self.state.step, self.state.step == until
             lr = self.scheduler.get_last_lr()[0]
-            self.log.log_step(self.state.step, self.data.epoch, loss, lr, grad_norm)
-            if self.state.step % cfg.log_every == 0 or self.state.step == until:
-                rate = window_items * self.world_size / (time.perf_counter() - window_start)
-                recent = window_loss[-cfg.log_every :]
-                progress.set_postfix(
-                    loss=f"{sum(recent) / len(recent):.4f}",
-                    lr=f"{lr:.2e}",
-                    **{f"{self.task.unit}/s": f"{rate:.0f}"},
-                    GFLOPs=f"{rate * self.flops_per_item / 1e9:.1f}",
-                )
-                window_items, window_start = 0, time.perf_counter()
-            progress.update(1)
-            if self.state.step % cfg.eval_every == 0 or self.state.step == until:
-                self._evaluate_and_log(sum(window_loss) / len(window_loss))
-                window_loss = []
-            if self.state.step % cfg.checkpoint_every == 0 or self.state.step == until:
-                self._save()
-        progress.close()
+            self.log.log_step(step, self.data.epoch, loss, lr, grad_norm)
+            progress.update(step, loss, items * self.world_size, lr, final)
+            if step % cfg.eval_every == 0 or final:
+                self._evaluate_and_log(progress.window_loss())
+            if step % cfg.checkpoint_every == 0 or final:
+                resume.save(self._parts(), self.ckpt_dir, self.sharded, cfg.keep_checkpoints)
+        progress.bar.close()
         plot = self.log.plot([e["step"] for e in self.state.growth_events if e["step"] > 0])
         return {
             "metrics": self.eval_rows[-1] if self.eval_rows else {},
@@ -195,10 +173,8 @@ class Trainer:
                 loss.backward()
             total_loss += loss.detach()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        clip = self.cfg.optim.grad_clip
-        grad_norm = parallel.local_value(
-            nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
-        )
+        clip = self.cfg.optim.grad_clip or float("inf")
+        grad_norm = parallel.local_value(nn.utils.clip_grad_norm_(params, clip))
         seed_new_rows(self.optimizer)  # rows a growth appended: their state, however it came
         self.optimizer.step()
         self.scheduler.step()
@@ -230,9 +206,7 @@ class Trainer:
             depth_init=growth.depth_init, seed=seed,
         )  # fmt: skip
         self.model = model
-        self.flops_per_item = start.measure_flops(
-            self.model, self.task, self.eval_loader, self.device, self.cfg.train.grad_checkpointing
-        )
+        self.flops_per_item = self._measure_flops()
         if self.sharded:
             schedule = self.scheduler.state_dict()
             self.optimizer, self.scheduler = parallel.resharded(
@@ -240,20 +214,26 @@ class Trainer:
             )
             start.continue_schedule(self.optimizer, self.scheduler, schedule)
         self.train_module = self._wrap()  # DDP's buckets were sized for the old parameters
-        if ema_state is not None:
-            self.ema.module = self._grown_ema(ema_state, depth)
+        if ema_state is not None:  # the averages where the old model had parameters
+            self.ema.module = copy.deepcopy(self.model)
+            self.ema.module.load_state_dict(
+                grown_companion_state(self.model, ema_state, depth, growth.depth_init)
+            )
         after = self._evaluate(self._eval_model(ema=False))
-        record = {
-            "step": self.state.step,
-            "factor": factor,
-            "depth": depth,
-            **_report_fields(report),
-        }
+        record = {"step": self.state.step, "factor": factor, "depth": depth, **report.counts()}
         record.update(val_before=before, val_after=after)
         self.state.growth_events.append(record)
         self.log.log_growth(self.state.growth_events)
         logger.info("step %d: %s; val before %s, after %s", self.state.step, report, before, after)
         return record
+
+    # --- parts ------------------------------------------------------------------------------
+
+    def _parts(self) -> resume.RunParts:
+        ema = self.ema.module if self.ema is not None else None
+        return resume.RunParts(
+            self.model, self.optimizer, self.scheduler, ema, self.state, self.data
+        )
 
     def _optim(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
         """This run's AdamW and LR schedule over ``model``."""
@@ -277,16 +257,19 @@ class Trainer:
             return self.model
         return parallel.full_replica(self.model, self._empty_model())
 
-    def _grown_ema(self, ema_state: dict[str, torch.Tensor], depth: int) -> nn.Module:
-        """The EMA after growth: its averages where the old model had parameters, the grown
-        model's own values for the new parts (the average of a parameter that just appeared)."""
-        ema = copy.deepcopy(self.model)
-        ema.load_state_dict(
-            grown_companion_state(ema, ema_state, depth, self.cfg.growth.depth_init)
-        )
-        return ema
+    def _warm_start(self, source: str) -> None:
+        growth = self.cfg.growth
+        weights = checkpoint.load_weights(source)
+        report = load_grown(self.model, weights, growth.init, growth.perturbation)
+        logger.info("warm start from %s: %s", source, report)
+        self.state.growth_events.append({"step": 0, "from": source, **report.counts()})
 
-    # --- evaluation and checkpoints ---------------------------------------------------------
+    def _measure_flops(self) -> float:
+        return start.measure_flops(
+            self.model, self.task, self.eval_loader, self.device, self.cfg.train.grad_checkpointing
+        )
+
+    # --- evaluation -------------------------------------------------------------------------
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         with self._autocast():
@@ -294,6 +277,8 @@ class Trainer:
 
     def _evaluate_and_log(self, train_loss: float) -> None:
         metrics = self._evaluate(self._eval_model())
+        dataset = self.train_loader.dataset  # its losses so far: corrupt samples, bad shards
+        counts = dataset.counts() if hasattr(dataset, "counts") else {}
         self.log.log_evaluation(
             {
                 "step": self.state.step,
@@ -303,101 +288,11 @@ class Trainer:
                 "params": sum(p.numel() for p in self.model.parameters()),
                 "flops": self.state.total_flops,
                 **metrics,
-                **self._data_counts(),
+                **{f"data/{name}": value for name, value in counts.items()},
             }
         )
-        logger.info(
-            "step %d: %s", self.state.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        )
-
-    def _data_counts(self) -> dict[str, int]:
-        """The training data's losses so far (corrupt samples, damaged and short shards)."""
-        dataset = self.train_loader.dataset
-        counts = dataset.counts() if hasattr(dataset, "counts") else {}
-        return {f"data/{name}": value for name, value in counts.items()}
-
-    def _save(self) -> None:
-        per_rank = all_gather_objects({"rng": rng_state(), "data": self.data.state_dict()})
-        state = {
-            **self.state.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "ranks": per_rank,
-        }
-        if self.sharded:  # every rank writes its shards of the model and the optimizer
-            save_sharded(
-                self.ckpt_dir, self.state.step, self.model, self.optimizer,
-                state if self.is_main else None, self.cfg.train.keep_checkpoints,
-            )  # fmt: skip
-            return
-        if not self.is_main:
-            return
-        state["optimizer"] = parallel.full_optimizer_state(self.model, self.optimizer)
-        ema = self.ema.module if self.ema is not None else None
-        checkpoint.save(
-            self.ckpt_dir, self.state.step, self.model, state, ema, self.cfg.train.keep_checkpoints
-        )
-
-    # --- set-up steps -----------------------------------------------------------------------
-
-    def _warm_start(self, source: str) -> None:
-        growth = self.cfg.growth
-        report = load_grown(
-            self.model, checkpoint.load_weights(source), growth.init, growth.perturbation
-        )
-        logger.info("warm start from %s: %s", source, report)
-        self.state.growth_events.append({"step": 0, "from": source, **_report_fields(report)})
-
-    def _optimizer_state_by_name(self, optimizer_state: dict[str, Any]) -> dict[str, Any]:
-        """An optimizer state keyed by parameter index (``optimizer.state_dict()``, what
-        checkpoints held before they were keyed by name) keyed by name, read through the still
-        unsharded model."""
-        optimizer, _ = self._optim(self.model)
-        optimizer.load_state_dict(optimizer_state)
-        return parallel.full_optimizer_state(self.model, optimizer)
-
-    def _restore_state(self, path: Path, state: dict[str, Any]) -> None:
-        """Everything but the model weights (``state``: the checkpoint's ``state.pt``): EMA,
-        optimizer, schedule, step, RNGs, data position."""
-        if self.ema is not None:
-            checkpoint.load_model(self.ema.module, path / checkpoint.EMA_FILE)
-        if is_sharded(path):  # the model's shards and the optimizer's, as the ranks wrote them
-            load_sharded(path, self.model, self.optimizer)
-        else:  # by parameter name, into one process, DDP or FSDP2 alike
-            parallel.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        start.continue_schedule(self.optimizer, self.scheduler, state["scheduler"])
-        self.state.load_state_dict(state)
-        if (
-            path.resolve().parent != self.ckpt_dir.resolve()
-            and self.state.step >= self.cfg.train.steps
-        ):
-            raise ValueError(
-                f"train.branch_from={str(path)!r} is at step {self.state.step}, but train.steps="
-                f"{self.cfg.train.steps}: a branch continues that run, so raise train.steps"
-            )
-        ranks = state["ranks"]
-        if len(ranks) == self.world_size:
-            set_rng_state(ranks[self.rank]["rng"])
-            self.data.load_state_dict(ranks[self.rank]["data"])
-        else:
-            epoch = ranks[0]["data"]["epoch"] + 1
-            logger.warning(
-                "checkpoint written by %d processes, resuming with %d: data restarts at epoch %d",
-                *(len(ranks), self.world_size, epoch),
-            )
-            seed_everything(self.cfg.seed * 1000 + self.rank + self.state.step)
-            self.data.load_state_dict({"epoch": epoch, "batch": 0})
-        self.log.resume(self.state.step)
-        logger.info("resumed from %s at step %d", path, self.state.step)
-
-    def _save_config(self) -> None:
-        """The run's config as ``.hydra/config.yaml`` (what ``load_run`` and evaluate.py read),
-        once the start is accepted; a resumed run keeps the one its first start wrote."""
-        from omegaconf import OmegaConf
-
-        path = self.run_dir / CONFIG_FILE
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(OmegaConf.to_yaml(self.cfg))
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        logger.info("step %d: %s", self.state.step, summary)
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast on CUDA (or when asked); fp32 otherwise."""
@@ -412,19 +307,3 @@ class Trainer:
         if not self.cfg.train.compile:
             return module
         return torch.compile(module, backend=self.cfg.train.compile_backend)
-
-
-def _report_fields(report: Any) -> dict[str, Any]:
-    return {
-        "params_before": report.params_before,
-        "params_after": report.params_after,
-        "layers": len(report.layers),
-    }
-
-
-def _keyed_by_index(optimizer_state: dict[str, Any] | None) -> bool:
-    """Whether a saved optimizer state is ``optimizer.state_dict()``'s (parameters by index)."""
-    if not optimizer_state:
-        return False
-    groups = optimizer_state.get("param_groups") or [{}]
-    return any(isinstance(p, int) for group in groups for p in group.get("params", []))

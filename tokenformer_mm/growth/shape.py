@@ -1,0 +1,132 @@
+"""A model's shape record: what growth changes, as plain data that checkpoints carry.
+
+Growth changes two things, and nothing else, about a model's architecture: how many blocks each
+list of Tokenformer blocks holds and how many parameter tokens each Pattention layer has. The
+record is exactly that::
+
+    {"depth": {"blocks": 8}, "tokens": {"blocks.0.attn.q": 192, ...}}
+
+``model_shape`` reads it from a live model (so it can never disagree with the weights),
+``GrowthReport.shape`` is the record after a growth, every weights file the library writes
+carries it (``train/checkpoint.py``), and ``fit_to_shape`` gives a model built at its initial
+size the recorded shape: the one rule behind every loader (``load_resized``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..pattention import Pattention
+from .depth import block_containers, deepen
+from .tokens import record_token_counts, resize_tokens
+
+logger = logging.getLogger(__name__)
+
+Shape = dict[str, dict[str, int]]  # {"depth": {block list: blocks}, "tokens": {layer: tokens}}
+METADATA_KEY = "tokenformer_mm.shape"  # where a safetensors file keeps the record
+
+
+def model_shape(model: nn.Module) -> Shape:
+    """The shape record of ``model`` as it is now (any module tree; empty for a model without
+    Tokenformer blocks or Pattention layers)."""
+    return {
+        "depth": {name: len(blocks) for name, blocks in block_containers(model)},
+        "tokens": {
+            name: layer.num_tokens
+            for name, layer in model.named_modules()
+            if isinstance(layer, Pattention)
+        },
+    }
+
+
+def state_shape(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Shape:
+    """The shape record of a checkpoint that carries none (one written before records), read
+    from its tensors in ``model``'s terms (its block lists); the tensors may be meta."""
+    depth = {}
+    for name, blocks in block_containers(model):
+        prefix = f"{name}."
+        indices = {
+            int(k[len(prefix) :].split(".", 1)[0]) for k in state_dict if k.startswith(prefix)
+        }
+        depth[name] = max(indices) + 1 if indices else len(blocks)
+    tokens = {
+        key.removesuffix("key_tokens").removesuffix("."): value.shape[0]
+        for key, value in state_dict.items()
+        if key == "key_tokens" or key.endswith(".key_tokens")
+    }
+    return {"depth": depth, "tokens": tokens}
+
+
+def fit_to_shape(model: nn.Module, shape: Shape) -> None:
+    """Resize ``model``, built at its initial size, to ``shape``: each block list first (a run
+    that grew in depth holds a multiple of its initial blocks; the new blocks are placeholders
+    for a checkpoint's values), then each Pattention layer's token count. A record that names
+    what the model lacks is an error naming the fix."""
+    containers = dict(block_containers(model))
+    unknown = sorted(set(shape.get("depth", {})) - set(containers))
+    if unknown:
+        raise ValueError(
+            f"the shape record has block lists {unknown} that {type(model).__name__} lacks; "
+            "build the model the checkpoint was trained from"
+        )
+    deepened = []
+    for name, saved in shape.get("depth", {}).items():
+        built = len(containers[name])
+        if saved == built:
+            continue
+        if saved < built or saved % built:
+            raise ValueError(
+                f"the checkpoint has {saved} blocks under {name!r}, the model {built}: a run that "
+                "grew in depth saves a multiple of its initial depth; create the model with "
+                f"depth={saved} (and grow it afterwards if you want more) or load the matching "
+                "checkpoint"
+            )
+        deepen(model, saved // built, "stack", None, container=name)
+        deepened.append(f"{name} {built}->{saved}")
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, Pattention)}
+    unknown = sorted(set(shape.get("tokens", {})) - set(layers))
+    if unknown:
+        raise ValueError(
+            f"the shape record has Pattention layers {unknown[:3]} ({len(unknown)} in all) that "
+            f"{type(model).__name__} lacks; build the model the checkpoint was trained from"
+        )
+    resized = 0
+    for name, count in shape.get("tokens", {}).items():
+        if layers[name].num_tokens != count:
+            resize_tokens(layers[name], count)
+            resized += 1
+    if resized:
+        record_token_counts(model)
+    if deepened or resized:
+        logger.info(
+            "fitted %s to the checkpoint's shape: %s%d Pattention layers resized",
+            type(model).__name__, "".join(f"depth {d}, " for d in deepened), resized,
+        )  # fmt: skip
+
+
+def load_resized(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], shape: Shape | None = None
+) -> nn.Module:
+    """Load ``state_dict`` strictly into ``model`` built at its initial size, fitted first to
+    ``shape`` (the checkpoint's record; None: read from its tensors). The one way a checkpoint
+    becomes a model; returns ``model``."""
+    fit_to_shape(model, shape if shape is not None else state_shape(model, state_dict))
+    model.load_state_dict(state_dict)
+    return model
+
+
+def shape_metadata(shape: Shape | None) -> dict[str, str]:
+    """The record as safetensors metadata (string to string; none without a record)."""
+    return {} if shape is None else {METADATA_KEY: json.dumps(shape, sort_keys=True)}
+
+
+def shape_from_metadata(metadata: Mapping[str, Any] | None) -> Shape | None:
+    """The record a safetensors file carries, or None for a file written without one."""
+    text = (metadata or {}).get(METADATA_KEY)
+    return json.loads(text) if text else None

@@ -153,6 +153,20 @@ def _modules_run_by(importer: str, imported: str) -> set[str]:
     return {imported} | {p for p in above if p in MODULES and not _inside(importer, p)}
 
 
+# The sizes docs/design.md sets: a file past them has more than one job (the "~" is the slack).
+SIZE_LIMITS = {"tokenformer_mm": 320, "vision": 460, "language": 460, "scripts": 400}
+
+
+def test_no_file_outgrows_the_size_its_folder_allows():
+    too_long = []
+    for folder, limit in SIZE_LIMITS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            lines = len(path.read_text().splitlines())
+            if lines > limit:
+                too_long.append(f"{path.relative_to(ROOT)}: {lines} lines (limit {limit})")
+    assert not too_long, "split by job: " + "; ".join(too_long)
+
+
 def test_no_import_cycles():
     """Cycles through a package's ``__init__`` count too (``a -> b.c`` runs ``b/__init__``)."""
     graph = {

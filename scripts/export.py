@@ -2,12 +2,16 @@
 
     python scripts/export.py runs/language/<run>/checkpoints/step_00004000 model.safetensors
     python scripts/export.py runs/language/<run> model.safetensors     # its newest checkpoint
+    python scripts/export.py runs/vision/<run> <folder> --timm         # timm's local folder
 
 A sharded checkpoint (``train.parallel=fsdp``: every rank's ``sharded/`` files) is gathered in
 this one process; a full one is copied. The file loads with timm's
 ``pretrained_cfg_overlay=dict(file=...)``, open_clip's ``pretrained=`` and
 ``tokenformer_mm.train.checkpoint.load_model`` (which resizes a model built at its initial size
-to a grown checkpoint's token counts). An existing output file is never overwritten.
+to a grown checkpoint's shape). With ``--timm`` (an image run) the output is timm's local
+folder instead, ``config.json`` holding the model's grown shape as its ``model_args``:
+``timm.create_model("local-dir:<folder>", pretrained=True)`` builds and loads it. An existing
+output file, or a folder with files, is never overwritten.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from tokenformer_mm.train import checkpoint
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="a checkpoint directory or a run directory")
-    parser.add_argument("output", type=Path, help="the .safetensors file to write")
+    parser.add_argument("output", type=Path, help="the .safetensors file (or --timm folder)")
+    parser.add_argument(
+        "--timm", action="store_true", help="an image run as timm's local folder (local-dir:)"
+    )
     args = parser.parse_args(argv)
     source = args.source
     if not (source / checkpoint.STATE_FILE).is_file():
@@ -30,10 +37,24 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{source} is neither a checkpoint nor a run directory with checkpoints")
         source = newest
     try:
-        written = checkpoint.export(source, args.output)
+        if args.timm:
+            written = _timm_folder(source, args.output)
+        else:
+            written = checkpoint.export(source, args.output)
     except ValueError as error:
         parser.error(str(error))
     print(f"{source} -> {written}")
+
+
+def _timm_folder(source: Path, folder: Path) -> Path:
+    """The run's model, at its grown shape, as timm's local folder."""
+    from tokenformer_mm.train import load_run
+    from tokenformer_mm.vision import TokenformerViT, save_for_timm
+
+    _, _, model, _ = load_run(source)
+    if not isinstance(model, TokenformerViT):
+        raise ValueError(f"--timm exports an image run; {source} holds a {type(model).__name__}")
+    return save_for_timm(model, folder)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 
 from tokenformer_mm import Pattention
 from tokenformer_mm.shards import write_shards
-from tokenformer_mm.train import Trainer, build_task, checkpoint
+from tokenformer_mm.train import Trainer, build_task, checkpoint, load_run
 from tokenformer_mm.train.config import validate
 from tokenformer_mm.train.optim import WarmupCosine, param_groups
 from tokenformer_mm.vision.sources import digits_samples
@@ -220,6 +220,16 @@ def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
     last_row = (full / "metrics.csv").read_text().splitlines()[-1].split(",")
     header = (full / "metrics.csv").read_text().splitlines()[0].split(",")
     assert final["val/top1"] == pytest.approx(float(last_row[header.index("val/top1")]))
+
+    # scripts/export.py --timm: timm's own local folder, which timm builds at the grown size
+    run([sys.executable, "scripts/export.py", str(full), str(tmp_path / "timm"), "--timm"])
+    import timm
+
+    _, _, model, _ = load_run(full)
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True)
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(images), model.eval()(images), rtol=0, atol=0)
 
 
 @pytest.mark.slow

@@ -81,3 +81,21 @@ def test_a_file_without_a_record_is_read_from_its_tensors_and_a_foreign_record_i
         fit_to_shape(TokenformerLM(lm_config("tiny")), foreign)
     with pytest.raises(ValueError, match=r"block lists \['layers'\].*build the model"):
         fit_to_shape(TokenformerLM(lm_config("tiny")), {"depth": {"layers": 4}, "tokens": {}})
+
+
+def test_a_grown_image_model_saved_for_timm_is_built_at_its_size_by_timm_itself(tmp_path):
+    import pytest
+    import timm
+
+    from tokenformer_mm.vision import save_for_timm
+
+    model = timm.create_model("tokenformer_micro_patch4_32", num_classes=10).eval()
+    grow_model(model, factor=2, kinds=("ffn", "qkv"), depth=2)
+    folder = save_for_timm(model, tmp_path / "grown")
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    assert model_shape(loaded) == model_shape(model) and len(loaded.feature_info) == 8
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="is not empty; choose a new folder"):
+        save_for_timm(model, folder)

@@ -12,6 +12,7 @@ if not __name__.startswith("tokenformer_mm."):  # e.g. ``import vision`` from th
         "second copy of the tower would register its own classes with timm"
     )
 
+from .pretrained import save_for_timm
 from .tokenformer_vit import TokenformerViT, checkpoint_filter_fn
 
-__all__ = ["TokenformerViT", "checkpoint_filter_fn"]
+__all__ = ["TokenformerViT", "checkpoint_filter_fn", "save_for_timm"]

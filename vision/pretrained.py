@@ -1,16 +1,19 @@
-"""Loading a checkpoint into an image Tokenformer through timm (``pretrained_cfg_overlay=dict(
-file=...)``, ``pretrained=True``): the filter timm calls, and the checks that keep a trained part
-from being dropped or left random."""
+"""An image Tokenformer's checkpoints through timm: the filter timm calls when it loads one
+(``pretrained_cfg_overlay=dict(file=...)``, ``pretrained=True``), the checks that keep a trained
+part from being dropped or left random, and ``save_for_timm``, the folder timm builds a grown
+model from (``timm.create_model("local-dir:<folder>", pretrained=True)``)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 from tokenformer_mm.growth import fit_to_shape, state_shape
+from tokenformer_mm.pattention import Pattention
 
 if TYPE_CHECKING:
     from .tokenformer_vit import TokenformerViT
@@ -93,3 +96,28 @@ def _check_layer_scale(state_dict: dict[str, torch.Tensor], model: TokenformerVi
         f"the checkpoint's blocks {'have' if saved else 'have no'} LayerScale (ls1/ls2.gamma), "
         f"the model's {'have' if has else 'have none'}: create the model with {fix}"
     )
+
+
+def save_for_timm(model: TokenformerViT, directory: str | Path) -> Path:
+    """Write ``model`` as timm's local folder (``config.json`` + ``model.safetensors``, timm's own
+    ``save_for_hf``), its ``model_args`` holding the shape it has now (depth, tokens per kind):
+    ``timm.create_model(f"local-dir:{directory}", pretrained=True)`` builds a grown model at its
+    size and loads it. Refuses a folder that holds files."""
+    from timm.models import save_for_hf
+
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise ValueError(f"{directory} is not empty; choose a new folder or empty it")
+    counts: dict[str, set[int]] = {}
+    for layer in model.modules():
+        if isinstance(layer, Pattention):
+            counts.setdefault(f"{layer.kind}_tokens", set()).add(layer.num_tokens)
+    uneven = {kind: sorted(n) for kind, n in counts.items() if len(n) > 1}
+    if uneven:
+        raise ValueError(
+            f"token counts differ between layers of one kind ({uneven}): timm's model_args hold "
+            "one count per kind; save the weights alone (checkpoint.save_weights) instead"
+        )
+    shape_args = {"depth": len(model.blocks), **{k: n.pop() for k, n in counts.items()}}
+    save_for_hf(model, str(directory), model_args=shape_args, safe_serialization=True)
+    return directory

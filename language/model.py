@@ -21,11 +21,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tokenformer_mm.block import TokenformerBlock
-from tokenformer_mm.growth import load_resized, model_shape
-from tokenformer_mm.growth.shape import shape_from_metadata, shape_metadata
+from tokenformer_mm.growth import load_resized
 from tokenformer_mm.initialization import discarded_rng, reset_submodules
 from tokenformer_mm.rotary import Rotary, rotary_dims, rotary_tables
 from tokenformer_mm.theta import accumulation_dtype
+from tokenformer_mm.weights import file_shape, save_weights
 
 IGNORE_INDEX = -100  # targets not scored (PyTorch's and Hugging Face's default)
 CONFIG_FILE = "config.json"
@@ -323,9 +323,7 @@ def save_pretrained(model: TokenformerLM, directory: str | os.PathLike, overwrit
     directory.mkdir(parents=True, exist_ok=True)
     # model.config follows growth (depth and token counts), so it is the grown model's shape
     (directory / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = shape_metadata(model_shape(model))
-    safetensors.torch.save_file(tensors, str(directory / WEIGHTS_FILE), metadata=metadata)
+    save_weights(model, directory / WEIGHTS_FILE)
     return directory
 
 
@@ -357,9 +355,8 @@ def from_pretrained(cls: type[TokenformerLM], name_or_path: str | os.PathLike) -
         raise ValueError(f"{directory / CONFIG_FILE} has unknown LMConfig fields {unknown}")
     model = cls(LMConfig(**saved))
     weights = safetensors.torch.load_file(str(directory / WEIGHTS_FILE))
-    with safetensors.safe_open(str(directory / WEIGHTS_FILE), "pt") as file:
-        shape = shape_from_metadata(file.metadata())
-    return load_resized(model, weights, shape)  # per-layer counts, should growth be uneven
+    shape = file_shape(directory / WEIGHTS_FILE)  # per-layer counts, should growth be uneven
+    return load_resized(model, weights, shape)
 
 
 def sample_next(

@@ -13,7 +13,7 @@ import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 from tokenformer_mm.growth import fit_to_shape, state_shape
-from tokenformer_mm.pattention import Pattention
+from tokenformer_mm.growth.tokens import token_counts_by_kind
 
 if TYPE_CHECKING:
     from .tokenformer_vit import TokenformerViT
@@ -108,16 +108,13 @@ def save_for_timm(model: TokenformerViT, directory: str | Path) -> Path:
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise ValueError(f"{directory} is not empty; choose a new folder or empty it")
-    counts: dict[str, set[int]] = {}
-    for layer in model.modules():
-        if isinstance(layer, Pattention):
-            counts.setdefault(f"{layer.kind}_tokens", set()).add(layer.num_tokens)
+    counts = token_counts_by_kind(model)
     uneven = {kind: sorted(n) for kind, n in counts.items() if len(n) > 1}
     if uneven:
         raise ValueError(
             f"token counts differ between layers of one kind ({uneven}): timm's model_args hold "
             "one count per kind; save the weights alone (checkpoint.save_weights) instead"
         )
-    shape_args = {"depth": len(model.blocks), **{k: n.pop() for k, n in counts.items()}}
+    shape_args = {"depth": len(model.blocks), **{f"{k}_tokens": n.pop() for k, n in counts.items()}}
     save_for_hf(model, str(directory), model_args=shape_args, safe_serialization=True)
     return directory

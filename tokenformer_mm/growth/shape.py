@@ -8,16 +8,14 @@ record is exactly that::
 
 ``model_shape`` reads it from a live model (so it can never disagree with the weights),
 ``GrowthReport.shape`` is the record after a growth, every weights file the library writes
-carries it (``train/checkpoint.py``), and ``fit_to_shape`` gives a model built at its initial
+carries it (``tokenformer_mm/weights.py``), and ``fit_to_shape`` gives a model built at its initial
 size the recorded shape: the one rule behind every loader (``load_resized``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +27,6 @@ from .tokens import record_token_counts, resize_tokens
 logger = logging.getLogger(__name__)
 
 Shape = dict[str, dict[str, int]]  # {"depth": {block list: blocks}, "tokens": {layer: tokens}}
-METADATA_KEY = "tokenformer_mm.shape"  # where a safetensors file keeps the record
 
 
 def model_shape(model: nn.Module) -> Shape:
@@ -119,14 +116,3 @@ def load_resized(
     fit_to_shape(model, shape if shape is not None else state_shape(model, state_dict))
     model.load_state_dict(state_dict)
     return model
-
-
-def shape_metadata(shape: Shape | None) -> dict[str, str]:
-    """The record as safetensors metadata (string to string; none without a record)."""
-    return {} if shape is None else {METADATA_KEY: json.dumps(shape, sort_keys=True)}
-
-
-def shape_from_metadata(metadata: Mapping[str, Any] | None) -> Shape | None:
-    """The record a safetensors file carries, or None for a file written without one."""
-    text = (metadata or {}).get(METADATA_KEY)
-    return json.loads(text) if text else None

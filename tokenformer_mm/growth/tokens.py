@@ -161,6 +161,16 @@ def widen(
     return layers, replaced, softmax
 
 
+def token_counts_by_kind(module: nn.Module) -> dict[str, set[int]]:
+    """The token counts of each kind of Pattention layer below ``module`` (one count per kind
+    unless growth was uneven)."""
+    counts: dict[str, set[int]] = {}
+    for layer in module.modules():
+        if isinstance(layer, Pattention):
+            counts.setdefault(layer.kind, set()).add(layer.num_tokens)
+    return counts
+
+
 def record_token_counts(model: nn.Module) -> None:
     """Each tower's own record of its token counts follows its layers: every module of ``model``
     with a dataclass ``config`` holding ``<kind>_tokens`` fields (what ``save_pretrained``
@@ -170,13 +180,9 @@ def record_token_counts(model: nn.Module) -> None:
         if not dataclasses.is_dataclass(config):
             continue
         fields = {f.name for f in dataclasses.fields(config)}
-        counts: dict[str, set[int]] = {}
-        for layer in tower.modules():
-            if isinstance(layer, Pattention):
-                counts.setdefault(layer.kind, set()).add(layer.num_tokens)
         changes = {
             f"{kind}_tokens": next(iter(n))
-            for kind, n in counts.items()
+            for kind, n in token_counts_by_kind(tower).items()
             if len(n) == 1 and f"{kind}_tokens" in fields
         }
         if changes:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..growth import Shape, load_resized
-from ..growth.shape import model_shape, shape_from_metadata, shape_metadata
+from ..weights import file_shape, save_tensors, save_weights
 from .atomic import checkpoint_dirs, publish
 from .sharded import SHARDED_DIR, STATE_FILE, is_sharded, read_sharded_weights, sharded_damage
 
@@ -87,13 +87,6 @@ def newest_intact(root: str | os.PathLike) -> Path | None:
     return None
 
 
-def save_weights(module: nn.Module, path: str | os.PathLike) -> None:
-    """A module's state dict as safetensors (contiguous, unshared copies of every tensor), its
-    shape record in the metadata."""
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    safetensors.torch.save_file(tensors, str(path), metadata=shape_metadata(model_shape(module)))
-
-
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a checkpoint directory or a ``.safetensors`` file."""
     path = Path(path)
@@ -112,10 +105,7 @@ def read_shape(source: str | os.PathLike) -> Shape | None:
     path = Path(source)
     if path.is_dir() and is_sharded(path):
         return load_state(path).get("shape")
-    if path.is_dir():
-        path = path / MODEL_FILE
-    with safetensors.safe_open(str(path), "pt") as file:
-        return shape_from_metadata(file.metadata())
+    return file_shape(path / MODEL_FILE if path.is_dir() else path)
 
 
 def load_model(model: nn.Module, source: str | os.PathLike) -> nn.Module:
@@ -155,7 +145,7 @@ def export(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
         raise ValueError(f"{path} already exists; choose another file or remove it")
     tensors = {k: v.contiguous() for k, v in load_weights(checkpoint).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(tensors, str(path), metadata=shape_metadata(read_shape(checkpoint)))
+    save_tensors(tensors, path, read_shape(checkpoint))
     return path
 
 

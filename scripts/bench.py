@@ -5,11 +5,9 @@
     python scripts/bench.py language      # vs a nanoGPT-style GPT; generation with/without cache
     python scripts/bench.py data          # image and text pipelines, samples/s
     python scripts/bench.py clip-eval     # CLIP retrieval metrics of 50,000 pairs: peak memory
-    python scripts/bench.py recipe        # one generic recipe: Tokenformer inits vs matched ViT
     python scripts/bench.py timm-train --train-py ../pytorch-image-models/train.py
-                                          # the same comparison under timm's own train.py
+                                          # variants vs the matched ViT under timm's train.py
     python scripts/bench.py clip-train    # CLIP towers under open_clip's own trainer
-    python scripts/bench.py lm-recipe     # LM key inits vs the GPT at equal FLOPs
     python scripts/bench.py shard-memory  # bytes per rank, DDP vs FSDP2, 450M LM on 2 ranks
 
 Every entry records the command line, machine, torch version and date, so a figure can always be
@@ -28,15 +26,13 @@ from benchmarks import (
     growth_kick,
     language,
     pattention,
-    recipes,
     shard_memory,
     upstream,
     vision,
 )
 from benchmarks.common import REPORT
 
-SUBJECTS = (pattention, data, vision, language, recipes, upstream, growth_kick, shard_memory)
-SUBJECTS += (clip_eval,)
+SUBJECTS = (pattention, data, vision, language, upstream, growth_kick, shard_memory, clip_eval)
 
 
 def main(argv: list[str] | None = None) -> None:

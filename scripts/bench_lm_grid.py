@@ -33,6 +33,30 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 MODELS = ("tokenformer", "gpt")
 LABELS = {"tokenformer": "Tokenformer LM", "gpt": f"matched GPT (mlp_ratio {MATCHED_MLP_RATIO:g})"}
+
+
+def model_variant(text: str) -> str:
+    """A ``--models`` entry: ``tokenformer`` or ``gpt``, the Tokenformer with ``key=value``
+    settings of its ``LMConfig`` after it (``"tokenformer key_init=official"``)."""
+    base, *settings = text.split()
+    if base not in MODELS or (settings and base != "tokenformer"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected one of {MODELS}, or 'tokenformer key=value ...'"
+        )
+    if any(setting.count("=") != 1 for setting in settings):
+        raise argparse.ArgumentTypeError(f"{text!r}: settings are key=value")
+    return text
+
+
+def label(model: str) -> str:
+    base, *settings = model.split()
+    return " ".join([LABELS[base], *settings])
+
+
+def order(model: str) -> tuple[int, str]:
+    return MODELS.index(model.split()[0]), model
+
+
 FIELDS = ["model", "lr", "seed", "final", "unigram", "val_loss_per_eval", "seconds"]
 
 
@@ -67,7 +91,9 @@ def train_one(
     unigram entropy."""
     from tokenformer_mm.train import Trainer, build_task
 
-    cfg = language_config([f"optim.lr={lr}", f"seed={seed}", f"run_dir={run_dir}", *extra])
+    settings = [f"++model.overrides.{setting}" for setting in model.split()[1:]]
+    overrides = [f"optim.lr={lr}", f"seed={seed}", f"run_dir={run_dir}", *settings, *extra]
+    cfg = language_config(overrides)
     task = build_task(cfg)
     if model == "gpt":
         c = task.config
@@ -135,11 +161,11 @@ def summarise(rows: list[dict[str, str]]) -> list[dict[str, object]]:
     for row in rows:
         cells.setdefault((float(row["lr"]), row["model"]), []).append(row)
     table = []
-    for (lr, model), runs in sorted(cells.items(), key=lambda c: (c[0][0], MODELS.index(c[0][1]))):
+    for (lr, model), runs in sorted(cells.items(), key=lambda c: (c[0][0], order(c[0][1]))):
         finals = [float(r["final"]) for r in runs]
         dead = sum(float(r["final"]) > float(r["unigram"]) for r in runs)
         table.append(
-            {"lr": f"{lr:g}", "model": LABELS[model], "seeds": len(runs),
+            {"lr": f"{lr:g}", "model": label(model), "seeds": len(runs),
              "mean val loss": f"{np.mean(finals):.3f}", "std": f"{np.std(finals):.3f}",
              "min": f"{min(finals):.3f}", "max": f"{max(finals):.3f}", "dead starts": dead,
              "unigram entropy": f"{float(runs[0]['unigram']):.3f}"}
@@ -156,12 +182,12 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     lrs = sorted({float(r["lr"]) for r in rows})
-    for i, model in enumerate(m for m in MODELS if any(r["model"] == m for r in rows)):
+    for i, model in enumerate(sorted({r["model"] for r in rows}, key=order)):
         mine = [r for r in rows if r["model"] == model]
         offset = (i - 0.5) * 0.08
         xs = [math.log2(float(r["lr"])) + offset for r in mine]
         ax.scatter(xs, [float(r["final"]) for r in mine], s=14, alpha=0.7, color=f"C{i}",
-                   label=LABELS[model])  # fmt: skip
+                   label=label(model))  # fmt: skip
         means = [np.mean([float(r["final"]) for r in mine if float(r["lr"]) == lr]) for lr in lrs]
         ax.plot(np.log2(lrs) + offset, means, color=f"C{i}")
     ax.axhline(float(rows[0]["unigram"]), color="grey", linestyle=":", linewidth=1,
@@ -183,7 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         (out / "result.json").write_text(json.dumps(result))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", type=model_variant, default=list(MODELS),
+        help="tokenformer, gpt, or 'tokenformer key=value ...' (LMConfig fields)",
+    )  # fmt: skip
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
@@ -202,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = language_config([])
     o, t = cfg.optim, cfg.train
     record(
-        "Robustness through the engine: the Tokenformer LM vs the matched GPT",
+        "Robustness through the engine: " + " vs ".join(label(m) for m in args.models),
         summarise(rows),
         notes=(
             "`python scripts/train.py --config-name language` composed in-process with only "

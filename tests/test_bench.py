@@ -1,5 +1,6 @@
 """scripts/bench.py end to end at small sizes: each subcommand measures and writes its table."""
 
+import argparse
 import re
 import sys
 
@@ -58,25 +59,6 @@ def test_clip_eval_bench_measures_memory_of_both_ways(tmp_path):
         assert row[0] == "300" and float(row[2]) >= 0 and float(row[3]) > 0
 
 
-@pytest.mark.slow
-def test_lm_recipe_bench_trains_each_variant_and_the_gpt_on_one_recipe(tmp_path):
-    rows = bench(
-        tmp_path,
-        "lm-recipe",
-        *("--model", "tiny", "--key-inits", "fan_in", "official"),
-        *("--steps", "4"),
-        *("--eval-every", "2", "--batch-size", "2", "--seq-len", "32"),
-    )
-    header, data = rows[0], rows[1:]
-    assert header[:4] == ["model", "seed", "step 2", "step 4"]
-    assert [row[0].split(",")[0] for row in data] == ["Tokenformer tiny"] * 2 + [
-        "nanoGPT-style GPT"
-    ]
-    for row in data:  # 4 steps at warmup's start: still about ln(vocab 320) = 5.77 nats per byte
-        assert all(4.0 < float(loss) < 7.5 for loss in row[2:4])
-        assert float(row[4]) > 0  # training TFLOPs, counted
-
-
 def test_digits_image_folder_is_the_embedded_split(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
@@ -126,8 +108,12 @@ def test_lm_grid_trains_both_models_through_the_engine_and_counts_dead_starts(tm
     tiny += ["data.seq_len=32", "optim.warmup_steps=2", "train.log_every=2"]
     results = {
         model: bench_lm_grid.train_one(model, 3e-3, 0, tmp_path / model, tiny)
-        for model in bench_lm_grid.MODELS
+        for model in (*bench_lm_grid.MODELS, "tokenformer key_init=official")
     }
+    saved = (tmp_path / "tokenformer key_init=official" / ".hydra" / "config.yaml").read_text()
+    assert "key_init: official" in saved  # a variant's settings reach the LM's config
+    with pytest.raises(argparse.ArgumentTypeError, match="expected one of"):
+        bench_lm_grid.model_variant("gpt key_init=official")
     for model, result in results.items():
         losses = result["val_loss_per_eval"]
         assert len(losses) == 2, model  # steps 2 and 4
@@ -140,11 +126,13 @@ def test_lm_grid_trains_both_models_through_the_engine_and_counts_dead_starts(tm
     rows = [
         {"model": model, "lr": "0.003", "seed": str(seed), "final": str(final),
          "unigram": str(unigram)}
-        for model, finals in (("tokenformer", (1.5, unigram + 0.1)), ("gpt", (2.0, 2.1)))
+        for model, finals in (("tokenformer", (1.5, unigram + 0.1)), ("gpt", (2.0, 2.1)),
+                              ("tokenformer key_init=official", (1.6, 1.7)))
         for seed, final in enumerate(finals)
     ]  # fmt: skip
     table = {row["model"]: row for row in bench_lm_grid.summarise(rows)}
     assert table["Tokenformer LM"]["dead starts"] == 1
+    assert table["Tokenformer LM key_init=official"]["mean val loss"] == "1.650"
     assert table[bench_lm_grid.LABELS["gpt"]]["dead starts"] == 0
     bench_lm_grid.plot(rows, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 1000

@@ -125,23 +125,6 @@ MATCHED_VIT_CLIP_CFG = {
 }  # fmt: skip
 
 
-def digits_tensors(img_size: int = 32) -> tuple[torch.Tensor, ...]:
-    """scikit-learn's digits as normalised RGB images: (train x, train y, val x, val y)."""
-    import torch.nn.functional as F
-    from sklearn.datasets import load_digits
-
-    from tokenformer_mm.vision.sources import DIGITS_VAL_EVERY
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
-    x = F.interpolate(x, size=img_size, mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    x, y = (x - mean) / std, torch.tensor(digits.target)
-    val = torch.arange(len(y)) % DIGITS_VAL_EVERY == 0  # the embedded digits' split
-    return x[~val], y[~val], x[val], y[val]
-
-
 def digits_image_folder(root: Path, img_size: int = 32) -> Path:
     """scikit-learn's digits as an ImageFolder of PNGs (``train/``, ``validation/``), the layout
     timm's train.py reads; the split is the embedded digits' one."""

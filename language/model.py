@@ -8,28 +8,25 @@ its own. The rotary tables are made once per forward here and passed to every bl
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tokenformer_mm.block import TokenformerBlock
-from tokenformer_mm.growth import load_resized
 from tokenformer_mm.initialization import discarded_rng, reset_submodules
 from tokenformer_mm.rotary import Rotary, rotary_dims, rotary_tables
 from tokenformer_mm.theta import accumulation_dtype
-from tokenformer_mm.weights import file_shape, save_weights
+
+from .pretrained import from_pretrained, save_pretrained
+from .tokenizer import Tokenizer
 
 IGNORE_INDEX = -100  # targets not scored (PyTorch's and Hugging Face's default)
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -81,8 +78,10 @@ class TokenformerLM(nn.Module):
     ``model(tokens, targets)`` returns ``(logits, loss)``; ``generate`` decodes batched prompts
     (left-padded, with ``attention_mask``) with a KV cache, cropping to the last
     ``context_length`` tokens once a sequence outgrows it; ``save_pretrained`` /
-    ``from_pretrained`` write and read a directory with ``config.json`` + ``model.safetensors``.
+    ``from_pretrained`` write and read the Hugging Face layout (``language/pretrained.py``).
     """
+
+    config_class = LMConfig
 
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
@@ -122,10 +121,11 @@ class TokenformerLM(nn.Module):
 
     def forward(
         self,
-        tokens: torch.Tensor,
+        tokens: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         all_logits: bool = False,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, loss), as nanoGPT's ``forward(idx, targets)``.
 
@@ -137,9 +137,10 @@ class TokenformerLM(nn.Module):
             attention_mask: (B, T) 1 for real tokens, 0 for padding (left padding for batched
                 prompts); positions count real tokens only, padded keys are never attended.
             all_logits: the logits of every position even without targets (scoring).
+            inputs_embeds: (B, T, dim) input vectors instead of ``tokens`` (e.g. image features
+                followed by embedded text, as multimodal code feeds a language model).
         """
-        self._check_length(tokens.shape[1])
-        x = self._hidden(tokens, attention_mask, past_len=0)
+        x = self._hidden(tokens, attention_mask, 0, inputs_embeds=inputs_embeds)
         if targets is None and not all_logits:
             x = x[:, -1:]  # (B, 1, C): generation needs the last position only
         logits = F.linear(x, self.embed.weight)  # tied output embedding
@@ -154,40 +155,48 @@ class TokenformerLM(nn.Module):
 
     def forward_cached(
         self,
-        tokens: torch.Tensor,
+        tokens: torch.Tensor | None,
         cache: list[tuple[torch.Tensor, torch.Tensor]] | None,
         attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Logits (B, T, vocab) of ``tokens`` continuing the sequence in ``cache``, the new cache.
+        """Logits (B, T, vocab) of ``tokens`` (or ``inputs_embeds``) continuing the sequence in
+        ``cache``, and the new cache (every layer's keys and values, cached and new).
 
-        ``attention_mask``, if given, covers the cached and the new tokens: (B, P + T).
+        ``attention_mask``, if given, covers the cached and the new tokens: (B, P + T);
+        ``position_ids`` (B, T), if given, replace the positions it implies.
         """
         past_len = 0 if cache is None else cache[0][0].shape[2]
-        self._check_length(past_len + tokens.shape[1])
         present: list[tuple[torch.Tensor, torch.Tensor]] = []
-        x = self._hidden(tokens, attention_mask, past_len, cache, present)
+        x = self._hidden(
+            tokens, attention_mask, past_len, cache, present, inputs_embeds, position_ids
+        )
         return F.linear(x, self.embed.weight), present
 
     def _hidden(
         self,
-        tokens: torch.Tensor,
+        tokens: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         past_len: int,
         cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         present: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final-normed hidden states (B, T, C); with ``present``, through the KV cache."""
-        if attention_mask is not None and attention_mask.shape != (
-            tokens.shape[0],
-            past_len + tokens.shape[1],
-        ):
+        if (tokens is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of tokens (input_ids) and inputs_embeds")
+        x = self.embed(tokens) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        B, T = x.shape[:2]
+        self._check_length(past_len + T)
+        if attention_mask is not None and attention_mask.shape != (B, past_len + T):
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
-                f"{(tokens.shape[0], past_len + tokens.shape[1])} (batch, cached + new tokens)"
+                f"{(B, past_len + T)} (batch, cached + new tokens)"
             )
         padding = None if attention_mask is None else attention_mask.bool()
-        rotary = self._rotary(attention_mask, past_len, tokens.shape[1], tokens.device)
-        x = self.embed(tokens)  # (B, T, C)
+        rotary = self._rotary(attention_mask, past_len, T, x.device, position_ids)
         for i, block in enumerate(self.blocks):
             if present is not None:
                 past = None if cache is None else cache[i]
@@ -200,21 +209,33 @@ class TokenformerLM(nn.Module):
         return self.norm(x)
 
     def _rotary(
-        self, attention_mask: torch.Tensor | None, past_len: int, length: int, device: torch.device
+        self,
+        attention_mask: torch.Tensor | None,
+        past_len: int,
+        length: int,
+        device: torch.device,
+        position_ids: torch.Tensor | None = None,
     ) -> Rotary | None:
         """The rotary tables of the new tokens' positions, made once for every block.
 
         Without a mask the positions are ``past_len ..``; with one, each sequence counts its
-        real tokens, so a left-padded prompt starts at position 0 like an unpadded one.
+        real tokens, so a left-padded prompt starts at position 0 like an unpadded one (what
+        Hugging Face passes as ``position_ids``, which take precedence when given).
         """
         if self.rotary_dims == 0:
             return None
-        if attention_mask is None:
+        if position_ids is None and attention_mask is None:
             positions = torch.arange(past_len, past_len + length, device=device)
             return rotary_tables(positions, self.rotary_dims, self.config.rotary_base)
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past_len:]  # (B, T)
-        cos, sin = rotary_tables(positions.flatten(), self.rotary_dims, self.config.rotary_base)
-        shape = (positions.shape[0], 1, positions.shape[1], self.rotary_dims)  # broadcast on heads
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past_len:]
+        cos, sin = rotary_tables(position_ids.flatten(), self.rotary_dims, self.config.rotary_base)
+        shape = (
+            position_ids.shape[0],
+            1,
+            position_ids.shape[1],
+            self.rotary_dims,
+        )  # (B|1, 1, T, hs)
         return cos.view(shape), sin.view(shape)
 
     def _check_length(self, length: int) -> None:
@@ -243,13 +264,21 @@ class TokenformerLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write ``config.json`` (the current token counts) and ``model.safetensors``."""
-        return save_pretrained(self, directory, overwrite)
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        overwrite: bool = False,
+        tokenizer: Tokenizer | None = None,
+    ) -> Path:
+        """Write the Hugging Face layout (``language/pretrained.py``): ``config.json`` (the
+        current token counts), ``model.safetensors``, ``generation_config.json`` and, given the
+        model's ``tokenizer``, the files ``AutoTokenizer`` reads."""
+        return save_pretrained(self, directory, overwrite, tokenizer)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> TokenformerLM:
-        """A model from ``save_pretrained``'s directory, or a Hugging Face Hub repo id."""
+        """A model from ``save_pretrained``'s directory (or one transformers' own
+        ``save_pretrained`` wrote), or a Hugging Face Hub repo id."""
         return from_pretrained(cls, name_or_path)
 
     # --- generation -------------------------------------------------------------------------
@@ -310,53 +339,6 @@ class TokenformerLM(nn.Module):
                 break
         self.train(was_training)
         return tokens
-
-
-def save_pretrained(model: TokenformerLM, directory: str | os.PathLike, overwrite: bool) -> Path:
-    directory = Path(directory)
-    existing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (directory / name).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{directory} already holds {', '.join(existing)}; pass overwrite=True to replace "
-            "them, or choose another directory"
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    # model.config follows growth (depth and token counts), so it is the grown model's shape
-    (directory / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
-    save_weights(model, directory / WEIGHTS_FILE)
-    return directory
-
-
-def from_pretrained(cls: type[TokenformerLM], name_or_path: str | os.PathLike) -> TokenformerLM:
-    directory = Path(name_or_path)
-    if not directory.is_dir():
-        if directory.exists() or str(name_or_path).count("/") != 1:
-            raise FileNotFoundError(
-                f"{name_or_path} is neither a directory written by save_pretrained (config.json "
-                "+ model.safetensors) nor a Hugging Face Hub repo id ('owner/name')"
-            )
-        from huggingface_hub import snapshot_download
-
-        directory = Path(
-            snapshot_download(str(name_or_path), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE])
-        )
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(
-                f"{directory / name} is missing; from_pretrained reads a directory written by "
-                "save_pretrained (released official checkpoints load with load_official)"
-            )
-    saved = json.loads((directory / CONFIG_FILE).read_text())
-    # Written before the value tokens' gradient became the loss's own everywhere; it set only
-    # how a model trained, never what it computes.
-    saved.pop("value_grad", None)
-    unknown = sorted(set(saved) - {field.name for field in fields(LMConfig)})
-    if unknown:
-        raise ValueError(f"{directory / CONFIG_FILE} has unknown LMConfig fields {unknown}")
-    model = cls(LMConfig(**saved))
-    weights = safetensors.torch.load_file(str(directory / WEIGHTS_FILE))
-    shape = file_shape(directory / WEIGHTS_FILE)  # per-layer counts, should growth be uneven
-    return load_resized(model, weights, shape)
 
 
 def sample_next(

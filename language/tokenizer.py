@@ -6,9 +6,11 @@ Both expose ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``eos_id`` an
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from tokenformer_mm.extras import missing_extra
 
@@ -90,3 +92,55 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if not os.path.isfile(spec):
         raise ValueError(f"tokenizer {spec!r} is neither 'byte' nor an existing tokenizer.json")
     return HFTokenizer(spec)
+
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: Path, context_length: int) -> list[Path]:
+    """``tokenizer`` as the files ``AutoTokenizer`` reads (``tokenizer.json`` and
+    ``tokenizer_config.json``): a ``HFTokenizer``'s own file, or the byte tokenizer as a
+    byte-level BPE without merges, which encodes every text to exactly its UTF-8 bytes."""
+    if isinstance(tokenizer, HFTokenizer):
+        (directory / TOKENIZER_FILE).write_bytes(Path(tokenizer.path).read_bytes())
+        eos = tokenizer._tokenizer.id_to_token(tokenizer.eos_id)
+    elif isinstance(tokenizer, ByteTokenizer):
+        _byte_level_tokenizer().save(str(directory / TOKENIZER_FILE))
+        eos = BYTE_EOS
+    else:
+        raise TypeError(
+            f"cannot write a {type(tokenizer).__name__} for AutoTokenizer; expected a "
+            "ByteTokenizer or an HFTokenizer"
+        )
+    settings = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": eos,
+        "pad_token": eos,  # batched generation pads with it (left), as GPT-NeoX's users do
+        "padding_side": "left",
+        "model_max_length": context_length,
+    }
+    (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    return [directory / TOKENIZER_FILE, directory / TOKENIZER_CONFIG_FILE]
+
+
+BYTE_EOS = "<|endoftext|>"
+
+
+def _byte_level_tokenizer() -> Any:
+    """The byte tokenizer in ``tokenizers``' format: byte ``b`` is token ``b`` (as the
+    printable character GPT-2's byte-level scheme maps it to), EOS is 256."""
+    try:
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    except ModuleNotFoundError as error:  # the [train] extra
+        raise missing_extra(error, "train") from error
+
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]  # GPT-2's own characters
+    others = [b for b in range(256) if b not in printable]
+    char = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
+    vocab = {char[b]: b for b in range(256)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(BYTE_EOS, special=True)])  # id 256
+    return tokenizer

@@ -24,7 +24,7 @@ from tokenformer_mm.language.sources import (
     text_file_samples,
 )
 from tokenformer_mm.shards import write_shards
-from tokenformer_mm.train import Trainer, build_task
+from tokenformer_mm.train import Trainer, build_task, load_run
 
 from .conftest import assert_equal_up_to_rounding, assert_same_function
 from .engine_utils import compose_config, run, step_losses
@@ -315,6 +315,19 @@ def test_generate_script_from_a_run_and_from_an_official_file(tmp_path, capsys):
     generate = [sys.executable, "scripts/generate.py", "--max-new-tokens", "20", "--seed", "1"]
     out = run([*generate, str(run_dir), "--prompt", "The "])
     assert out.stdout.startswith("The ") and "----" in out.stdout
+    # export.py --hf: the run's model and tokenizer, loaded by transformers' Auto classes
+    run([sys.executable, "scripts/export.py", str(run_dir), str(tmp_path / "hf"), "--hf"])
+    import transformers
+
+    import tokenformer_mm.language.hf  # noqa: F401  (registers the Auto classes)
+
+    _, _, trained, _ = load_run(run_dir)
+    auto = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("The for statement")
+    tokens = torch.tensor([ids["input_ids"]])
+    assert tokens[0].tolist() == list(b"The for statement")
+    with torch.no_grad():
+        assert_equal_up_to_rounding(auto(tokens).logits, trained.eval()(tokens, all_logits=True)[0])
     # official files, through the script's main() (its command line, in this process)
     generate_official = ["--max-new-tokens", "20", "--official", "--tokenizer", "byte"]
     sizes = dict(dim=768, depth=1, num_heads=12, qkv_tokens=8, proj_tokens=8, ffn_tokens=8)

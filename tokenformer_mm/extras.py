@@ -6,6 +6,7 @@ from __future__ import annotations
 EXTRAS = {
     "train": "the engine, the data pipelines and the scripts (Hydra, webdataset, matplotlib, ...)",
     "clip": "the open_clip integration (open_clip_torch)",
+    "hf": "the Hugging Face transformers classes of the language tower (transformers)",
 }
 
 

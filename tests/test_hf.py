@@ -114,3 +114,28 @@ def test_the_language_tower_imports_without_transformers():
         "assert 'transformers' not in sys.modules, 'the tower imported transformers'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_official_layout_checkpoint_converts_and_loads_through_the_auto_classes(tmp_path):
+    from scripts.convert_official import main as convert
+    from tokenformer_mm.language import load_official
+    from tokenformer_mm.language.tokenizer import save_tokenizer
+
+    from .test_language import official_state
+
+    hub = tmp_path / "TokenFormer-tiny"  # the authors' Hub folder, synthetic weights
+    hub.mkdir()
+    config = lm_config("tiny", vocab_size=384)  # the byte-level tokenizer.json pads 257 to 384
+    torch.save(official_state(config), hub / "pytorch_model.bin")
+    (hub / "config.json").write_text(json.dumps({"num_attention_heads": config.num_heads}))
+    save_tokenizer(ByteTokenizer(), hub, config.context_length)  # stands in for GPT-NeoX-20B's
+    out = convert([str(hub), str(tmp_path / "hf")])
+    auto = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    official = load_official(hub / "pytorch_model.bin", num_heads=config.num_heads).eval()
+    tokens = torch.randint(0, 384, (2, 13))
+    with torch.no_grad():
+        assert_equal_up_to_rounding(auto(tokens).logits, official(tokens, all_logits=True)[0])
+    text = "The meaning of life is"
+    assert transformers.AutoTokenizer.from_pretrained(out)(text)["input_ids"] == list(text.encode())
+    with pytest.raises(SystemExit):  # never over a folder with files
+        convert([str(hub), str(out)])

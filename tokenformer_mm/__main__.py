@@ -2,11 +2,14 @@
 
 timm and open_clip look models up in registries that only an import fills, and their own
 scripts (timm's ``train.py``, ``validate.py``; ``open_clip_train.main``) never import this
-package. This runs them unchanged after registering the ``tokenformer_*`` timm models and the
-``TokenformerCLIP-*`` open_clip configs::
+package. This runs them unchanged after registering the ``tokenformer_*`` timm models, the
+``TokenformerCLIP-*`` open_clip configs and, with the ``[hf]`` extra, ``model_type
+"tokenformer"`` with transformers' Auto classes (which lm-evaluation-harness's ``hf`` model
+loads through)::
 
     python -m tokenformer_mm pytorch-image-models/train.py --model tokenformer_micro_patch4_32 ...
     python -m tokenformer_mm -m open_clip_train.main --model TokenformerCLIP-micro ...
+    python -m tokenformer_mm -m lm_eval --model hf --model_args pretrained=DIR --tasks piqa
 
 A script path runs as ``python SCRIPT`` would (its folder first on ``sys.path``), ``-m MODULE``
 as ``python -m MODULE`` would.
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import tokenformer_mm.clip  # noqa: F401  (registers the timm models and the open_clip configs)
 
+    register_transformers()
+
     warn_unclipped_clip(argv)
 
     if argv[0] == "-m":
@@ -47,6 +52,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = argv
         sys.path.insert(0, str(script.resolve().parent))
         runpy.run_path(str(script), run_name="__main__")
+
+
+def register_transformers() -> None:
+    """The language tower's Auto classes, where transformers is installed (the [hf] extra)."""
+    try:
+        import tokenformer_mm.language.hf  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name != "transformers":
+            raise
 
 
 def warn_unclipped_clip(argv: list[str]) -> None:

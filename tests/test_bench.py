@@ -106,11 +106,12 @@ def test_lm_grid_trains_both_models_through_the_engine_and_counts_dead_starts(tm
         sys.path.remove(str(ROOT / "scripts"))
     tiny = ["model.name=tiny", "train.steps=4", "train.eval_every=2", "train.batch_size=2"]
     tiny += ["data.seq_len=32", "optim.warmup_steps=2", "train.log_every=2"]
+    models = (*bench_lm_grid.MODELS, "tokenformer key_init=official")
+    run_dirs = {model: tmp_path / f"run{i}" for i, model in enumerate(models)}
     results = {
-        model: bench_lm_grid.train_one(model, 3e-3, 0, tmp_path / model, tiny)
-        for model in (*bench_lm_grid.MODELS, "tokenformer key_init=official")
+        model: bench_lm_grid.train_one(model, 3e-3, 0, run_dirs[model], tiny) for model in models
     }
-    saved = (tmp_path / "tokenformer key_init=official" / ".hydra" / "config.yaml").read_text()
+    saved = (run_dirs["tokenformer key_init=official"] / ".hydra" / "config.yaml").read_text()
     assert "key_init: official" in saved  # a variant's settings reach the LM's config
     with pytest.raises(argparse.ArgumentTypeError, match="expected one of"):
         bench_lm_grid.model_variant("gpt key_init=official")
@@ -119,7 +120,7 @@ def test_lm_grid_trains_both_models_through_the_engine_and_counts_dead_starts(tm
         assert len(losses) == 2, model  # steps 2 and 4
         # 4 steps from the start: about ln(vocab) nats per byte, far above the unigram entropy
         assert all(4.0 < loss < 7.5 for loss in losses), (model, losses)
-        assert (tmp_path / model / "checkpoints").is_dir()  # trained by the engine's Trainer
+        assert (run_dirs[model] / "checkpoints").is_dir()  # trained by the engine's Trainer
     unigram = results["gpt"]["unigram"]
     assert unigram == results["tokenformer"]["unigram"]  # one validation set
     assert 3.0 < unigram < 5.0  # English bytes: ~4.5 bits = 3.1 nats, well under ln 256

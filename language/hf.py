@@ -100,6 +100,17 @@ class TokenformerForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> None:
         return None  # the logits are the embedding's transpose, no module of their own
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None) -> None:
+        """transformers' switch, onto the model's own (each block recomputed in backward)."""
+        self.model.set_grad_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.model.set_grad_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.model.grad_checkpointing
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -121,9 +132,12 @@ class TokenformerForCausalLM(PreTrainedModel, GenerationMixin):
         past = [(layer.keys, layer.values) for layer in cache.layers] if past_len else None
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # no padding: the same function, on SDPA's causal kernel
-        logits, present = self.model.forward_cached(
-            input_ids, past, attention_mask, inputs_embeds, position_ids
-        )
+        if use_cache or past_len or position_ids is not None:
+            logits, present = self.model.forward_cached(
+                input_ids, past, attention_mask, inputs_embeds, position_ids
+            )
+        else:  # training: the plain forward, which recomputes blocks under grad checkpointing
+            logits, _ = self.model(input_ids, None, attention_mask, True, inputs_embeds)
         if use_cache:
             for i, (keys, values) in enumerate(present):
                 cache.update(keys[:, :, past_len:], values[:, :, past_len:], i)

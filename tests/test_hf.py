@@ -139,3 +139,20 @@ def test_an_official_layout_checkpoint_converts_and_loads_through_the_auto_class
     assert transformers.AutoTokenizer.from_pretrained(out)(text)["input_ids"] == list(text.encode())
     with pytest.raises(SystemExit):  # never over a folder with files
         convert([str(hub), str(out)])
+
+
+def test_training_through_transformers_gives_the_models_gradients_with_checkpointing_too(saved):
+    model, path = saved
+    auto = _auto(path).train()
+    tokens = torch.randint(0, 320, (2, 16))
+    targets = torch.cat([tokens[:, 1:], torch.full((2, 1), -100)], dim=1)
+    model.train()(tokens, targets)[1].backward()
+    expected = model.blocks[0].ffn.key_tokens.grad
+    for checkpointing in (False, True):
+        auto.zero_grad()
+        if checkpointing:
+            auto.gradient_checkpointing_enable()
+        assert auto.is_gradient_checkpointing == checkpointing
+        auto(tokens, labels=tokens, use_cache=False).loss.backward()
+        got = auto.model.blocks[0].ffn.key_tokens.grad
+        assert_equal_up_to_rounding(got, expected)

@@ -295,6 +295,7 @@ class TokenformerLM(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Continue ``tokens`` (B, T) by up to ``max_new_tokens``; (B, T + new) ids.
 
@@ -304,6 +305,9 @@ class TokenformerLM(nn.Module):
         different lengths go in one batch left-padded, ``attention_mask`` (B, T) marking the real
         tokens. Past ``context_length`` the model sees the last ``context_length`` tokens (the
         cache is dropped and the window recomputed each step, as nanoGPT crops).
+        ``inputs_embeds`` (B, P, dim) are vectors before ``tokens`` (image features, LLaVA-style;
+        ``tokens`` may be (B, 0)): read once into the cache, so the whole sequence must fit the
+        context, without padding.
         """
         if max_new_tokens < 0 or temperature < 0:
             raise ValueError(f"need max_new_tokens >= 0 and temperature >= 0, got "
@@ -315,14 +319,25 @@ class TokenformerLM(nn.Module):
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected the tokens' "
                 f"{tuple(tokens.shape)}"
             )
+        context = self.config.context_length
+        prefix = 0 if inputs_embeds is None else inputs_embeds.shape[1]
+        if prefix and (attention_mask is not None or not use_cache):
+            raise ValueError("inputs_embeds needs use_cache=True and no attention_mask")
+        if prefix and prefix + tokens.shape[1] + max_new_tokens > context:
+            raise ValueError(
+                f"{prefix} embeddings + {tokens.shape[1]} tokens + {max_new_tokens} new ones do "
+                f"not fit the context of {context}: embeddings are read once, never cropped"
+            )
         was_training = self.training
         self.eval()
-        context = self.config.context_length
         mask = attention_mask
         cache, step_input = None, tokens
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-        for _ in range(max_new_tokens):
-            if use_cache and tokens.shape[1] <= context:
+        for step in range(max_new_tokens):
+            if step == 0 and prefix:
+                first = torch.cat([inputs_embeds, self.embed(tokens)], dim=1)  # (B, P + T, C)
+                logits, cache = self.forward_cached(None, None, inputs_embeds=first)
+            elif use_cache and tokens.shape[1] <= context:
                 logits, cache = self.forward_cached(step_input, cache, attention_mask=mask)
             else:  # no cache, or past the context: the last `context` tokens, recomputed
                 window_mask = None if mask is None else mask[:, -context:]

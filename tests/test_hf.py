@@ -75,6 +75,14 @@ def test_inputs_embeds_prefix_decodes_through_the_cache_like_the_tokens_it_embed
         assert_equal_up_to_rounding(logits, model(tokens, all_logits=True)[0][:, 5:])
     with pytest.raises(ValueError, match="exactly one of tokens"):
         model(tokens, inputs_embeds=embeds)
+    # generate: an embedded prefix (tokens after it, or none) decodes as the tokens it embeds
+    own = model.generate(tokens, 6, temperature=0)[:, 8:]
+    assert torch.equal(
+        model.generate(tokens[:, 3:], 6, temperature=0, inputs_embeds=embeds[:, :3])[:, 5:], own
+    )
+    assert torch.equal(model.generate(tokens[:, :0], 6, temperature=0, inputs_embeds=embeds), own)
+    with pytest.raises(ValueError, match="do not fit the context of 64"):
+        model.generate(tokens, 60, inputs_embeds=embeds)
 
 
 def test_beam_search_sampling_and_the_text_generation_pipeline_run(saved):

@@ -1,8 +1,11 @@
 """lm-evaluation-harness's own ``hf`` model (HFLM, causal backend) scores a TokenformerLM."""
 
 import json
+import subprocess
+import sys
 
 import lm_eval
+import pytest
 import torch
 from lm_eval.tasks import TaskManager
 
@@ -67,3 +70,20 @@ def test_lm_evals_hf_model_scores_every_request_as_a_direct_computation(tmp_path
         doc = sample["doc"]
         expected = direct_loglikelihood(model, doc["context"], doc["continuation"])
         assert abs(loglikelihood - expected) <= 1e-4 * abs(expected), doc
+
+
+@pytest.mark.slow
+def test_lm_evals_command_line_runs_through_python_m_tokenformer_mm(tmp_path):
+    """lm-eval's own CLI never imports this package; the entry point registers the model type."""
+    TokenformerLM(lm_config("tiny")).save_pretrained(tmp_path / "lm", tokenizer=ByteTokenizer())
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(doc) + "\n" for doc in DOCS))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "local.yaml").write_text(TASK.format(data=data))
+    command = [sys.executable, "-m", "tokenformer_mm", "-m", "lm_eval", "--model", "hf"]
+    command += ["--model_args", f"pretrained={tmp_path / 'lm'},backend=causal,dtype=float32"]
+    command += ["--tasks", "tokenformer_local", "--include_path", str(tmp_path / "tasks")]
+    command += ["--device", "cpu", "--batch_size", "2", "--output_path", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tokenformer_local" in result.stdout and "acc" in result.stdout

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from tokenformer_mm.train import Trainer, build_task, register_schemas
+from tokenformer_mm.train.nonfinite import NonFiniteError
 
 register_schemas()
 
@@ -30,7 +31,11 @@ def main(cfg: DictConfig) -> None:
             logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
         )
         logging.getLogger().addHandler(handler)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except NonFiniteError as error:  # a diverged run: exit non-zero, saying where to resume
+        logging.getLogger("tokenformer_mm").error("%s", error)
+        raise SystemExit(f"error: {error}") from None
     if trainer.is_main:
         metrics = ", ".join(
             f"{k} {v:.4g}" for k, v in summary["metrics"].items() if k.startswith("val/")

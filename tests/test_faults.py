@@ -241,3 +241,72 @@ def test_timm_loading_never_drops_a_trained_head_or_leaves_blocks_random(tmp_pat
         ValueError, match=r"checkpoint has 4 blocks under 'blocks', the model 6: .*depth=4"
     ):
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, depth=6)
+
+
+def _nan_at(trainer, calls):
+    """The task's real loss, made NaN at its training batches numbered ``calls`` (corrupt ones)."""
+    loss_of, seen = trainer.task.training_loss, []
+
+    def training_loss(model, batch):
+        seen.append(1)
+        loss = loss_of(model, batch)
+        return loss * float("nan") if len(seen) in calls else loss
+
+    trainer.task.training_loss = training_loss
+
+
+def _finite(path):
+    import safetensors.torch
+
+    return all(torch.isfinite(t).all() for t in safetensors.torch.load_file(path).values())
+
+
+def test_a_nan_loss_stops_the_run_there_naming_the_checkpoint_to_resume_from(tmp_path):
+    from tokenformer_mm.train.nonfinite import NonFiniteError
+
+    run_dir = tmp_path / "run"
+    trainer = trainer_for(run_dir, ["train.steps=6", "train.checkpoint_every=2"])
+    _nan_at(trainer, calls={3})
+    newest = run_dir / "checkpoints" / "step_00000002"
+    with pytest.raises(NonFiniteError, match=rf"at step 3: the loss is nan.*{newest}"):
+        trainer.fit()
+    assert trainer.step == 2 and sorted(p.name for p in newest.parent.iterdir()) == [newest.name]
+    assert _finite(newest / "model.safetensors")
+
+
+def test_with_skip_a_nan_step_makes_no_update_is_counted_and_too_many_in_a_row_stop(tmp_path):
+    from tokenformer_mm.train.nonfinite import NonFiniteError
+
+    steps = ["train.steps=6", "train.eval_every=3", "train.checkpoint_every=3"]
+    skip = [*steps, "train.nonfinite=skip", "train.nonfinite_patience=2"]
+    trainer = trainer_for(tmp_path / "run", skip)
+    _nan_at(trainer, calls={2})
+    trainer.fit()
+    assert [row["nonfinite/skipped"] for row in trainer.eval_rows] == [1, 1]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert _finite(tmp_path / "run" / "checkpoints" / "step_00000006" / "model.safetensors")
+    assert trainer.state.state_dict()["nonfinite_skipped"] == 1  # checkpointed: a resume keeps it
+    stalled = trainer_for(tmp_path / "run2", skip)
+    _nan_at(stalled, calls={2, 3})
+    with pytest.raises(NonFiniteError, match=r"at step 3: .* step 2 of such steps in a row"):
+        stalled.fit()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_run_that_diverges_exits_non_zero_and_keeps_its_finite_checkpoints(tmp_path, processes):
+    """Issue 26's measured case: lr 1e4 without warm-up, a checkpoint every step; under torchrun
+    every rank stops at the same step (none waits on a collective the others left)."""
+    from .engine_utils import ROOT, train_command
+
+    overrides = [*TINY_VISION, "optim.lr=1e4", "optim.warmup_steps=0", "train.steps=40"]
+    overrides += ["train.checkpoint_every=1", "train.keep_checkpoints=2", f"run_dir={tmp_path}"]
+    result = subprocess.run(
+        train_command(overrides, processes=processes),
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0 and "final validation" not in result.stdout
+    assert "training diverged at step" in result.stderr, result.stderr[-2000:]
+    kept = sorted((tmp_path / "checkpoints").iterdir())
+    assert kept and all(_finite(path / "model.safetensors") for path in kept)
+    assert str(kept[-1]) in result.stderr  # the checkpoint to resume from, named

@@ -21,6 +21,7 @@ except ModuleNotFoundError as error:  # the [train] extra
 
 PARALLEL = ("ddp", "fsdp")  # train/parallel.py
 PRECISIONS = ("auto", "fp32", "bf16")
+NONFINITE = ("stop", "skip")  # train/nonfinite.py
 SCHEDULES = ("cosine", "wsd")
 
 
@@ -92,6 +93,11 @@ class TrainConfig:
     # A shard that yields fewer samples than its _info.json declares stops the run (else: a
     # warning naming it; the counts are in metrics.csv as data/* either way).
     strict_data: bool = False
+    # A step whose loss or gradient norm is not finite: "stop" the run there (an error naming
+    # the newest checkpoint, which always holds finite weights) or "skip" its update (counted in
+    # metrics.csv as nonfinite/skipped; nonfinite_patience such steps in a row stop the run).
+    nonfinite: str = "stop"
+    nonfinite_patience: int = 10
 
 
 @dataclass
@@ -118,6 +124,7 @@ def validate(cfg: Any) -> None:
         "train.checkpoint_every": train.checkpoint_every,
         "train.keep_checkpoints": train.keep_checkpoints,
         "train.log_every": train.log_every,
+        "train.nonfinite_patience": train.nonfinite_patience,
         "optim.lr": optim.lr,
     }
     for key, value in positive.items():
@@ -130,6 +137,8 @@ def validate(cfg: Any) -> None:
             "train.ema_decay is not supported with train.parallel=fsdp (the EMA would be a full "
             "replica per rank); set train.ema_decay=null or use train.parallel=ddp"
         )
+    if train.nonfinite not in NONFINITE:
+        raise ValueError(f"train.nonfinite must be one of {NONFINITE}, got {train.nonfinite!r}")
     if train.precision not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {PRECISIONS}, got {train.precision!r}")
     if optim.warmup_steps < 0:

@@ -28,6 +28,7 @@ from . import checkpoint, parallel, resume, start
 from .batches import EpochBatches, to_device
 from .config import validate
 from .metric_log import MetricLog, ProgressLine
+from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer
 from .rng import seed_everything
 from .sharded import is_sharded, sharded_shapes
@@ -60,6 +61,9 @@ class Trainer:
         start.set_tf32(self.device, cfg.train.tf32)
         self.log = MetricLog(self.run_dir, write=self.is_main)
         self.state = TrainState()
+        self.guard = NonFiniteGuard(
+            cfg.train.nonfinite, cfg.train.nonfinite_patience, self.ckpt_dir
+        )
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = task.build_model().to(self.device)
@@ -148,6 +152,7 @@ class Trainer:
             if step % cfg.eval_every == 0 or final:
                 self._evaluate_and_log(progress.window_loss())
             if step % cfg.checkpoint_every == 0 or final:
+                self.guard.check_weights(self.model, step)  # never a checkpoint to distrust
                 resume.save(self._parts(), self.ckpt_dir, self.sharded, cfg.keep_checkpoints)
         progress.bar.close()
         plot = self.log.plot([e["step"] for e in self.state.growth_events if e["step"] > 0])
@@ -174,14 +179,18 @@ class Trainer:
             total_loss += loss.detach()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = self.cfg.optim.grad_clip or float("inf")
-        grad_norm = parallel.local_value(nn.utils.clip_grad_norm_(params, clip))
-        seed_new_rows(self.optimizer)  # rows a growth appended: their state, however it came
-        self.optimizer.step()
+        grad_norm = parallel.local_value(nn.utils.clip_grad_norm_(params, clip)).item()
+        loss = mean_over_ranks(total_loss).item()
+        update = self.guard.allows_update(self.state.step + 1, loss, grad_norm)  # or raises
+        if update:
+            seed_new_rows(self.optimizer)  # rows a growth appended: their state, however it came
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
+        self.state.nonfinite_skipped += not update
+        if self.ema is not None and update:
             self.ema.update(self.model, step=self.state.step)
-        return mean_over_ranks(total_loss).item(), grad_norm.item(), items
+        return loss, grad_norm, items
 
     def grow(self, factor: float = 1.0, kinds: Sequence[str] = KINDS, depth: int = 1) -> dict:
         """Grow the live model, its optimizer state and EMA: ``depth`` times the blocks, then
@@ -240,17 +249,15 @@ class Trainer:
         return build_optimizer(model, self.cfg.optim, self.cfg.train.steps)
 
     def _empty_model(self) -> nn.Module:
-        """A new model from the task at its initial size, allocated on the device but not
-        initialised (built on the meta device: no time spent, no RNG drawn); callers load a
-        whole state into it."""
+        """The task's model at its initial size, allocated but not initialised (built on the
+        meta device: no RNG drawn); callers load a whole state into it."""
         with torch.device("meta"):
             model = self.task.build_model()
         return model.to_empty(device=self.device)
 
     def _eval_model(self, ema: bool = True) -> nn.Module:
-        """What evaluation runs: the EMA (``ema`` and one is kept), the model, or under FSDP2 a
-        full copy of it, dropped after the evaluation (a sharded forward needs every rank in
-        step; evaluation batches per rank may differ)."""
+        """What evaluation runs: the EMA (if kept), the model, or under FSDP2 a full copy of it
+        (a sharded forward needs every rank in step; their evaluation batches may differ)."""
         if ema and self.ema is not None:
             return self.ema.module
         if not self.sharded:
@@ -289,6 +296,7 @@ class Trainer:
                 "flops": self.state.total_flops,
                 **metrics,
                 **{f"data/{name}": value for name, value in counts.items()},
+                **self.guard.columns(self.state.nonfinite_skipped),
             }
         )
         summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())

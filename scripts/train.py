@@ -4,11 +4,16 @@ python scripts/train.py --config-name vision                       # digits on a
 python scripts/train.py --config-name vision growth=double_midway  # grow x2 mid-run
 python scripts/train.py --config-name vision run_dir=runs/x resume=true
 torchrun --standalone --nproc_per_node 8 scripts/train.py --config-name vision ...
+
+SIGTERM or SIGUSR1 (train.stop_signals) stops a run after its step with a checkpoint, exit code
+75; run_dir=<run> resume=true continues it. A second signal exits at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,6 +22,11 @@ from omegaconf import DictConfig
 
 from tokenformer_mm.train import Trainer, build_task, register_schemas
 from tokenformer_mm.train.nonfinite import NonFiniteError
+from tokenformer_mm.train.preemption import PREEMPTED_EXIT_CODE, Preempted
+from tokenformer_mm.train.resume import CheckpointWriteError
+from tokenformer_mm.train.run_config import resumed_config
+from tokenformer_mm.train.run_dir import remove_made
+from tokenformer_mm.train.start import claim_run_dir
 
 register_schemas()
 
@@ -24,6 +34,19 @@ register_schemas()
 @hydra.main(version_base="1.3", config_path="../configs", config_name="vision")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        if cfg.resume:  # the run's own config; the command line's overrides change it, if allowed
+            cfg = resumed_config(cfg, HydraConfig.get().overrides.task)
+        with claim_run_dir(run_dir):  # a second run started in run_dir is refused
+            train(cfg, run_dir)
+    except BaseException as error:
+        remove_made(run_dir)  # a refused start leaves no folder it made (only empty ones go)
+        if isinstance(error, ValueError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            raise SystemExit(f"error: {error}") from None  # a mistake in the command: one line
+        raise
+
+
+def train(cfg: DictConfig, run_dir: Path) -> None:
     trainer = Trainer(cfg, build_task(cfg), run_dir)  # refuses a bad start before writing
     if trainer.is_main:  # the log of every start, appended
         handler = logging.FileHandler(run_dir / "train.log")
@@ -33,9 +56,14 @@ def main(cfg: DictConfig) -> None:
         logging.getLogger().addHandler(handler)
     try:
         summary = trainer.fit()
-    except NonFiniteError as error:  # a diverged run: exit non-zero, saying where to resume
+    except (NonFiniteError, CheckpointWriteError) as error:  # exit non-zero, saying the fix
         logging.getLogger("tokenformer_mm").error("%s", error)
         raise SystemExit(f"error: {error}") from None
+    except Preempted as stop:  # a scheduler's signal: checkpointed, exit 75 to be requeued
+        logging.getLogger("tokenformer_mm").warning("%s", stop)
+        if trainer.is_main:
+            print(f"stopped: {stop}", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
     if trainer.is_main:
         metrics = ", ".join(
             f"{k} {v:.4g}" for k, v in summary["metrics"].items() if k.startswith("val/")

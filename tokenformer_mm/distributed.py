@@ -12,11 +12,39 @@ there and sent to every rank with ``broadcast_from_main``.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+# The signals that ask a run to stop cleanly (train.stop_signals, train/preemption.py).
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+
+
+def leave_stop_signals_to_main(worker_id: int = 0) -> None:
+    """A DataLoader worker's start: a stop signal sent by anyone but the main process (SLURM
+    signals every process of a job, torchrun its workers' process groups) is the main process's
+    to act on, and the worker keeps serving its step; the main process's own SIGTERM (how
+    DataLoader and multiprocessing end a worker) still ends it. Linux only: elsewhere, as before.
+    """
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    signals = {signal.Signals[name] for name in STOP_SIGNALS}
+    for sig in signals:  # not the trainer's handler a forked worker inherits
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # pending, for the watcher to take
+    main = os.getppid()
+
+    def watch() -> None:
+        while True:
+            info = signal.sigwaitinfo(signals)
+            if info.si_pid == main:  # the main process ends its worker: quietly, at once
+                os._exit(0)
+
+    threading.Thread(target=watch, name="stop-signals", daemon=True).start()
 
 
 def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:

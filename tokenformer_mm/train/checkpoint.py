@@ -129,10 +129,14 @@ def save(
     staging = root / f"step_{step:08d}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_weights(model, staging / MODEL_FILE)
-    if ema is not None:
-        save_weights(ema, staging / EMA_FILE)
-    torch.save(state, staging / STATE_FILE)
+    try:
+        save_weights(model, staging / MODEL_FILE)
+        if ema is not None:
+            save_weights(ema, staging / EMA_FILE)
+        torch.save(state, staging / STATE_FILE)
+    except BaseException:  # a full disk, Ctrl-C: no half-written checkpoint takes space
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     publish(root, staging, final, keep)
     return final
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..distributed import STOP_SIGNALS
 from ..extras import missing_extra
 from ..growth import DEPTH_INITS, INITS
 from ..pattention import KINDS
@@ -98,6 +99,9 @@ class TrainConfig:
     # metrics.csv as nonfinite/skipped; nonfinite_patience such steps in a row stop the run).
     nonfinite: str = "stop"
     nonfinite_patience: int = 10
+    # Signals that stop the run cleanly: every rank finishes its step, one checkpoint is written,
+    # exit code 75 (resume=true continues); a second signal exits at once. []: none.
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
 
 @dataclass
@@ -139,6 +143,11 @@ def validate(cfg: Any) -> None:
         )
     if train.nonfinite not in NONFINITE:
         raise ValueError(f"train.nonfinite must be one of {NONFINITE}, got {train.nonfinite!r}")
+    unknown = [name for name in train.stop_signals if name not in STOP_SIGNALS]
+    if unknown:
+        raise ValueError(
+            f"train.stop_signals must be a subset of {STOP_SIGNALS}, got {list(unknown)}"
+        )
     if train.precision not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {PRECISIONS}, got {train.precision!r}")
     if optim.warmup_steps < 0:

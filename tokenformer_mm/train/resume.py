@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributed import all_gather_objects, rank_and_world_size
+from ..distributed import all_gather_objects, rank_and_world_size, sum_over_ranks
 from ..growth import model_shape
 from . import checkpoint, parallel, start
 from .batches import EpochBatches
@@ -27,6 +27,10 @@ from .sharded import is_sharded, load_sharded, save_sharded
 from .state import TrainState
 
 logger = logging.getLogger(__name__)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (e.g. the disk is full); the older ones are intact."""
 
 
 @dataclass
@@ -55,10 +59,23 @@ def save(parts: RunParts, ckpt_dir: Path, sharded: bool, keep: int) -> None:
         state["shape"] = model_shape(parts.model)
         save_sharded(ckpt_dir, step, parts.model, parts.optimizer, state if is_main else None, keep)
         return
-    if not is_main:
-        return
-    state["optimizer"] = parallel.full_optimizer_state(parts.model, parts.optimizer)
-    checkpoint.save(ckpt_dir, step, parts.model, state, parts.ema, keep)
+    failure = None
+    if is_main:
+        state["optimizer"] = parallel.full_optimizer_state(parts.model, parts.optimizer)
+        try:
+            checkpoint.save(ckpt_dir, step, parts.model, state, parts.ema, keep)
+        except OSError as error:  # a full disk, a quota: the ranks stop together, saying so
+            failure = error
+    device = next(parts.model.parameters()).device  # NCCL reduces CUDA tensors only
+    failed = torch.tensor(float(failure is not None), device=device)
+    if sum_over_ranks({"failed": failed})["failed"]:
+        raise CheckpointWriteError(
+            f"the checkpoint of step {step} could not be written in {ckpt_dir} "
+            f"({failure or 'on rank 0'}); nothing of it was kept, and the newest checkpoint, "
+            f"{checkpoint.latest(ckpt_dir)}, is intact. Free space (a save needs room for "
+            f"train.keep_checkpoints={keep} checkpoints plus the one it writes) and continue "
+            "with resume=true"
+        ) from failure
 
 
 def restore(parts: RunParts, path: Path, saved: dict[str, Any], seed: int) -> None:

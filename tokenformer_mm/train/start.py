@@ -3,8 +3,12 @@ write, its precision, the FLOPs it counts, where its LR schedule stands."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,6 @@ from torch import nn
 from ..flops import training_flops
 from . import checkpoint
 from .batches import data_report, to_device
-from .metric_log import CONFIG_FILE
 from .rng import rng_state, set_rng_state
 from .tasks import Task
 
@@ -138,15 +141,29 @@ def check_writable(run_dir: Path) -> None:
         ) from error
 
 
-def save_config(run_dir: Path, cfg: Any) -> None:
-    """The run's config as ``.hydra/config.yaml`` (what ``load_run`` and evaluate.py read),
-    once the start is accepted; a resumed run keeps the one its first start wrote."""
-    from omegaconf import OmegaConf
+@contextmanager
+def claim_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` while a run writes it: a second run started there (the same command
+    twice, a requeued job whose first attempt still runs) is refused, not interleaved with it.
 
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(OmegaConf.to_yaml(cfg))
+    A lock on the directory itself (no file is left behind), released by the kernel however the
+    process ends; ranks other than 0 do not take it."""
+    if os.environ.get("RANK", "0") != "0" or not run_dir.is_dir():
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"run_dir={str(run_dir)!r} is in use by another run that is still running (the "
+                "same command started twice, or a requeued job whose first attempt has not "
+                "ended); wait for it to end, or choose another run_dir"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def set_tf32(device: torch.device, enabled: bool) -> None:

@@ -1,10 +1,9 @@
 """The training loop every domain shares (docs/design.md, "The engine").
 
-A domain supplies a ``Task`` (model, loaders, training loss, evaluation); the ``Trainer`` owns the
-rest: AdamW with weight-decay groups, warmup + cosine, gradient clipping and accumulation, bf16
-autocast on CUDA, EMA, periodic evaluation and checkpoints, exact resume, growth inside the run,
-DDP or FSDP2 under torchrun (``parallel.py``), ``torch.compile``, and the run's record
-(``metric_log``). Its stateful parts are saved and restored through one protocol (``resume.py``).
+A domain supplies a ``Task`` (model, loaders, loss, evaluation); the ``Trainer`` owns the rest:
+optimizer, schedule, clipping, accumulation, autocast, EMA, evaluation, checkpoints and exact
+resume, growth, DDP/FSDP2 (``parallel.py``), compile, divergence (``nonfinite.py``), clean stops
+on a scheduler's signal (``preemption.py``) and the run's record (``metric_log``).
 """
 
 from __future__ import annotations
@@ -24,12 +23,13 @@ from ..distributed import mean_over_ranks, setup_distributed
 from ..growth import fit_to_shape, grow_model, grown_companion_state, load_grown, seed_new_rows
 from ..growth import state_shape as shape_from_tensors
 from ..pattention import KINDS
-from . import checkpoint, parallel, resume, start
+from . import checkpoint, parallel, resume, run_config, start
 from .batches import EpochBatches, to_device
 from .config import validate
 from .metric_log import MetricLog, ProgressLine
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer
+from .preemption import StopSignals
 from .rng import seed_everything
 from .sharded import is_sharded, sharded_shapes
 from .state import TrainState
@@ -51,6 +51,7 @@ class Trainer:
         validate(cfg)
         self.cfg, self.task = cfg, task
         self.run_dir = Path(run_dir)
+        changes = run_config.check_changes(self.run_dir, cfg) if cfg.resume else {}
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.rank, self.world_size, self.device = setup_distributed(cfg.train.device)
         self.is_main = self.rank == 0
@@ -64,7 +65,7 @@ class Trainer:
         self.guard = NonFiniteGuard(
             cfg.train.nonfinite, cfg.train.nonfinite_patience, self.ckpt_dir
         )
-
+        self.stop_signals = StopSignals(cfg.train.stop_signals)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = task.build_model().to(self.device)
         start.set_grad_checkpointing(self.model, cfg.train.grad_checkpointing)
@@ -105,7 +106,7 @@ class Trainer:
             seed_everything(cfg.seed * 1000 + self.rank)  # per-rank augmentation and dropout
         self.train_module = self._wrap()
         if self.is_main:
-            start.save_config(self.run_dir, cfg)
+            run_config.save(self.run_dir, cfg, changes, self.state.step)
 
     @property
     def step(self) -> int:
@@ -137,24 +138,27 @@ class Trainer:
             until, self.state.step, cfg.log_every, self.task.unit, self.flops_per_item,
             show=self.is_main,
         )  # fmt: skip
-        while self.state.step < until:
-            if self.state.step in growth_at:
-                event = growth_at[self.state.step]
-                self.grow(event.factor, event.kinds, event.depth)
-                progress.flops_per_item = self.flops_per_item
-            loss, grad_norm, items = self._train_step()
-            self.state.step += 1
-            self.state.total_flops += items * self.world_size * self.flops_per_item
-            step, final = self.state.step, self.state.step == until
-            lr = self.scheduler.get_last_lr()[0]
-            self.log.log_step(step, self.data.epoch, loss, lr, grad_norm)
-            progress.update(step, loss, items * self.world_size, lr, final)
-            if step % cfg.eval_every == 0 or final:
-                self._evaluate_and_log(progress.window_loss())
-            if step % cfg.checkpoint_every == 0 or final:
-                self.guard.check_weights(self.model, step)  # never a checkpoint to distrust
-                resume.save(self._parts(), self.ckpt_dir, self.sharded, cfg.keep_checkpoints)
-        progress.bar.close()
+        with self.stop_signals, progress.bar:
+            while self.state.step < until:
+                if self.state.step in growth_at:
+                    event = growth_at[self.state.step]
+                    self.grow(event.factor, event.kinds, event.depth)
+                    progress.flops_per_item = self.flops_per_item
+                loss, grad_norm, items = self._train_step()
+                self.state.step += 1
+                self.state.total_flops += items * self.world_size * self.flops_per_item
+                step, final = self.state.step, self.state.step == until
+                lr = self.scheduler.get_last_lr()[0]
+                self.log.log_step(step, self.data.epoch, loss, lr, grad_norm)
+                progress.update(step, loss, items * self.world_size, lr, final)
+                if step % cfg.eval_every == 0 or final:
+                    self._evaluate_and_log(progress.window_loss())
+                stop = self.stop_signals.stop_requested(self.device) and not final
+                if step % cfg.checkpoint_every == 0 or final or stop:
+                    self.guard.check_weights(self.model, step)  # never a checkpoint to distrust
+                    resume.save(self._parts(), self.ckpt_dir, self.sharded, cfg.keep_checkpoints)
+                if stop:
+                    raise self.stop_signals.preempted(step, checkpoint.latest(self.ckpt_dir))
         plot = self.log.plot([e["step"] for e in self.state.growth_events if e["step"] > 0])
         return {
             "metrics": self.eval_rows[-1] if self.eval_rows else {},
@@ -249,8 +253,7 @@ class Trainer:
         return build_optimizer(model, self.cfg.optim, self.cfg.train.steps)
 
     def _empty_model(self) -> nn.Module:
-        """The task's model at its initial size, allocated but not initialised (built on the
-        meta device: no RNG drawn); callers load a whole state into it."""
+        """The task's model at its initial size, allocated, not initialised (no RNG drawn)."""
         with torch.device("meta"):
             model = self.task.build_model()
         return model.to_empty(device=self.device)

@@ -7,6 +7,7 @@ EXTRAS = {
     "train": "the engine, the data pipelines and the scripts (Hydra, webdataset, matplotlib, ...)",
     "clip": "the open_clip integration (open_clip_torch)",
     "hf": "the Hugging Face transformers classes of the language tower (transformers)",
+    "export": "ONNX export and running the file (onnx, onnxscript, onnxruntime)",
 }
 
 

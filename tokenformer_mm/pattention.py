@@ -13,9 +13,9 @@ growth exact.
 Two code paths compute the same function from the same ``theta.theta``: the *fused* one
 (``fused_pattention.py``: saves one ``[tokens, n]`` tensor for backward instead of several) is
 used where it applies and pays off, the *plain* one (autograd over it) is the reference and
-serves TorchScript, ``torch.func``, active dropout and tiny inputs. ``Pattention(fused=False)``
-forces the plain path for one layer, ``set_fused_pattention(False)`` for every layer (the one
-global switch; no environment variable).
+serves TorchScript, traced and exported graphs (ONNX), ``torch.func``, active dropout and tiny
+inputs. ``Pattention(fused=False)`` forces the plain path for one layer,
+``set_fused_pattention(False)`` for every layer (the one global switch; no environment variable).
 """
 
 from __future__ import annotations
@@ -69,6 +69,12 @@ def set_fused_pattention(enable: bool) -> None:
 
 def fused_pattention_enabled() -> bool:
     return _fused_enabled
+
+
+def _exporting() -> bool:
+    """``torch.export`` runs (not ``torch.compile``, which torch 2.7-2.11 report as exporting)."""
+    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.6
+    return exporting is not None and exporting() and not torch.compiler.is_dynamo_compiling()
 
 
 def wang_init_std(dim: int, depth: int) -> float:
@@ -194,7 +200,11 @@ class Pattention(nn.Module):
         Not while dropout is active (the fused backward recomputes ``theta`` and could not
         replay the mask; under fx tracing a graph keeps its path, so any dropout counts), nor
         under ``torch.func`` transforms (grad, vmap, jvp), which the plain path supports, nor
-        (``fused=None``) for inputs too small to pay off.
+        in a graph being recorded: a TorchScript trace (``torch.onnx.export(dynamo=False)``)
+        keeps the scores buffer, which matmuls fill with ``out=``, as a constant, so the layer
+        ignored its input (issue 26); an exported program (``torch.export``, ONNX's dynamo) with
+        those ``out=`` matmuls fails wherever a parameter requires grad. Nor (``fused=None``)
+        for inputs too small to pay off.
         """
         tracing = torch.fx._symbolic_trace.is_fx_symbolic_tracing()
         dropout_active = self.dropout.p > 0 and (self.training or tracing)
@@ -203,6 +213,8 @@ class Pattention(nn.Module):
             or not _fused_enabled
             or dropout_active
             or torch._C._are_functorch_transforms_active()
+            or torch.jit.is_tracing()
+            or _exporting()
         ):
             return False
         if self.fused is None and x is not None and not tracing:

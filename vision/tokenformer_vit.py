@@ -214,6 +214,12 @@ class TokenformerViT(nn.Module):
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_img_size:
+            if torch.jit.is_tracing():  # a trace would keep the example's grid: wrong elsewhere
+                raise ValueError(
+                    "dynamic_img_size=True exports with torch.onnx.export(dynamo=True) or "
+                    "torch.export, not a TorchScript trace (torch.onnx.export(dynamo=False), "
+                    "torch.jit.trace); for one image size build it with dynamic_img_size=False"
+                )
             B, H, W, C = x.shape  # patch embedding output is NHWC in dynamic mode
             pos_embed = resample_abs_pos_embed(
                 self.pos_embed,

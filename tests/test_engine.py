@@ -321,6 +321,27 @@ def test_warmup_stable_decay_schedule():
     assert [round(schedule(s), 6) for s in range(15, 21)] == [1.0, 0.82, 0.64, 0.46, 0.28, 0.1]
 
 
+def test_a_resumed_runs_metrics_csv_keeps_its_rows_byte_for_byte(tmp_path):
+    """Before: a resume read metrics.csv back as floats and rewrote ``9`` as ``9.0``."""
+    from tokenformer_mm.train.metric_log import METRICS_FILE, MetricLog
+
+    rows = [
+        {"step": 2, "epoch": 0, "train/loss": 0.1 + 0.2, "params": 9, "flops": 1.5e16},
+        {"step": 4, "epoch": 1, "train/loss": 1e-05, "params": 9, "flops": 0.0, "data/short": 1},
+        {"step": 6, "epoch": 1, "train/loss": float("nan"), "params": 18, "flops": 4.5e16},
+    ]
+    first = MetricLog(tmp_path, write=True)
+    for row in rows:
+        first.log_evaluation(row)
+    written = (tmp_path / METRICS_FILE).read_bytes()
+    resumed = MetricLog(tmp_path, write=True)
+    resumed.resume(4)
+    typed = [[(key, type(value), value) for key, value in row.items()] for row in rows[:2]]
+    assert [[(k, type(v), v) for k, v in row.items()] for row in resumed.eval_rows] == typed
+    resumed.log_evaluation(rows[2])  # the killed run's step 6, trained again
+    assert (tmp_path / METRICS_FILE).read_bytes() == written
+
+
 @pytest.mark.slow
 def test_a_cooldown_branch_equals_a_run_scheduled_for_its_budget(tmp_path):
     """WSD: a branch from step 4 of an 8-step run, decaying over 2 steps, ends with the weights

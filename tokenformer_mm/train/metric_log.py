@@ -97,14 +97,20 @@ class MetricLog:
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a run's CSV file as numbers (``step`` an int); missing file: no rows."""
+    """Rows of a run's CSV file as the numbers they were written from: ``9`` an int, ``9.0`` a
+    float, so a resumed run rewrites its earlier rows byte for byte; missing file: no rows."""
     if not path.exists():
         return []
     with path.open() as f:
         rows = list(csv.DictReader(f))
-    return [
-        {k: float(v) if k != "step" else int(v) for k, v in row.items() if v != ""} for row in rows
-    ]
+    return [{k: _number(v) for k, v in row.items() if v != ""} for row in rows]
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def plot_metrics(run_dir: Path, growth_steps: Sequence[int]) -> Path:

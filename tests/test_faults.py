@@ -3,6 +3,7 @@ or the fix (issue 15): each now does the right thing or stops, naming the value 
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,3 +311,51 @@ def test_a_run_that_diverges_exits_non_zero_and_keeps_its_finite_checkpoints(tmp
     kept = sorted((tmp_path / "checkpoints").iterdir())
     assert kept and all(_finite(path / "model.safetensors") for path in kept)
     assert str(kept[-1]) in result.stderr  # the checkpoint to resume from, named
+
+
+def _train_script(monkeypatch, overrides):
+    """scripts/train.py run in this process as the command line runs it (Hydra and its
+    callbacks); returns its exit's message."""
+    import runpy
+    import sys
+
+    from .engine_utils import ROOT
+
+    quiet = ["hydra/job_logging=none", "hydra/hydra_logging=none"]  # pytest keeps the logging
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config-name", "vision", *overrides, *quiet])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "scripts" / "train.py"), run_name="__main__")
+    return stop.value.code
+
+
+def test_a_run_dir_that_cannot_be_made_is_one_line_naming_it(tmp_path, monkeypatch):
+    """Before: Hydra's traceback from mkdir, before our own check could run."""
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    cases = [
+        str(tmp_path / "blocked" / "run"),
+        *(["/proc/x"] if Path("/proc/self").is_dir() else []),
+    ]
+    for run_dir in cases:
+        message = _train_script(monkeypatch, [f"run_dir={run_dir}"])
+        assert message.startswith(f"error: run_dir={run_dir!r} cannot be made or written (")
+        assert "choose a run_dir in a folder you can write" in message and "\n" not in message
+    assert [p.name for p in tmp_path.iterdir()] == ["blocked"]
+
+
+def test_a_refused_start_removes_the_folders_it_made_and_nothing_a_user_made(tmp_path, monkeypatch):
+    """Before: every refused start left an empty runs/vision/<date_time> behind (Hydra makes
+    run_dir before main), and its error was a traceback."""
+    monkeypatch.chdir(tmp_path)
+    bad = "train.steps=0"
+    assert _train_script(monkeypatch, [bad]) == "error: train.steps must be positive, got 0"
+    assert list(tmp_path.iterdir()) == []  # runs/, runs/vision/ and the run's folder: all gone
+    (tmp_path / "runs" / "vision").mkdir(parents=True)  # a user's folders, empty
+    (tmp_path / "mine").mkdir()
+    _train_script(monkeypatch, [bad])
+    _train_script(monkeypatch, [bad, "run_dir=mine"])
+    _train_script(monkeypatch, [bad, "run_dir=mine/a/b"])
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "mine",
+        "runs",
+        "runs/vision",
+    ]

@@ -7,6 +7,8 @@
 - ``optim.py``: AdamW weight-decay groups and the learning-rate schedule;
 - ``start.py``: the start-up steps (where a run starts from, precision, FLOPs, the schedule's
   position);
+- ``run_dir.py``: the run's folder before Hydra makes it (an unwritable one named), and the
+  folders a refused start made, removed;
 - ``checkpoint.py``: safetensors checkpoints, ``load_model``, ``export``; ``sharded.py``: FSDP2's
   format; ``atomic.py``: publishing a checkpoint; ``rng.py``: the RNG states an exact resume needs;
 - ``parallel.py``: DDP and FSDP2, whole copies of a sharded model;

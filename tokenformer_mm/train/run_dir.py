@@ -1,0 +1,72 @@
+"""The run directory before the run starts. Hydra makes ``hydra.run.dir`` (our ``run_dir``)
+before ``scripts/train.py``'s main runs; ``RunDirCallback`` (each config's ``hydra.callbacks``)
+runs before that. It stops an unwritable ``run_dir`` with one line naming it, and notes which
+folders this start makes, so that a refused start removes them again (``remove_made``): only
+those, only while empty. Nothing that existed before the start is ever removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+logger = logging.getLogger(__name__)
+
+# run_dir (absolute) -> the nearest folder above it that existed before this start
+_existed_before: dict[Path, Path] = {}
+
+
+class RunDirCallback(Callback):
+    """Hydra's hooks before it makes the run's folder (the sweep's folder under ``-m``)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        prepare(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        prepare(config.hydra.sweep.dir)
+
+
+def prepare(run_dir: str | os.PathLike) -> None:
+    """Make ``run_dir`` and check it can be written, noting the folders made; an error that
+    names ``run_dir`` and the fix (``SystemExit``: one line, no traceback) if it cannot."""
+    path = Path(os.path.abspath(run_dir))
+    existing = path
+    while not os.path.lexists(existing):  # a file or link counts: never made here
+        existing = existing.parent
+    _existed_before[path] = existing
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        remove_made(path)
+        raise SystemExit(
+            f"error: run_dir={str(run_dir)!r} cannot be made or written ({error}); choose "
+            "a run_dir in a folder you can write (default: runs/<domain>/<date_time>)"
+        ) from None
+
+
+def remove_made(run_dir: str | os.PathLike) -> list[Path]:
+    """After a refused start: remove ``run_dir`` and the folders above it that this start made
+    (``prepare``, or Hydra below a sweep's folder), innermost first, each only while empty.
+    Returns what was removed; nothing if ``prepare`` never saw this run_dir."""
+    path = Path(os.path.abspath(run_dir))
+    bounds = [b for top, b in _existed_before.items() if top == path or top in path.parents]
+    removed: list[Path] = []
+    if not bounds:
+        return removed
+    while path != bounds[0] and bounds[0] in path.parents:
+        try:
+            path.rmdir()  # only an empty folder; a file or anything inside stops here
+        except OSError:
+            break
+        removed.append(path)
+        path = path.parent
+    if removed:
+        logger.debug("refused start: removed the folders it made: %s", ", ".join(map(str, removed)))
+    return removed

@@ -16,7 +16,8 @@ import logging
 
 import torch
 
-from tokenformer_mm.train import load_run
+from tokenformer_mm.train import checkpoint, load_run
+from tokenformer_mm.train.tasks import find_checkpoint
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -36,7 +37,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         overrides = {"data.val_shards": args.val_shards, "data.train_shards": args.val_shards}
     if args.batch_size:
         overrides["data.eval_batch_size"] = args.batch_size
-    _, task, model, ckpt = load_run(args.path, overrides, ema=args.ema)
+    try:
+        if args.ema:  # a run trained without EMA has none: say so, not "no weights at ..."
+            ckpt, _ = find_checkpoint(args.path)
+            if not (ckpt / checkpoint.EMA_FILE).is_file():
+                raise ValueError(
+                    f"--ema, but {ckpt} has no EMA weights ({checkpoint.EMA_FILE}): the run was "
+                    "trained without EMA; drop --ema, or train with train.ema_decay=0.9999"
+                )
+        _, task, model, ckpt = load_run(args.path, overrides, ema=args.ema)
+    except (ValueError, FileNotFoundError) as error:  # a wrong path or flag: one line
+        parser.error(str(error))
     metrics = task.evaluate(model.to(args.device), task.eval_loader())
     print(json.dumps({"checkpoint": str(ckpt), **metrics}, indent=2))
     return metrics

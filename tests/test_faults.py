@@ -359,3 +359,21 @@ def test_a_refused_start_removes_the_folders_it_made_and_nothing_a_user_made(tmp
         "runs",
         "runs/vision",
     ]
+
+
+def test_evaluate_ema_on_a_run_without_ema_names_the_checkpoint_and_the_fix(tmp_path, capsys):
+    """Before: FileNotFoundError's traceback, "no weights at .../ema.safetensors"."""
+    from scripts.evaluate import main
+
+    step = tmp_path / "run" / "checkpoints" / "step_00000001"  # as a run without EMA leaves it
+    step.mkdir(parents=True)
+    for name in ("model.safetensors", "state.pt"):
+        (step / name).write_bytes(b"")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "run"), "--ema"])
+    error = capsys.readouterr().err
+    assert "step_00000001 has no EMA weights (ema.safetensors): the run was trained" in error
+    assert "drop --ema, or train with train.ema_decay=" in error
+    with pytest.raises(SystemExit):  # a path that is no run: one line too
+        main([str(tmp_path / "nowhere")])
+    assert "nowhere is neither a checkpoint directory nor a run" in capsys.readouterr().err

@@ -342,6 +342,40 @@ def test_generate_script_from_a_run_and_from_an_official_file(tmp_path, capsys):
         generate_main([str(tmp_path / "neox.bin"), *generate_official])
 
 
+def _screen(written):
+    """What a terminal shows after ``written``: a carriage return goes back to the line's start
+    and what follows overwrites it (a progress bar's redraws and its clearing)."""
+    lines = []
+    for line in written.split("\n"):
+        shown = []
+        for part_index, part in enumerate(line.split("\r")):
+            column = 0 if part_index else len(shown)
+            shown[column : column + len(part)] = part
+        lines.append("".join(shown).rstrip())
+    return lines
+
+
+def test_generate_prints_whole_samples_and_clears_its_progress_bar(tmp_path, monkeypatch):
+    """Before: tqdm's bar was left drawn between the samples, glued to their text."""
+    import io
+
+    class Terminal(io.StringIO):  # stdout and stderr on one terminal
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    sizes = dict(dim=768, depth=1, num_heads=12, qkv_tokens=8, proj_tokens=8, ffn_tokens=8)
+    torch.save(official_state(lm_config("tiny", **sizes)), tmp_path / "bytes.bin")
+    options = ["--official", "--tokenizer", "byte", "--num-samples", "3", "--temperature", "0"]
+    options += ["--prompt", "ab", "--max-new-tokens", "4"]
+    samples = generate_main([str(tmp_path / "bytes.bin"), *options])
+    shown = "".join(f"{sample}\n{'-' * 40}\n" for sample in samples)  # bytes: no EOS text
+    assert "sampling" in terminal.getvalue()  # the bar was drawn, on this terminal
+    assert _screen(terminal.getvalue()) == _screen(shown)
+
+
 def test_rotary_tables_are_made_once_per_forward_by_the_model(monkeypatch):
     """The LM makes the tables once per forward (and per decoding step); no block makes its own."""
     import tokenformer_mm.block

@@ -5,10 +5,12 @@ A ``ShardedStream`` reads tar shards in the standard webdataset layout and yield
     shard list --(epoch-seeded shuffle, same on every rank)--> rank split --> worker split
       --> tar samples --> shuffle buffer --> decode (per sample) --> pack (optional, stateful)
 
-Every rank and every DataLoader worker reads a disjoint set of shards, so one pass over the stream
-reads each sample once. A domain supplies ``decode`` (bytes -> item) and, for language, ``pack``
-(items -> fixed-size blocks). Damaged shards are read up to the damage, samples whose decode
-fails are skipped; both are counted (across workers) and logged, never fatal.
+The rank split (``shard_split``) gives each rank whole shards where they split evenly and a share
+by sample of the rest; workers split a rank's shards. One pass over the stream reads each sample
+once, on one rank and one worker, for any number of shards and ranks. A domain supplies
+``decode`` (bytes -> item) and, for language, ``pack`` (items -> fixed-size blocks). Damaged
+shards are read up to the damage, samples whose decode fails are skipped; both are counted
+(across workers) and logged, never fatal.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .distributed import rank_and_world_size
 from .extras import missing_extra
+from .shard_split import ShardRead, rank_reads, samples_in, shared_shards
 
 try:
     import braceexpand
@@ -113,7 +116,8 @@ class ShardedStream(IterableDataset):
         shuffle: shuffle shards (by epoch, identically on every rank) and samples (buffer).
         shuffle_buffer: size of the sample shuffle buffer.
         seed: base seed of both shuffles.
-        rank, world_size: this process's share; default from ``torch.distributed``.
+        rank, world_size: this process's share (``shard_split.rank_reads``); default from
+            ``torch.distributed``.
     """
 
     def __init__(
@@ -137,12 +141,16 @@ class ShardedStream(IterableDataset):
         default_rank, default_world = rank_and_world_size()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
-        if len(self.urls) < self.world_size:  # raised on every rank alike, so none waits forever
-            raise ValueError(
-                f"{len(self.urls)} shards cannot be split over {self.world_size} processes; "
-                "write the data as more shards (scripts/make_shards.py --samples-per-shard)"
-            )
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank={self.rank} must be in [0, world_size={self.world_size})")
         self.declared = read_shard_lengths(self.urls)  # per shard, from _info.json
+        shared = len(shared_shards(self.urls, self.declared, self.world_size))
+        if shared and self.rank == 0:
+            logger.info(
+                "%d of %d shards are split by sample over %d processes (every process reads "
+                "them; more shards would spare that I/O), the rest go whole",
+                *(shared, len(self.urls), self.world_size),
+            )
         # Samples in all shards, when _info.json lists every one of them (else None).
         lengths = self.declared
         self.num_samples = sum(lengths.values()) if len(lengths) == len(self.urls) else None
@@ -162,28 +170,30 @@ class ShardedStream(IterableDataset):
     def epoch(self) -> int:
         return self._epoch.value
 
-    def shards_for_worker(self, worker_id: int, num_workers: int) -> list[str]:
-        """The shards one worker of this rank reads in the current epoch."""
+    def shards_for_worker(self, worker_id: int, num_workers: int) -> list[ShardRead]:
+        """What one worker of this rank reads in the current epoch: shards, and which samples."""
         urls = list(self.urls)
         if self.shuffle:
             random.Random(self.seed * 1_000_003 + self.epoch).shuffle(urls)
-        return urls[self.rank :: self.world_size][worker_id::num_workers]
+        return rank_reads(urls, self.declared, self.rank, self.world_size)[worker_id::num_workers]
 
-    def _raw_samples(self, urls: Iterable[str]) -> Iterator[dict[str, Any]]:
-        """Samples of each shard; a damaged shard is read up to the damage and counted once."""
-        for url in urls:
+    def _raw_samples(self, reads: Iterable[ShardRead]) -> Iterator[dict[str, Any]]:
+        """This rank's samples of each shard; a damaged shard is read up to the damage and counted
+        once by each rank that reads it (its missing samples: those of this rank's share)."""
+        for read in reads:
+            url, count = read.url, 0
             errors: list[Exception] = []
-            count = 0
             for sample in wds.tarfile_samples([{"url": url}], handler=partial(_record, errors)):
+                if count % read.step == read.first:
+                    yield sample
                 count += 1
-                yield sample
             if errors:
                 self.damaged_shards.add()
                 logger.warning("shard %s is damaged, read up to the damage: %r", url, errors[0])
             declared = self.declared.get(url)
             if declared is not None and count < declared:
                 self.short_shards.add()
-                self.missing_samples.add(declared - count)
+                self.missing_samples.add(samples_in(read, declared) - samples_in(read, count))
                 message = (
                     f"shard {url} yielded {count} of the {declared} samples its {INFO_FILE} "
                     "declares (truncated or rewritten?); rewrite it with scripts/make_shards.py"
@@ -195,8 +205,7 @@ class ShardedStream(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
         worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        urls = self.shards_for_worker(worker_id, num_workers)
-        samples = self._raw_samples(urls)
+        samples = self._raw_samples(self.shards_for_worker(worker_id, num_workers))
         if self.shuffle:
             rng = random.Random(f"shuffle:{self.seed}:{self.epoch}:{self.rank}:{worker_id}")
             samples = _shuffled(samples, self.shuffle_buffer, rng)

@@ -103,7 +103,8 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
 def load_run(
     path: str | Path, overrides: dict[str, Any] | None = None, ema: bool = False
 ) -> tuple[Any, Task, nn.Module, Path]:
-    """(config, task, model with the checkpoint's weights, checkpoint dir) of a training run.
+    """(config, task, model with the checkpoint's weights, checkpoint dir) of a training run;
+    the checkpoint full or sharded (FSDP2).
 
     The run's own config (``.hydra/config.yaml``) rebuilds the task; ``overrides`` replace
     dotted keys (e.g. ``{"data.val_shards": ...}``); a model that grew during the run is rebuilt
@@ -123,5 +124,5 @@ def load_run(
         OmegaConf.update(cfg, key, value)
     task = build_task(cfg)
     model = task.build_model()
-    checkpoint.load_model(model, ckpt / (checkpoint.EMA_FILE if ema else checkpoint.MODEL_FILE))
+    checkpoint.load_model(model, ckpt / checkpoint.EMA_FILE if ema else ckpt)
     return cfg, task, model, ckpt

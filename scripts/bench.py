@@ -37,7 +37,7 @@ SUBJECTS = (pattention, data, vision, language, upstream, growth_kick, shard_mem
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for subject in SUBJECTS:

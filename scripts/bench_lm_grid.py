@@ -208,7 +208,9 @@ def main(argv: list[str] | None = None) -> None:
         result = train_one(run["model"], float(run["lr"]), int(run["seed"]), out, argv[3:])
         (out / "result.json").write_text(json.dumps(result))
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--models", nargs="+", type=model_variant, default=list(MODELS),
         help="tokenformer, gpt, or 'tokenformer key=value ...' (LMConfig fields)",

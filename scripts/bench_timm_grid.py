@@ -149,7 +149,9 @@ def plot(rows: list[dict[str, str]], path: Path, dead_below: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--train-py", type=Path, required=True, help="timm's train.py")
     parser.add_argument(
         "--variants", nargs="+", default=["tokenformer_micro_patch4_32", MATCHED_VIT_MICRO],

@@ -1,7 +1,7 @@
 """Convert a released official TokenFormer checkpoint to this library's Hugging Face layout.
 
     python scripts/convert_official.py TokenFormer-150M/ tokenformer-150m-hf/
-    python scripts/convert_official.py pytorch_model.bin out/ --num-heads 12 \
+    python scripts/convert_official.py pytorch_model.bin out/ --num-heads 12 \\
         --tokenizer gpt-neox-20b/tokenizer.json
 
 SRC is an official checkpoint file (``pytorch_model.bin`` or ``.safetensors``, GPT-NeoX's
@@ -49,7 +49,7 @@ def saved_heads(source: Path) -> int | None:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("source", type=Path, help="an official checkpoint file or Hub folder")
     parser.add_argument("output", type=Path, help="a new (or empty) folder to write")

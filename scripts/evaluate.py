@@ -1,7 +1,7 @@
 """Evaluate a checkpoint of a training run on validation shards.
 
     python scripts/evaluate.py runs/vision/2026-11-22_10-00-00            # its newest checkpoint
-    python scripts/evaluate.py runs/vision/.../checkpoints/step_00000800 \
+    python scripts/evaluate.py runs/vision/.../checkpoints/step_00000800 \\
         --val-shards '/data/imagenet1k-validation-{00..63}.tar' --ema
 
 Vision reports top-1 / top-5 and loss, language loss and perplexity. The run's own config
@@ -22,7 +22,7 @@ from tokenformer_mm.train.tasks import find_checkpoint
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("path", help="a run directory or one of its checkpoints")
     parser.add_argument("--val-shards", help="shards to evaluate on (default: the run's)")

@@ -38,7 +38,9 @@ from tokenformer_mm.train import checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", type=Path, help="a checkpoint directory or a run directory")
     parser.add_argument("output", type=Path, help="the .safetensors file (or a folder)")
     layout = parser.add_mutually_exclusive_group()

@@ -223,7 +223,7 @@ def study_tower(study: Any, name: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="the test suite's version")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the study config")

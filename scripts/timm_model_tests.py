@@ -46,7 +46,7 @@ def timm_test_file(work: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     _, pytest_args = parser.parse_known_args(argv)  # everything else goes to pytest
     with tempfile.TemporaryDirectory(prefix="timm-tests-") as work:

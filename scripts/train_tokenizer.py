@@ -30,7 +30,7 @@ def train_tokenizer(files: list[str], vocab_size: int, min_frequency: int = 2) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("files", nargs="+", help="text files to learn from")
     parser.add_argument("output", help="where to write tokenizer.json")

@@ -377,3 +377,52 @@ def test_evaluate_ema_on_a_run_without_ema_names_the_checkpoint_and_the_fix(tmp_
     with pytest.raises(SystemExit):  # a path that is no run: one line too
         main([str(tmp_path / "nowhere")])
     assert "nowhere is neither a checkpoint directory nor a run" in capsys.readouterr().err
+
+
+SCRIPTS_WITH_HELP = [
+    "bench",
+    "bench_lm_grid",
+    "bench_timm_grid",
+    "convert_official",
+    "evaluate",
+    "export",
+    "generate",
+    "growth_study",
+    "make_shards",
+    "study_branch_scale",
+    "timm_model_tests",
+    "train_tokenizer",
+]  # not train.py: its --help is Hydra's own
+
+
+def test_every_scripts_help_shows_its_docstring_line_for_line(capsys, monkeypatch):
+    """Before: argparse reflowed the examples into one paragraph, a few scripts showed the first
+    line only, and a backslash at a line's end joined two example lines in the docstring."""
+    import ast
+    import runpy
+
+    from .engine_utils import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # as a script runs: its benchmarks/
+    for name in SCRIPTS_WITH_HELP:
+        path = ROOT / "scripts" / f"{name}.py"
+        source = path.read_text()
+        node = ast.parse(source).body[0].value  # the docstring, as written in the file
+        written = ast.get_source_segment(source, node)[3:-3].replace("\\\\", "\\")
+        with pytest.raises(SystemExit):
+            runpy.run_path(str(path), run_name="help")["main"](["--help"])
+        shown = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+        for line in written.strip().splitlines():
+            assert line.rstrip() in shown, f"scripts/{name}.py --help: {line!r}"
+    with pytest.raises(SystemExit):  # generate.py says what each sampling option does
+        runpy.run_path(str(ROOT / "scripts" / "generate.py"), run_name="help")["main"](["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for said in (
+        "--temperature TEMPERATURE divides the logits",
+        "0 is greedy, always the likeliest token (default: 0.8)",
+        "--top-k TOP_K draw only among the k likeliest tokens (default: every token)",
+        "--top-p TOP_P nucleus sampling",
+        "--seed SEED seed of the sampling: the same seed, model and options give the same",
+        "--num-samples NUM_SAMPLES how many samples to draw from the prompt",
+    ):
+        assert said in shown

@@ -34,14 +34,21 @@ def test_every_tokenformer_clip_name_builds_encodes_and_trains():
         assert model.visual.trunk.blocks[0].q.key_tokens.grad is not None
 
 
-def test_image_statistics_come_from_the_timm_config():
-    _, _, preprocess = open_clip.create_model_and_transforms("TokenformerCLIP-micro")
+def test_image_statistics_come_from_the_timm_config(caplog):
+    """What open_clip logs and stores as the preprocessing is what the transform does (before:
+    its log line gave OpenAI's mean and std, the transform ImageNet's)."""
+    import ast
+
+    with caplog.at_level("INFO"):
+        model, _, preprocess = open_clip.create_model_and_transforms("TokenformerCLIP-micro")
     normalize = preprocess.transforms[-1]
-    assert tuple(normalize.mean) == (0.485, 0.456, 0.406) and tuple(normalize.std) == (
-        0.229,
-        0.224,
-        0.225,
-    )
+    imagenet = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    assert (tuple(normalize.mean), tuple(normalize.std)) == (imagenet["mean"], imagenet["std"])
+    (logged,) = [r.getMessage() for r in caplog.records if "preprocessing configuration" in r.msg]
+    stored = open_clip.get_model_preprocess_cfg(model)
+    for cfg in (ast.literal_eval(logged.split(": ", 1)[1]), model.visual.preprocess_cfg, stored):
+        assert {key: tuple(cfg[key]) for key in imagenet} == imagenet
+    assert (model.visual.image_mean, model.visual.image_std) == (imagenet["mean"], imagenet["std"])
     _, _, forced = open_clip.create_model_and_transforms(
         "TokenformerCLIP-micro", image_mean=(0.5, 0.5, 0.5)
     )

@@ -57,8 +57,8 @@ def _preprocess_setter(set_cfg: Any) -> Any:
         )
         if isinstance(trunk, TokenformerViT) and uses_default:
             timm_cfg = trunk.pretrained_cfg
-            ours = {k: timm_cfg[k] for k in ("mean", "std", "interpolation")}
-            preprocess_cfg = {**preprocess_cfg, **ours}
+            # In place: the dict is create_model's own, which it logs next as the final config.
+            preprocess_cfg.update({k: timm_cfg[k] for k in ("mean", "std", "interpolation")})
         set_cfg(model, preprocess_cfg)
 
     set_model_preprocess_cfg.tokenformer = True

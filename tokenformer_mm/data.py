@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .distributed import rank_and_world_size
+from .distributed import leave_stop_signals_to_main, rank_and_world_size
 from .extras import missing_extra
 from .shard_split import ShardRead, rank_reads, samples_in, shared_shards
 
@@ -293,4 +293,5 @@ def stream_loader(
         generator=torch.Generator(),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
+        worker_init_fn=leave_stop_signals_to_main,
     )

@@ -34,7 +34,9 @@ def write_shards(
 
     Shards are named ``{split}-{index:06d}.tar``; the split's file names and per-shard counts are
     merged into ``out_dir/_info.json`` in the layout timm and the public imagenet-1k-wds use.
-    Every shard is written under a temporary name and renamed when complete. A folder that
+    Every shard is written under a temporary name; all are renamed once the last is complete,
+    so an interrupted write leaves no ``{split}-*.tar`` to read (and its leftovers are removed by
+    the next write). A folder that
     already holds shards of ``split`` is refused (old shards left beside new ones would be read
     by a ``{split}-*.tar`` pattern); ``overwrite=True`` deletes them first.
     """
@@ -42,7 +44,7 @@ def write_shards(
         raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}")
     old = existing_shards(out_dir, split, overwrite)
     os.makedirs(out_dir, exist_ok=True)
-    for path in old:
+    for path in [*old, *Path(out_dir).glob(f"{split}-*.tar.tmp")]:  # and an interrupted write's
         path.unlink()
     names: list[str] = []
     lengths: list[int] = []
@@ -50,14 +52,16 @@ def write_shards(
     for sample in samples:
         if writer is None or lengths[-1] == samples_per_shard:
             if writer is not None:
-                _finish(writer, out_dir, names[-1])
+                writer.close()
             names.append(f"{split}-{len(names):06d}.tar")
             lengths.append(0)
             writer = wds.TarWriter(os.path.join(out_dir, names[-1] + ".tmp"))
         writer.write(sample)
         lengths[-1] += 1
     if writer is not None:
-        _finish(writer, out_dir, names[-1])
+        writer.close()
+    for name in names:  # all at once, when all are written: never a partial split to read
+        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
     _update_info(out_dir, split, names, lengths, dataset_name)
     return [os.path.join(out_dir, name) for name in names]
 
@@ -71,11 +75,6 @@ def existing_shards(out_dir: str | os.PathLike, split: str, overwrite: bool) -> 
             "an empty folder, or overwrite them (make_shards.py --overwrite)"
         )
     return old
-
-
-def _finish(writer: wds.TarWriter, out_dir: str | os.PathLike, name: str) -> None:
-    writer.close()
-    os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
 
 
 def _update_info(

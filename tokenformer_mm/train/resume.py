@@ -64,7 +64,7 @@ def save(parts: RunParts, ckpt_dir: Path, sharded: bool, keep: int) -> None:
         state["optimizer"] = parallel.full_optimizer_state(parts.model, parts.optimizer)
         try:
             checkpoint.save(ckpt_dir, step, parts.model, state, parts.ema, keep)
-        except OSError as error:  # a full disk, a quota: the ranks stop together, saying so
+        except (OSError, RuntimeError) as error:  # a full disk (torch.save: RuntimeError)
             failure = error
     device = next(parts.model.parameters()).device  # NCCL reduces CUDA tensors only
     failed = torch.tensor(float(failure is not None), device=device)
@@ -97,8 +97,10 @@ def restore(parts: RunParts, path: Path, saved: dict[str, Any], seed: int) -> No
         return
     epoch = ranks[0]["data"]["epoch"] + 1
     logger.warning(
-        "checkpoint written by %d processes, resuming with %d: data restarts at epoch %d",
-        *(len(ranks), world_size, epoch),
+        "checkpoint written by %d processes, resuming with %d: each rank's data position does "
+        "not carry over, so the rest of epoch %d is skipped and the data restarts at epoch %d "
+        "(resume with %d processes to continue mid-epoch)",
+        *(len(ranks), world_size, epoch - 1, epoch, len(ranks)),
     )
     seed_everything(seed * 1000 + rank + parts.state.step)
     parts.data.load_state_dict({"epoch": epoch, "batch": 0})

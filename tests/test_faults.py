@@ -244,6 +244,34 @@ def test_timm_loading_never_drops_a_trained_head_or_leaves_blocks_random(tmp_pat
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, depth=6)
 
 
+def test_timm_loading_names_a_wrong_file_and_takes_a_run_or_checkpoint_directory(tmp_path):
+    """Before: timm's bare FileNotFoundError() for a wrong path, and for any directory."""
+    import safetensors.torch
+    import timm
+
+    name, x = "tokenformer_micro_patch4_32", torch.randn(2, 3, 32, 32)
+    run = tmp_path / "runs" / "vision" / "run"
+    for step in (4, 8):  # as the engine lays a run out; the newest checkpoint is loaded
+        (run / "checkpoints" / f"step_{step:08d}").mkdir(parents=True)
+        source = timm.create_model(name, num_classes=10).eval()
+        weights = run / "checkpoints" / f"step_{step:08d}" / "model.safetensors"
+        safetensors.torch.save_file(source.state_dict(), weights)
+    (run / "checkpoints" / "step_00000012.tmp").mkdir()  # a checkpoint being written
+    for given in (run, run / "checkpoints", weights.parent, weights):
+        overlay = dict(file=str(given), num_classes=10)
+        loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).eval()
+        with torch.no_grad():
+            assert torch.equal(loaded(x), source(x)), given
+    expected = r"pass a checkpoint's file \(runs/vision/<run>/checkpoints/step_00000800/model"
+    for wrong, problem in [(tmp_path / "typo.safetensors", "does not exist"), (tmp_path, "is a")]:
+        overlay = dict(file=str(wrong))
+        with pytest.raises(FileNotFoundError, match=rf"file='{wrong}'\) {problem}.*{expected}"):
+            timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+    weights.unlink()  # a sharded checkpoint (train.parallel=fsdp) has no model.safetensors
+    with pytest.raises(FileNotFoundError, match=r"no model.safetensors .*python scripts/export"):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(run)))
+
+
 def _nan_at(trainer, calls):
     """The task's real loss, made NaN at its training batches numbered ``calls`` (corrupt ones)."""
     loss_of, seen = trainer.task.training_loss, []

@@ -1,13 +1,15 @@
-"""An image Tokenformer's checkpoints through timm: the filter timm calls when it loads one
-(``pretrained_cfg_overlay=dict(file=...)``, ``pretrained=True``), the checks that keep a trained
-part from being dropped or left random, and ``save_for_timm``, the folder timm builds a grown
-model from (``timm.create_model("local-dir:<folder>", pretrained=True)``)."""
+"""An image Tokenformer's checkpoints through timm: the file timm loads
+(``pretrained_cfg_overlay=dict(file=...)``, ``pretrained=True``: a weights file, a run or a
+checkpoint directory), the filter timm calls on it, the checks that keep a trained part from
+being dropped or left random, and ``save_for_timm``, the folder timm builds a grown model from
+(``timm.create_model("local-dir:<folder>", pretrained=True)``)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
@@ -19,6 +21,45 @@ if TYPE_CHECKING:
     from .tokenformer_vit import TokenformerViT
 
 logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"  # a checkpoint's, an export's and timm's folder's name
+_STEP_DIR = re.compile(r"step_\d+")  # a run's checkpoints/step_00000800 (.tmp: unfinished)
+
+
+def with_weights_file(pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` of ``timm.create_model`` with ``pretrained_cfg_overlay``'s ``file`` made the
+    weights file it names (``weights_file``), before timm opens it."""
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if not pretrained or not overlay.get("file"):
+        return kwargs
+    overlay = {**overlay, "file": str(weights_file(overlay["file"]))}
+    return {**kwargs, "pretrained_cfg_overlay": overlay}
+
+
+def weights_file(path: str | Path) -> Path:
+    """The weights file ``path`` names: the file itself; in a checkpoint directory or an export
+    folder, its ``model.safetensors``; in a run directory (or its ``checkpoints/``), the newest
+    checkpoint's. Anything else is an error naming ``path`` and what to pass instead."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    steps_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    steps = sorted(p for p in steps_dir.glob("step_*") if _STEP_DIR.fullmatch(p.name))
+    folder = steps[-1] if steps else path  # zero-padded step numbers: the last is the newest
+    if (folder / WEIGHTS_FILE).is_file():
+        return folder / WEIGHTS_FILE
+    given = f"pretrained_cfg_overlay=dict(file={str(path)!r})"
+    if steps:  # train.parallel=fsdp writes shards, not one file
+        raise FileNotFoundError(
+            f"{given}: its newest checkpoint {folder} has no {WEIGHTS_FILE} (a sharded one); "
+            f"write one with: python scripts/export.py {folder} {WEIGHTS_FILE}"
+        )
+    problem = "is a folder without" if path.is_dir() else "does not exist; expected"
+    raise FileNotFoundError(
+        f"{given} {problem} a {WEIGHTS_FILE}: pass a checkpoint's file (runs/vision/<run>/"
+        f"checkpoints/step_00000800/{WEIGHTS_FILE}), a run or checkpoint directory, or the "
+        "output of scripts/export.py"
+    )
 
 
 def checkpoint_filter_fn(

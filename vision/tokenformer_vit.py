@@ -22,7 +22,7 @@ from torch import nn
 from tokenformer_mm.block import TokenformerBlock
 from tokenformer_mm.initialization import discarded_rng, reset_submodules
 
-from .pretrained import checkpoint_filter_fn
+from .pretrained import checkpoint_filter_fn, with_weights_file
 
 GLOBAL_POOLS = ("token", "avg", "")
 
@@ -331,7 +331,7 @@ def _create_tokenformer(variant: str, pretrained: bool = False, **kwargs: Any) -
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
+        **with_weights_file(pretrained, kwargs),  # a run or checkpoint dir: its weights file
     )
 
 

@@ -17,7 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from ..extras import missing_extra
+
+try:
+    from omegaconf import DictConfig, OmegaConf, open_dict
+except ModuleNotFoundError as error:  # the [train] extra
+    raise missing_extra(error, "train") from error
 
 from .metric_log import CONFIG_FILE
 

@@ -109,3 +109,23 @@ def test_a_run_resumed_on_another_number_of_processes_continues_and_says_what_it
     said = resumed.stdout + resumed.stderr  # the log goes to stdout
     assert "the rest of epoch 0 is skipped and the data restarts at epoch 1" in said
     assert checkpoint.latest(run_dir / "checkpoints").name == "step_00000006"
+
+
+def test_the_default_run_dir_is_one_folder_for_every_rank_of_a_torchrun_launch(monkeypatch):
+    """Before: each rank resolved ``${now:...}`` itself, seconds apart, so the ranks of one
+    launch could name different folders (FSDP2's ranks write their shards into theirs)."""
+    from .engine_utils import compose_config
+
+    names = set()
+    for rank, delay in ((0, 0.0), (1, 1.1)):  # a rank that starts a second later
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-7")
+        time.sleep(delay)
+        names.add(compose_config("vision", []).run_dir)
+    (name,) = names
+    assert name.startswith("runs/vision/") and name.endswith("_launch-7")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    alone = compose_config("vision", []).run_dir
+    assert time.strptime(alone.split("/")[-1], "%Y-%m-%d_%H-%M-%S")  # one process: the time

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,16 @@ class RunDirCallback(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         prepare(config.hydra.sweep.dir)
+
+
+def run_stamp() -> str:
+    """The default run_dir's name (``${run_stamp:}``): the start time, or under torchrun the
+    date and torchrun's run id. Each rank resolves its config itself, seconds apart, and the
+    ranks of one launch must share one run_dir (FSDP2's ranks each write their shards there)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"{time.strftime('%Y-%m-%d')}_{run_id}"
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def prepare(run_dir: str | os.PathLike) -> None:

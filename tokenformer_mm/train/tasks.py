@@ -82,11 +82,16 @@ def build_task(cfg: Any) -> Task:
 
 
 def register_schemas() -> None:
-    """Put each domain's run schema in Hydra's ConfigStore as ``<domain>_schema``."""
+    """Put each domain's run schema in Hydra's ConfigStore as ``<domain>_schema``, and the
+    default run_dir's resolver (``run_dir.run_stamp``) in OmegaConf."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from .run_dir import run_stamp
 
     for domain in DOMAINS:
         ConfigStore.instance().store(name=f"{domain}_schema", node=run_schema(domain))
+    OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True, use_cache=True)
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, Path]:

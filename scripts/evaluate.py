@@ -16,8 +16,7 @@ import logging
 
 import torch
 
-from tokenformer_mm.train import checkpoint, load_run
-from tokenformer_mm.train.tasks import find_checkpoint
+from tokenformer_mm.train import load_run
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -38,13 +37,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.batch_size:
         overrides["data.eval_batch_size"] = args.batch_size
     try:
-        if args.ema:  # a run trained without EMA has none: say so, not "no weights at ..."
-            ckpt, _ = find_checkpoint(args.path)
-            if not (ckpt / checkpoint.EMA_FILE).is_file():
-                raise ValueError(
-                    f"--ema, but {ckpt} has no EMA weights ({checkpoint.EMA_FILE}): the run was "
-                    "trained without EMA; drop --ema, or train with train.ema_decay=0.9999"
-                )
         _, task, model, ckpt = load_run(args.path, overrides, ema=args.ema)
     except (ValueError, FileNotFoundError) as error:  # a wrong path or flag: one line
         parser.error(str(error))

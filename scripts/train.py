@@ -25,8 +25,7 @@ from tokenformer_mm.train.nonfinite import NonFiniteError
 from tokenformer_mm.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 from tokenformer_mm.train.resume import CheckpointWriteError
 from tokenformer_mm.train.run_config import resumed_config
-from tokenformer_mm.train.run_dir import remove_made
-from tokenformer_mm.train.start import claim_run_dir
+from tokenformer_mm.train.run_dir import claim_run_dir, remove_made
 
 register_schemas()
 

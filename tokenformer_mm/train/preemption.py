@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..distributed import sum_over_ranks
+from ..distributed import rank_and_world_size, sum_over_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,10 @@ class StopSignals:
 
     def stop_requested(self, device: torch.device) -> bool:
         """Whether any rank received a stop signal (a collective under torchrun)."""
-        local = torch.tensor(float(self.received is not None), device=device)
-        return sum_over_ranks({"stop": local})["stop"] > 0
+        local = self.received is not None
+        if rank_and_world_size()[1] == 1:  # nothing to agree on: no tensor, no sync
+            return local
+        return sum_over_ranks({"stop": torch.tensor(float(local), device=device)})["stop"] > 0
 
     def preempted(self, step: int, checkpoint: Path | None) -> Preempted:
         """The end of a run stopped after ``step``, its last checkpoint ``checkpoint``."""

@@ -2,15 +2,19 @@
 before ``scripts/train.py``'s main runs; ``RunDirCallback`` (each config's ``hydra.callbacks``)
 runs before that. It stops an unwritable ``run_dir`` with one line naming it, and notes which
 folders this start makes, so that a refused start removes them again (``remove_made``): only
-those, only while empty. Nothing that existed before the start is ever removed.
+those, only while empty. Nothing that existed before the start is ever removed. While the run
+writes it, ``claim_run_dir`` holds it against a second run started there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,31 @@ class RunDirCallback(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         prepare(config.hydra.sweep.dir)
+
+
+@contextmanager
+def claim_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` while a run writes it: a second run started there (the same command
+    twice, a requeued job whose first attempt still runs) is refused, not interleaved with it.
+
+    A lock on the directory itself (no file is left behind), released by the kernel however the
+    process ends; ranks other than 0 do not take it."""
+    if os.environ.get("RANK", "0") != "0" or not run_dir.is_dir():
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"run_dir={str(run_dir)!r} is in use by another run that is still running (the "
+                "same command started twice, or a requeued job whose first attempt has not "
+                "ended); wait for it to end, or choose another run_dir"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def run_stamp() -> str:

@@ -3,12 +3,8 @@ write, its precision, the FLOPs it counts, where its LR schedule stands."""
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -139,31 +135,6 @@ def check_writable(run_dir: Path) -> None:
             f"run_dir={str(run_dir)!r} cannot be written ({error}); choose another run_dir or "
             "fix its permissions"
         ) from error
-
-
-@contextmanager
-def claim_run_dir(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir`` while a run writes it: a second run started there (the same command
-    twice, a requeued job whose first attempt still runs) is refused, not interleaved with it.
-
-    A lock on the directory itself (no file is left behind), released by the kernel however the
-    process ends; ranks other than 0 do not take it."""
-    if os.environ.get("RANK", "0") != "0" or not run_dir.is_dir():
-        yield
-        return
-    fd = os.open(run_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(
-                f"run_dir={str(run_dir)!r} is in use by another run that is still running (the "
-                "same command started twice, or a requeued job whose first attempt has not "
-                "ended); wait for it to end, or choose another run_dir"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def set_tf32(device: torch.device, enabled: bool) -> None:

@@ -118,6 +118,11 @@ def load_run(
     from omegaconf import OmegaConf
 
     ckpt, run_dir = find_checkpoint(path)
+    if ema and not (ckpt / checkpoint.EMA_FILE).is_file():
+        raise ValueError(
+            f"ema=True (--ema), but {ckpt} has no EMA weights ({checkpoint.EMA_FILE}): the run was "
+            "trained without EMA; drop --ema, or train with train.ema_decay=0.9999"
+        )
     if not (run_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(
             f"{run_dir / CONFIG_FILE} is missing: {run_dir} was not written by the Trainer "

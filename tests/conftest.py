@@ -6,6 +6,19 @@ from torch import nn
 
 from tokenformer_mm import TokenformerBlock
 
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # Each xdist worker (and the runs it launches, through the environment) takes its share of
+    # the cores: two workers of two threads each on two cores spend the extra time spinning.
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first: xdist's workers then end together instead of one waiting on a long
+    test that started last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -14,8 +27,12 @@ def _seed():
 
 @pytest.fixture(autouse=True, scope="session")
 def _cache_dir(tmp_path_factory):
-    """Embedded data sets are built once per session in a temporary cache (subprocesses too)."""
-    os.environ["TOKENFORMER_MM_CACHE"] = str(tmp_path_factory.mktemp("tokenformer_mm_cache"))
+    """Embedded data sets are built once per session in a temporary cache (subprocesses too),
+    one for every xdist worker: their base folders share a parent (``cached_shards`` builds in
+    a staging folder and renames, so two workers never see half a data set)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    os.environ["TOKENFORMER_MM_CACHE"] = str(shared / "tokenformer_mm_cache")
 
 
 def block_stack(depth: int = 2, dim: int = 32, heads: int = 4, tokens: int = 16, **kwargs):

@@ -37,6 +37,15 @@ def compose_config(name: str, overrides: list[str]):
         return compose(name, overrides=overrides)
 
 
+def fit_here(overrides: list[str], config: str = "vision") -> dict:
+    """The run ``scripts/train.py`` would make of ``overrides`` (``run_dir=`` among them), in
+    this process: for tests whose subject is what a run wrote, not the command line."""
+    from tokenformer_mm.train import Trainer, build_task
+
+    cfg = compose_config(config, overrides)
+    return Trainer(cfg, build_task(cfg), Path(cfg.run_dir)).fit()
+
+
 def train_command(overrides: list[str], config: str = "vision", processes: int = 1) -> list[str]:
     """``scripts/train.py`` as a user runs it; ``processes`` > 1: under torchrun (gloo on CPU)."""
     launcher = [sys.executable]

@@ -164,19 +164,6 @@ def test_make_shards_pairs_from_a_captioned_folder(tmp_path):
     assert batch["image"].shape == (5, 3, 32, 32) and (batch["label"] == -1).all()
 
 
-@pytest.mark.slow
-def test_clip_trains_under_torchrun_with_features_gathered_across_ranks(tmp_path):
-
-    from tokenformer_mm.train import checkpoint
-
-    from .engine_utils import run, train_command
-
-    overrides = ["train.steps=3", "train.eval_every=3", "train.batch_size=8", f"run_dir={tmp_path}"]
-    result = run(train_command(overrides, config="clip", processes=2))
-    assert "final validation: val/loss" in result.stdout
-    assert checkpoint.latest(tmp_path / "checkpoints").name == "step_00000003"
-
-
 def full_matrix_clip_metrics(image, text, tokens, labels, classes, scale):
     """The CLIP metrics from the whole N x N similarity matrix, which clip_metrics never builds."""
     logits = scale * image @ text.T

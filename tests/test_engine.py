@@ -184,8 +184,9 @@ def test_a_run_refuses_to_overwrite_another_unless_resuming(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
-    """Killed after a checkpoint, resumed: the remaining steps match an uninterrupted run
-    (with a growth event before the kill, so the resume also restores the grown sizes)."""
+    """Killed after a checkpoint, resumed: the remaining steps match an uninterrupted run (in
+    this process; with a growth event before the kill, so the resume also restores the grown
+    sizes). The resumed run then evaluates and exports through the scripts."""
     common = [
         *TINY_VISION,
         "train.steps=24",
@@ -196,7 +197,8 @@ def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
         "data.num_workers=2",
     ]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    run(train_command([*common, f"run_dir={full}"]))
+    cfg = compose_config("vision", [*common, f"run_dir={full}"])
+    Trainer(cfg, build_task(cfg), full).fit()
 
     train_until_killed(
         train_command([*common, f"run_dir={killed}"]), killed / "checkpoints" / "step_00000008"
@@ -215,17 +217,17 @@ def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
     assert grown["blocks.0.ffn.key_tokens"].shape[0] == 128
 
     # scripts/evaluate.py rebuilds the grown model from the run and reproduces its final metrics
-    result = run([sys.executable, "scripts/evaluate.py", str(full)])
+    result = run([sys.executable, "scripts/evaluate.py", str(killed)])
     final = json.loads(result.stdout)
-    last_row = (full / "metrics.csv").read_text().splitlines()[-1].split(",")
-    header = (full / "metrics.csv").read_text().splitlines()[0].split(",")
+    last_row = (killed / "metrics.csv").read_text().splitlines()[-1].split(",")
+    header = (killed / "metrics.csv").read_text().splitlines()[0].split(",")
     assert final["val/top1"] == pytest.approx(float(last_row[header.index("val/top1")]))
 
     # scripts/export.py --timm: timm's own local folder, which timm builds at the grown size
-    run([sys.executable, "scripts/export.py", str(full), str(tmp_path / "timm"), "--timm"])
+    run([sys.executable, "scripts/export.py", str(killed), str(tmp_path / "timm"), "--timm"])
     import timm
 
-    _, _, model, _ = load_run(full)
+    _, _, model, _ = load_run(killed)
     loaded = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True)
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

@@ -30,7 +30,7 @@ from tokenformer_mm.language.model import lm_config
 from tokenformer_mm.train import load_run
 
 from .conftest import assert_equal_up_to_rounding
-from .engine_utils import ROOT, run, train_command
+from .engine_utils import ROOT, fit_here, run
 
 # The dynamo exporter takes ~10 s a model on 2 cores (torch.export, then onnxscript).
 EXPORTERS = pytest.mark.parametrize(
@@ -167,7 +167,7 @@ def test_export_script_writes_an_image_model_of_any_size_as_an_exported_program(
 def test_export_script_writes_a_language_run_as_onnx_and_as_an_exported_program(tmp_path):
     run_dir = tmp_path / "run"
     overrides = ["train.steps=2", "+model.overrides.context_length=64", "data.seq_len=32"]
-    run(train_command([*overrides, f"run_dir={run_dir}"], config="language"))
+    fit_here([*overrides, f"run_dir={run_dir}"], config="language")
     export_main([str(run_dir), str(tmp_path / "lm.onnx"), "--onnx"])
     export_main([str(run_dir), str(tmp_path / "lm.pt2"), "--export-program"])
     model = AllLogits(load_run(run_dir)[2]).eval()

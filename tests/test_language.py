@@ -27,7 +27,7 @@ from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import Trainer, build_task, load_run
 
 from .conftest import assert_equal_up_to_rounding, assert_same_function
-from .engine_utils import compose_config, run, step_losses
+from .engine_utils import compose_config, fit_here, run, step_losses
 
 
 def tiny_lm(**overrides) -> TokenformerLM:
@@ -281,7 +281,6 @@ def test_make_shards_text_from_txt_and_jsonl(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.webdataset
 def test_short_run_on_the_embedded_corpus_beats_the_unigram_baseline(tmp_path):
     steps = ["train.steps=120", "train.eval_every=120", "train.checkpoint_every=120"]
     overrides = [*steps, "data.seq_len=128", "optim.warmup_steps=20", f"run_dir={tmp_path}"]
@@ -302,16 +301,7 @@ def test_short_run_on_the_embedded_corpus_beats_the_unigram_baseline(tmp_path):
 def test_generate_script_from_a_run_and_from_an_official_file(tmp_path, capsys):
     run_dir = tmp_path / "run"
     overrides = ["train.steps=3", "+model.overrides.context_length=64", "data.seq_len=32"]
-    run(
-        [
-            sys.executable,
-            "scripts/train.py",
-            "--config-name",
-            "language",
-            *overrides,
-            f"run_dir={run_dir}",
-        ]
-    )
+    fit_here([*overrides, f"run_dir={run_dir}"], config="language")
     generate = [sys.executable, "scripts/generate.py", "--max-new-tokens", "20", "--seed", "1"]
     out = run([*generate, str(run_dir), "--prompt", "The "])
     assert out.stdout.startswith("The ") and "----" in out.stdout

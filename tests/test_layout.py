@@ -120,7 +120,7 @@ def test_the_core_imports_no_tower():
     }
     assert {k: v for k, v in offenders.items() if v} == {}
     tower_imports = {i for i in IMPORTS["tokenformer_mm"] if any(_inside(i, t) for t in TOWERS)}
-    assert tower_imports == {"tokenformer_mm.vision.tokenformer_vit"}
+    assert tower_imports == {"tokenformer_mm.vision.registry"}
 
 
 def test_towers_never_import_each_other_or_the_integration():
@@ -154,7 +154,7 @@ def _modules_run_by(importer: str, imported: str) -> set[str]:
 
 
 # The sizes docs/design.md sets: a file past them has more than one job (the "~" is the slack).
-SIZE_LIMITS = {"tokenformer_mm": 320, "vision": 460, "language": 460, "scripts": 400}
+SIZE_LIMITS = {"tokenformer_mm": 320, "vision": 450, "language": 450, "scripts": 400}
 
 
 def test_no_file_outgrows_the_size_its_folder_allows():

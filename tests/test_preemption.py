@@ -17,11 +17,12 @@ from tokenformer_mm.train.preemption import PREEMPTED_EXIT_CODE
 
 from .engine_utils import ROOT, TINY_VISION, run, step_losses, train_command
 
+STEPS = 40
 COMMON = [
     *TINY_VISION,
-    "train.steps=120",
+    f"train.steps={STEPS}",
     "train.checkpoint_every=1000",  # the only checkpoint before the end is the stop's own
-    "train.eval_every=40",
+    "train.eval_every=20",
     "++model.kwargs.drop_path_rate=0.2",  # training draws from the RNG at every step
     "data.num_workers=2",  # data workers get the signal too (SLURM signals every process)
 ]
@@ -49,6 +50,20 @@ def signal_mid_run(command: list[str], run_dir: Path, sig: signal.Signals) -> tu
     return process.returncode, stderr
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run that never stops, on ``processes`` processes, trained once for every signal."""
+    runs: dict[int, Path] = {}
+
+    def losses(processes: int) -> dict[int, float]:
+        if processes not in runs:
+            runs[processes] = tmp_path_factory.mktemp(f"uninterrupted-{processes}")
+            run(train_command([*COMMON, f"run_dir={runs[processes]}"], processes=processes))
+        return step_losses(runs[processes])
+
+    return losses
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "processes, sig",
@@ -56,12 +71,11 @@ def signal_mid_run(command: list[str], run_dir: Path, sig: signal.Signals) -> tu
     ids=["SIGTERM", "SIGUSR1", "torchrun-SIGTERM"],
 )
 def test_a_stop_signal_checkpoints_and_resume_replays_the_uninterrupted_run(
-    tmp_path, processes, sig
+    tmp_path, uninterrupted, processes, sig
 ):
     """Under torchrun the agent is signalled too and forwards the signal to its workers: each
     worker gets it twice within milliseconds, which is one request, not two."""
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
-    run(train_command([*COMMON, f"run_dir={full}"], processes=processes))
+    stopped = tmp_path / "stopped"
 
     code, stderr = signal_mid_run(
         train_command([*COMMON, f"run_dir={stopped}"], processes=processes), stopped, sig
@@ -69,7 +83,7 @@ def test_a_stop_signal_checkpoints_and_resume_replays_the_uninterrupted_run(
     saved = checkpoint.latest(stopped / "checkpoints")
     assert saved is not None, stderr[-3000:]
     step = int(saved.name[5:])
-    assert 10 <= step < 120 and steps_logged(stopped) == step  # the step it was in, finished
+    assert 10 <= step < STEPS and steps_logged(stopped) == step  # the step it was in, finished
     assert f"{sig.name} received: stopped after step {step}, checkpoint {saved}" in stderr
     if processes == 1:  # torchrun reports its workers' exit in its own code
         assert code == PREEMPTED_EXIT_CODE, stderr[-3000:]
@@ -77,37 +91,38 @@ def test_a_stop_signal_checkpoints_and_resume_replays_the_uninterrupted_run(
         assert code != 0
 
     run(train_command([*COMMON, f"run_dir={stopped}", "resume=true"], processes=processes))
-    expected, got = step_losses(full), step_losses(stopped)
-    assert sorted(got) == list(range(1, 121))
+    expected, got = uninterrupted(processes), step_losses(stopped)
+    assert sorted(got) == list(range(1, STEPS + 1))
     assert got == expected  # bit for bit: the same floats, as repr() wrote them
 
 
+# A repeat within the window, then (window 0) a second signal; one interpreter for both.
 SECOND_SIGNAL = """
-import os, signal, sys, time
+import os, signal, time
 from tokenformer_mm.train import preemption
-preemption.REPEAT_WINDOW_S = float(sys.argv[1])
-with preemption.StopSignals(["SIGTERM", "SIGUSR1"]) as stop:
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.2)
-    print("first:", stop.received.name, flush=True)
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.2)
-    print("still running", flush=True)
-print("restored:", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+for window in (5.0, 0.0):
+    preemption.REPEAT_WINDOW_S = window
+    with preemption.StopSignals(["SIGTERM", "SIGUSR1"]) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        print(window, "first:", stop.received.name, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        print(window, "still running", flush=True)
+    print(window, "restored:", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
 """
 
 
 def test_a_second_signal_exits_at_once_and_a_repeat_within_the_window_does_not():
-    def launch(window: float) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-c", SECOND_SIGNAL, str(window)]
-        return subprocess.run(command, capture_output=True, text=True, timeout=60)
-
-    second = launch(0.0)
-    assert second.returncode == -signal.SIGTERM, second.stderr
-    assert second.stdout.splitlines() == ["first: SIGTERM"]
-    repeat = launch(5.0)
-    assert repeat.returncode == 0, repeat.stderr
-    assert repeat.stdout.splitlines() == ["first: SIGTERM", "still running", "restored: True"]
+    command = [sys.executable, "-c", SECOND_SIGNAL]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == -signal.SIGTERM, result.stderr  # the second signal killed it
+    assert result.stdout.splitlines() == [
+        "5.0 first: SIGTERM",
+        "5.0 still running",  # the repeat within the window was the same request
+        "5.0 restored: True",
+        "0.0 first: SIGTERM",  # and nothing after the second signal
+    ]
 
 
 def test_an_unknown_stop_signal_is_refused_naming_the_allowed_ones():

@@ -23,14 +23,14 @@ from .pattention import Pattention, pattention_group, set_fused_pattention
 from .theta import pattention_theta
 
 try:
-    from .vision import tokenformer_vit  # noqa: F401  (registers the timm models; no pipeline)
+    from .vision import registry  # noqa: F401  (registers the timm models; no pipeline)
 except ModuleNotFoundError as error:  # a checkout on sys.path that was never installed
     if error.name != "tokenformer_mm.vision":
         raise
     raise ModuleNotFoundError(
         "tokenformer_mm.vision is not installed: the towers live in vision/ and language/ beside "
         "tokenformer_mm/ and are mapped into the package by the install; run "
-        "pip install -e . in the checkout (README, Set up and test)",
+        "pip install -e . in the checkout (README, Install)",
         name=error.name,
     ) from error
 

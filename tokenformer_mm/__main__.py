@@ -76,7 +76,7 @@ def warn_unclipped_clip(argv: list[str]) -> None:
         message = (
             "training %s under open_clip's trainer without --grad-clip-norm: measured at lr 2e-3, "
             "1 of 4 seeds collapses to one embedding, at lr 1e-3 1 of 4 stalls near chance; with "
-            "--grad-clip-norm 1.0 none did (README, Recipes). Add --grad-clip-norm 1.0"
+            "--grad-clip-norm 1.0 none did (docs/recipes.md, Recipes). Add --grad-clip-norm 1.0"
         )
         logging.basicConfig()
         logger.warning(message, ", ".join(models))

@@ -36,34 +36,35 @@ def trainer_for(run_dir, overrides):
 
 @pytest.mark.slow
 def test_short_digits_run_learns_and_writes_its_outputs(tmp_path):
-    """A shortened main job: real learning (>= 70 % of 10 classes) in well under a minute."""
+    """A shortened main job learns: >= 50 % of 10 classes (chance 10 %) after 160 steps
+    (measured with one thread: 71.7, 69.2, 68.6 % for seeds 0-2; 52-72 % after 120)."""
     overrides = [
         "model.img_size=24",
         "++model.kwargs.embed_dim=64",
         "++model.kwargs.qkv_tokens=64",
         "++model.kwargs.ffn_tokens=256",
         "train.batch_size=64",
-        "train.steps=300",
-        "train.eval_every=150",
-        "train.checkpoint_every=150",
+        "train.steps=160",
+        "train.eval_every=80",
+        "train.checkpoint_every=80",
         "optim.lr=3e-3",
         "optim.warmup_steps=20",
         "data.num_workers=2",
     ]
     summary = trainer_for(tmp_path, overrides).fit()
-    assert summary["metrics"]["val/top1"] >= 70
+    assert summary["metrics"]["val/top1"] >= 50
     assert (tmp_path / "metrics.png").stat().st_size > 10_000
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert header.split(",")[:6] == ["step", "epoch", "train/loss", "lr", "params", "flops"]
     assert {"val/loss", "val/top1", "val/top5"} <= set(header.split(","))
     last = checkpoint.latest(tmp_path / "checkpoints")
     assert (
-        last.name == "step_00000300"
+        last.name == "step_00000160"
         and len(checkpoint.checkpoint_dirs(tmp_path / "checkpoints")) == 2
     )
     state = torch.load(last / "state.pt", weights_only=True)
     assert (
-        state["step"] == 300 and "optimizer" in state and state["ranks"][0]["data"]["epoch"] >= 13
+        state["step"] == 160 and "optimizer" in state and state["ranks"][0]["data"]["epoch"] >= 6
     )
 
 

@@ -63,9 +63,7 @@ def test_short_digits_run_learns_and_writes_its_outputs(tmp_path):
         and len(checkpoint.checkpoint_dirs(tmp_path / "checkpoints")) == 2
     )
     state = torch.load(last / "state.pt", weights_only=True)
-    assert (
-        state["step"] == 160 and "optimizer" in state and state["ranks"][0]["data"]["epoch"] >= 6
-    )
+    assert state["step"] == 160 and "optimizer" in state and state["ranks"][0]["data"]["epoch"] >= 6
 
 
 @pytest.mark.slow

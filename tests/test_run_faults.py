@@ -52,7 +52,11 @@ def test_a_second_run_in_the_same_run_dir_is_refused_while_the_first_runs(tmp_pa
     """Before: both trained, writing each other's checkpoints and metrics (a job requeued while
     its first attempt still runs, the same command started twice)."""
     run_dir = tmp_path / "run"
-    overrides = [*TINY_VISION, "train.steps=400", "train.checkpoint_every=1000"]
+    overrides = [
+        *TINY_VISION,
+        "train.steps=100000",
+        "train.checkpoint_every=100000",
+    ]  # until signalled
     command = train_command([*overrides, f"run_dir={run_dir}"])
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240

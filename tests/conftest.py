@@ -14,10 +14,28 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+# The files of the longest slow tests (measured: the README's chains, torchrun runs, the CLIP
+# and growth-study runs, 35-100 s each on 2 cores), scheduled before the other slow tests.
+LONGEST_FIRST = (
+    "test_readme.py",
+    "test_parallel.py",
+    "test_preemption.py",
+    "test_clip.py",
+    "test_growth_study.py",
+    "test_world_sizes.py",
+)
+
+
 def pytest_collection_modifyitems(items):
-    """The slow tests first: xdist's workers then end together instead of one waiting on a long
-    test that started last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow tests first, the longest of them before the rest: xdist's workers then end
+    together instead of one waiting on a long test that started last."""
+
+    def order(item) -> tuple[bool, int]:
+        name = item.path.name
+        rank = LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return item.get_closest_marker("slow") is None, rank
+
+    items.sort(key=order)
 
 
 @pytest.fixture(autouse=True)

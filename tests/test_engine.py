@@ -22,6 +22,7 @@ from .conftest import assert_equal_up_to_rounding
 from .engine_utils import (
     TINY_VISION,
     compose_config,
+    fit_here,
     run,
     step_losses,
     train_command,
@@ -196,8 +197,7 @@ def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
         "data.num_workers=2",
     ]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    cfg = compose_config("vision", [*common, f"run_dir={full}"])
-    Trainer(cfg, build_task(cfg), full).fit()
+    fit_here([*common, f"run_dir={full}"])
 
     train_until_killed(
         train_command([*common, f"run_dir={killed}"]), killed / "checkpoints" / "step_00000008"

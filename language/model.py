@@ -44,6 +44,8 @@ class LMConfig:
     norm: str = "l2_norm_gelu"
     dropout: float = 0.0  # on every Pattention's theta and on the attention weights
     key_init: str | float = "fan_in"  # or "official" (the paper's N(0, 0.02)), or a std
+    # "standard" (the paper's math) or "mup": the values scaled by base / n (block.py)
+    parametrization: str = "standard"
 
 
 def _official(dim: int, depth: int, num_heads: int) -> LMConfig:
@@ -104,6 +106,7 @@ class TokenformerLM(nn.Module):
                     attn_dropout=config.dropout,
                     depth=config.depth,
                     key_init=config.key_init,
+                    parametrization=config.parametrization,
                 )
                 for _ in range(config.depth)
             )

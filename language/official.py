@@ -76,6 +76,7 @@ def official_config(
         proj_tokens=state_dict[f"{first}.attention.proj.key_param_tokens"].shape[0],
         ffn_tokens=state_dict[f"{first}.mlp.key_param_tokens"].shape[0],
         key_init="official",  # the paper's: what an official checkpoint was trained from
+        parametrization="standard",  # its values as they are, whatever its token counts
     )
 
 

@@ -27,6 +27,7 @@ MODEL_CORE = {
     f"tokenformer_mm.{name}"
     for name in (
         "pattention",
+        "parametrization",
         "fused_pattention",
         "theta",
         "block",

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale
 from torch import nn
 
+from .parametrization import base_tokens
 from .pattention import Pattention, pattention_group
 from .rotary import Rotary, apply_rotary, rotary_dims, rotary_tables
 
@@ -38,9 +39,13 @@ class TokenformerBlock(nn.Module):
         drop_path: stochastic depth on both residual branches.
         depth: number of blocks in the model, for the "wang init" of the value tokens.
         eps: epsilon of the non-parametric LayerNorms.
-        key_init: how every Pattention's key tokens start (``pattention.KEY_INITS``).
+        key_init: how every Pattention's key tokens start (``parametrization.KEY_INITS``).
         init_values: LayerScale (CaiT; timm's ViT ``init_values``): each residual branch times a
             learnable per-channel scale that starts at this value; 0 or None (default) for none.
+        parametrization: ``"standard"`` (default), the paper's math, or ``"mup"``: every
+            Pattention's values scaled by ``base / n`` with ``base`` = ``dim`` (q/k/v/proj) or
+            ``4 · dim`` (FFN), so one learning rate fits every token count
+            (docs/design.md, "Learning rate across token counts").
         device, dtype: where and in which dtype the parameters are created.
 
     ``block(x)`` maps (B, T, dim) to (B, T, dim), so blocks compose in ``nn.Sequential``;
@@ -67,10 +72,12 @@ class TokenformerBlock(nn.Module):
         eps: float = 1e-5,
         key_init: str | float = "fan_in",
         init_values: float | None = None,
+        parametrization: str = "standard",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        base_tokens(parametrization, "ffn", dim)  # checked before anything is built
         if num_heads <= 0 or dim % num_heads != 0:
             raise ValueError(
                 f"dim={dim} must be divisible by a positive num_heads, got {num_heads}"
@@ -92,6 +99,7 @@ class TokenformerBlock(nn.Module):
                 depth=depth,
                 kind=kind,
                 key_init=key_init,
+                base_tokens=base_tokens(parametrization, kind, dim),
                 device=device,
                 dtype=dtype,
             )

@@ -16,6 +16,15 @@ used where it applies and pays off, the *plain* one (autograd over it) is the re
 serves TorchScript, traced and exported graphs (ONNX), ``torch.func``, active dropout and tiny
 inputs. ``Pattention(fused=False)`` forces the plain path for one layer,
 ``set_fused_pattention(False)`` for every layer (the one global switch; no environment variable).
+
+``base_tokens`` chooses the parametrization of the value tokens (docs/design.md, "Learning rate
+across token counts"). None, the paper's: ``y = theta(s) @ V``. An int ``b``, μP over the token
+count: ``y = theta(s) @ (b / n · V)``. The values are a layer whose fan-in is ``n``; under Adam
+every entry of ``V`` moves about ``lr`` a step, so the output moves about ``n · lr`` with the
+paper's math (the optimal rate falls as ``n`` grows) and ``b · lr`` with the multiplier, at every
+``n``. It is a multiplier inside the layer, not a per-parameter rate, so every Adam-like
+optimizer (the engine's, timm's, open_clip's, Hugging Face's) inherits it unchanged. At
+``n == b`` both compute the same function from the same weights.
 """
 
 from __future__ import annotations
@@ -29,31 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fused_pattention import fused_pattention
+from .parametrization import key_init_std, value_multiplier, wang_init_std
 from .theta import NORMS, theta, value_scale
 
 KINDS = ("qkv", "proj", "ffn")
-# How the key tokens start. Under l2_norm_gelu a layer's output ignores the keys' common scale,
-# so their init sets how far an optimizer step turns them: AdamW moves each entry by ~lr, a
-# relative step of lr / std. "fan_in", N(0, 1/d_in), keeps that step moderate at every width;
-# "official", N(0, 0.02), is the paper's: at lr 2e-3 it turns the keys ~10 % a step, and vision
-# models learn far slower than a ViT (docs/benchmarks.md, "Initialisation").
-KEY_INITS = ("fan_in", "official")
-OFFICIAL_KEY_INIT_STD = 0.02
-
-
-def key_init_std(key_init: str | float, in_features: int) -> float:
-    """The std of the key tokens for a ``key_init`` scheme (``KEY_INITS``) or an explicit std."""
-    if key_init == "fan_in":
-        return in_features**-0.5
-    if key_init == "official":
-        return OFFICIAL_KEY_INIT_STD
-    if isinstance(key_init, (int, float)) and not isinstance(key_init, bool) and key_init > 0:
-        return float(key_init)
-    raise ValueError(
-        f"unknown Pattention key_init {key_init!r}; expected one of {KEY_INITS} or a positive std"
-    )
-
-
 _fused_enabled = True
 # Below this many score elements ([tokens, n]) a single layer's plain path is faster: the fused
 # function's fixed Python cost (~0.1 ms on CPU) outweighs its fewer passes (measured on 2 cores;
@@ -75,11 +63,6 @@ def _exporting() -> bool:
     """``torch.export`` runs (not ``torch.compile``, which torch 2.7-2.11 report as exporting)."""
     exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.6
     return exporting is not None and exporting() and not torch.compiler.is_dynamo_compiling()
-
-
-def wang_init_std(dim: int, depth: int) -> float:
-    """GPT-NeoX "wang init" std, ``2 / (L · sqrt(d))``: the official init of the value tokens."""
-    return 2.0 / (depth * math.sqrt(dim))
 
 
 def _check_in_features(x: torch.Tensor, in_features: int) -> None:
@@ -114,9 +97,12 @@ class Pattention(nn.Module):
             official "wang init".
         fused: None (default) takes the fused path where it applies and pays off (inputs of at
             least ``FUSED_MIN_SCORES`` score elements); True wherever it applies; False never.
+        base_tokens: None (default) for the paper's parametrization; an int ``b`` for μP over the
+            token count: the values are used as ``b / num_tokens · V``, so the learning rate
+            tuned at ``b`` tokens holds at any count, growth included (fixed like τ).
     """
 
-    __jit_unused_properties__ = ["num_tokens"]  # noqa: RUF012  (TorchScript reads this list)
+    __jit_unused_properties__ = ["num_tokens", "value_multiplier"]  # noqa: RUF012  (TorchScript reads this list)
 
     def __init__(
         self,
@@ -130,6 +116,7 @@ class Pattention(nn.Module):
         eps: float = 1e-5,
         key_init: str | float = "fan_in",
         fused: bool | None = None,
+        base_tokens: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -139,8 +126,9 @@ class Pattention(nn.Module):
             ("out_features", out_features),
             ("num_tokens", num_tokens),
             ("depth", depth),
+            ("base_tokens", 1 if base_tokens is None else base_tokens),
         ):
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"Pattention {name} must be a positive int, got {value!r}")
         if norm not in NORMS:
             raise ValueError(f"unknown Pattention norm {norm!r}; expected one of {NORMS}")
@@ -155,6 +143,7 @@ class Pattention(nn.Module):
         self.kind = kind
         self.eps = eps
         self.fused = fused
+        self.base_tokens = base_tokens
         self.key_init_std = key_init_std(key_init, in_features)
         self.value_init_std = wang_init_std(out_features, depth)
         self.key_tokens = nn.Parameter(torch.empty(num_tokens, in_features, **factory))
@@ -171,6 +160,21 @@ class Pattention(nn.Module):
     @property
     def num_tokens(self) -> int:
         return self.key_tokens.shape[0]
+
+    @property
+    def value_multiplier(self) -> float:
+        """The factor on ``value_tokens`` in the forward (``value_multiplier``)."""
+        return value_multiplier(self.base_tokens, self.num_tokens)
+
+    def values(self) -> torch.Tensor:
+        """The value tokens as the layer uses them: ``value_tokens`` times ``value_multiplier``
+        (the tensor itself where that is 1, so the paper's parametrization runs as ever)."""
+        base, count = self.base_tokens, self.key_tokens.shape[0]
+        if base is None:  # alone: TorchScript compiles no further where base_tokens is None
+            return self.value_tokens
+        if base == count:
+            return self.value_tokens
+        return self.value_tokens * (base / count)
 
     def reset_parameters(self) -> None:
         """The layer's initial state: keys and values drawn, τ = ``tau_value``."""
@@ -229,7 +233,7 @@ class Pattention(nn.Module):
                 return self._forward_fused(x)
         scores = F.linear(x, self.key_tokens)  # (..., n)
         weights = self.dropout(theta(scores, self.norm, self.tau, self.eps)[0])
-        values = self.value_tokens  # (n, d_out), times theta's linear factor where it has one
+        values = self.values()  # (n, d_out), times theta's linear factor where it has one
         scale = value_scale(self.norm, self.tau)
         if scale is not None:
             values = values * scale.to(values.dtype)
@@ -240,7 +244,7 @@ class Pattention(nn.Module):
         return fused_pattention(
             x,
             [self.key_tokens],
-            [self.value_tokens],
+            [self.values()],
             self.tau.view(1),
             self.norm,
             self.eps,
@@ -250,7 +254,8 @@ class Pattention(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"num_tokens={self.num_tokens}, norm={self.norm}, kind={self.kind}, "
-            f"tau={'meta' if self.tau.is_meta else format(self.tau.item(), '.4g')}"
+            + ("" if self.base_tokens is None else f"base_tokens={self.base_tokens}, ")
+            + f"tau={'meta' if self.tau.is_meta else format(self.tau.item(), '.4g')}"
         )
 
 
@@ -306,7 +311,7 @@ def pattention_group(layers: Sequence[Pattention], x: torch.Tensor) -> list[torc
             fused_pattention(
                 x,
                 [layer.key_tokens for layer in layers],
-                [layer.value_tokens for layer in layers],
+                [layer.values() for layer in layers],
                 torch.stack([layer.tau for layer in layers]),
                 first.norm,
                 first.eps,

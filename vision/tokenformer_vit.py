@@ -53,6 +53,9 @@ class TokenformerViT(nn.Module):
             departs from the paper (which has none): under timm's recipes with a short
             warm-up the paper's model can stay near chance where a ViT learns, and with it
             it does not (docs/recipes.md). 0 gives the paper's block (timm drops None kwargs).
+        parametrization: ``"standard"``, the paper's math, or ``"mup"``: the value tokens
+            scaled by ``base / n`` (``tokenformer_mm.block``), so a learning rate tuned at one
+            token count holds at others and after growth.
         device, dtype: where and in which dtype parameters are created (timm's factory kwargs;
             ``device="meta"`` builds the structure without memory).
     """
@@ -79,6 +82,7 @@ class TokenformerViT(nn.Module):
         drop_path_rate: float = 0.0,
         key_init: str | float = "fan_in",
         init_values: float | None = 0.1,
+        parametrization: str = "standard",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -126,6 +130,7 @@ class TokenformerViT(nn.Module):
                         depth=depth,
                         key_init=key_init,
                         init_values=init_values,
+                        parametrization=parametrization,
                         **dd,
                     )
                     for i in range(depth)

@@ -33,6 +33,7 @@ class TokenformerTextEncoder(nn.Module):
         ffn_tokens: int = 2048,
         rotary_pct: float = 0.25,
         init_values: float | None = 0.1,
+        parametrization: str = "standard",
     ) -> None:
         super().__init__()
         self.context_length = context_length
@@ -47,6 +48,7 @@ class TokenformerTextEncoder(nn.Module):
                 rotary_pct=rotary_pct,
                 depth=layers,
                 init_values=init_values,
+                parametrization=parametrization,
             )
             self.blocks = nn.ModuleList(
                 block(width, heads, qkv_tokens, qkv_tokens, ffn_tokens) for _ in range(layers)

@@ -81,7 +81,7 @@ def grow_model(
         if depth != 1:
             report.depth = deepen(model, depth, depth_init, optimizer)
         if widening:
-            report.layers, report.replaced, softmax = widen(
+            report.layers, report.replaced, softmax, report.rescaled = widen(
                 model, factor, num_tokens, kinds, init, perturbation
             )
             record_token_counts(model)

@@ -16,6 +16,7 @@ from .report import GrownLayer, GrowthReport, count_params
 from .shape import model_shape
 from .tokens import (
     DEFAULT_PERTURBATION,
+    carried_value_factor,
     check_init,
     fill_new_keys,
     pattention_layers,
@@ -67,6 +68,7 @@ def load_grown(
         old = state_dict[prefix + "key_tokens"].shape[0]
         layer.key_tokens[:old].copy_(state_dict[prefix + "key_tokens"])
         layer.value_tokens[:old].copy_(state_dict[prefix + "value_tokens"])
+        layer.value_tokens[:old] *= carried_value_factor(layer, old)
         if old == layer.num_tokens or init != "official":
             fill_new_keys(layer, old, init, perturbation)
             layer.set_tau(float(state_dict[prefix + "tau"]))
@@ -100,11 +102,13 @@ def grown_companion_state(
     """The state of a companion of a model before growth (its EMA), laid into ``grown``, the
     model after: the companion's values where the old model had them (the first rows of grown
     token tensors; old block ``i`` at ``i * depth``, its copies too for ``depth_init="stack"``),
-    ``grown``'s own values elsewhere and for every τ (which growth sets, no average moves).
+    ``grown``'s own values elsewhere and for every τ (which growth sets, no average moves). The
+    old value rows of a μP layer are rescaled as the growth rescaled the model's.
     """
     if depth > 1:
         prefix = block_container(grown)[0] + "."
         companion = deepened_keys(companion, prefix, depth, depth_init)
+    layers = dict(pattention_layers(grown))
     out = {}
     for key, value in grown.state_dict().items():
         old = companion.get(key)
@@ -113,6 +117,9 @@ def grown_companion_state(
         elif old.shape == value.shape:
             out[key] = old.clone()
         elif _is_row_prefix(old, value):
+            name, _, tensor = key.rpartition(".")
+            if tensor == "value_tokens":
+                old = old * carried_value_factor(layers[name], old.shape[0])
             out[key] = torch.cat([old, value[old.shape[0] :]])
         else:
             raise ValueError(

@@ -17,6 +17,9 @@ from torch import nn
 from .report import GrowthReport
 
 NEW_ROWS = "new_rows_from"  # the optimizer-state key of the first row still to be seeded
+# The order of each state tensor in the gradient (Adam / AdamW / SGD): when μP growth multiplies
+# a value row by f, its gradient is divided by f, so these moments are divided by f ** order.
+MOMENT_ORDER = {"exp_avg": 1, "momentum_buffer": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2}
 
 
 def successors(reports: tuple[GrowthReport, ...]) -> dict[nn.Parameter, nn.Parameter]:
@@ -48,8 +51,17 @@ def grow_optimizer_state(optimizer: torch.optim.Optimizer, *reports: GrowthRepor
     squared, as a fresh AdamW's does; the first moment starts at zero and builds up, a short
     warm-up of the new rows (``docs/design.md``, "Growth"). Returns the number of state tensors
     grown.
+
+    The old rows of a μP layer's values, multiplied by ``f`` (``GrowthReport.rescaled``), get
+    their moments divided by ``f ** MOMENT_ORDER``: Adam's update of those rows keeps its
+    direction and size, which the smaller multiplier turns into the grown layer's rate.
     """
     moved = successors(reports)
+    rescaled = {}
+    for report in reports:
+        for param, (rows, factor) in report.rescaled.items():
+            param = moved.get(param, param)
+            rescaled[param] = (rows, rescaled.get(param, (rows, 1.0))[1] * factor)
     grown = 0
     for group in optimizer.param_groups:
         for i, old in enumerate(group["params"]):
@@ -77,9 +89,22 @@ def grow_optimizer_state(optimizer: torch.optim.Optimizer, *reports: GrowthRepor
                 grown += 1
                 if key == "exp_avg_sq" and "betas" in group:
                     state[NEW_ROWS] = min(value.shape[0], state.get(NEW_ROWS, value.shape[0]))
+            if param in rescaled:
+                _rescale_moments(state, *rescaled[param])
     if any(NEW_ROWS in state for state in optimizer.state.values()):
         _seed_at_next_step(optimizer)
     return grown
+
+
+def _rescale_moments(state: dict[str, Any], rows: int, factor: float) -> None:
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.dim() > 0:
+            if key not in MOMENT_ORDER:
+                raise ValueError(
+                    f"optimizer state {key!r} cannot follow a μP growth's rescaled value rows; "
+                    f"known: {sorted(MOMENT_ORDER)} (Adam, AdamW, SGD)"
+                )
+            value[:rows] /= factor ** MOMENT_ORDER[key]
 
 
 def _seed_at_next_step(optimizer: torch.optim.Optimizer) -> None:

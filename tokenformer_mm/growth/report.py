@@ -26,7 +26,9 @@ class GrowthReport:
     block list, tokens per Pattention layer), what a checkpoint of the grown model carries.
     ``replaced`` maps each Parameter a width growth replaced to its successor (the grown layers
     get new Parameters): ``grow_optimizer_state(optimizer, report)`` follows it to move an
-    optimizer that was not passed to the growth.
+    optimizer that was not passed to the growth. ``rescaled`` maps each new value Parameter of a
+    μP layer to ``(rows, factor)``: its first ``rows`` rows were multiplied by ``factor``, and
+    the optimizer's moments of those rows follow.
     """
 
     init: str
@@ -36,6 +38,7 @@ class GrowthReport:
     depth: tuple[int, int] | None = None  # (before, after) for a depth growth
     shape: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
     replaced: dict[nn.Parameter, nn.Parameter] = field(default_factory=dict, repr=False)
+    rescaled: dict[nn.Parameter, tuple[int, float]] = field(default_factory=dict, repr=False)
 
     @property
     def added_params(self) -> int:

@@ -6,6 +6,11 @@ record is exactly that::
 
     {"depth": {"blocks": 8}, "tokens": {"blocks.0.attn.q": 192, ...}}
 
+plus, for a model under μP (``Pattention(base_tokens=...)``), the base token count of each layer,
+``"base_tokens": {"blocks.0.attn.q": 128, ...}``: with the token counts it fixes the multiplier
+of the values, so a file is never read with another one. A record without it (the paper's
+parametrization, and every file written before μP) has none.
+
 ``model_shape`` reads it from a live model (so it can never disagree with the weights),
 ``GrowthReport.shape`` is the record after a growth, every weights file the library writes
 carries it (``tokenformer_mm/weights.py``), and ``fit_to_shape`` gives a model built at its initial
@@ -20,31 +25,59 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..pattention import Pattention
+from ..pattention import Pattention, value_multiplier
 from .depth import block_containers, deepen
 from .tokens import record_token_counts, resize_tokens
 
 logger = logging.getLogger(__name__)
 
-Shape = dict[str, dict[str, int]]  # {"depth": {block list: blocks}, "tokens": {layer: tokens}}
+# {"depth": {block list: blocks}, "tokens": {layer: tokens}[, "base_tokens": {layer: base}]}
+Shape = dict[str, dict[str, int]]
 
 
 def model_shape(model: nn.Module) -> Shape:
     """The shape record of ``model`` as it is now (any module tree; empty for a model without
     Tokenformer blocks or Pattention layers)."""
-    return {
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, Pattention)]
+    shape = {
         "depth": {name: len(blocks) for name, blocks in block_containers(model)},
-        "tokens": {
-            name: layer.num_tokens
-            for name, layer in model.named_modules()
-            if isinstance(layer, Pattention)
-        },
+        "tokens": {name: layer.num_tokens for name, layer in layers},
     }
+    bases = {name: layer.base_tokens for name, layer in layers if layer.base_tokens is not None}
+    if bases:
+        shape["base_tokens"] = bases
+    return shape
+
+
+def check_base_tokens(layers: Mapping[str, Pattention], shape: Shape) -> None:
+    """Refuse a record whose values were trained under another multiplier than the model's.
+
+    A layer whose base differs from the record's but whose multiplier is the same at the
+    recorded count (e.g. μP at its base count and the paper's math) computes the same function
+    from the same weights and keeps the model's base (it applies from the next growth on).
+    """
+    saved = shape.get("base_tokens", {})
+    for name, count in shape.get("tokens", {}).items():
+        layer = layers[name]
+        base = saved.get(name)
+        if value_multiplier(base, count) != value_multiplier(layer.base_tokens, count):
+            model = "the paper's" if layer.base_tokens is None else "μP's"
+            trained = "the paper's" if base is None else "μP's"
+            raise ValueError(
+                f"{name} was saved under {trained} parametrization (base_tokens={base}, "
+                f"{count} tokens) and the model is built under {model} "
+                f"(base_tokens={layer.base_tokens}): its values would be scaled by "
+                f"{value_multiplier(layer.base_tokens, count):g} instead of "
+                f"{value_multiplier(base, count):g}; build the model with "
+                f"parametrization={'standard' if base is None else 'mup'!r}"
+            )
 
 
 def state_shape(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Shape:
     """The shape record of a checkpoint that carries none (one written before records), read
-    from its tensors in ``model``'s terms (its block lists); the tensors may be meta."""
+    from its tensors in ``model``'s terms (its block lists); the tensors may be meta. Tensors
+    say nothing of a parametrization: the layers' base token counts are taken as the model's,
+    as any architecture setting of the model it is loaded into."""
     depth = {}
     for name, blocks in block_containers(model):
         prefix = f"{name}."
@@ -57,7 +90,11 @@ def state_shape(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Sha
         for key, value in state_dict.items()
         if key == "key_tokens" or key.endswith(".key_tokens")
     }
-    return {"depth": depth, "tokens": tokens}
+    shape = {"depth": depth, "tokens": tokens}
+    bases = model_shape(model).get("base_tokens", {})
+    if bases:
+        shape["base_tokens"] = {name: base for name, base in bases.items() if name in tokens}
+    return shape
 
 
 def fit_to_shape(model: nn.Module, shape: Shape) -> None:
@@ -93,6 +130,7 @@ def fit_to_shape(model: nn.Module, shape: Shape) -> None:
             f"the shape record has Pattention layers {unknown[:3]} ({len(unknown)} in all) that "
             f"{type(model).__name__} lacks; build the model the checkpoint was trained from"
         )
+    check_base_tokens(layers, shape)
     resized = 0
     for name, count in shape.get("tokens", {}).items():
         if layers[name].num_tokens != count:

@@ -13,6 +13,11 @@ the output moves by O(perturbation).
 
 ``init="official"``: new rows randomly initialised and τ recomputed as ``sqrt(n + m)``, as the
 official code does; the output changes, which reproduces the paper's runs.
+
+Under μP (``Pattention(base_tokens=b)``) the values are used as ``b / n · V``: growing to ``n + m``
+lowers that multiplier, so the old value rows are multiplied by ``(n + m) / n``
+(``carried_value_factor``) and each old token keeps its value exactly, while every token, old or
+new, now trains at the rate of a layer built with ``n + m`` tokens (docs/design.md, "Growth").
 """
 
 from __future__ import annotations
@@ -84,6 +89,12 @@ def _target_tokens(
     return int(num_tokens)
 
 
+def carried_value_factor(layer: Pattention, old_tokens: int) -> float:
+    """The factor on the first ``old_tokens`` value rows of ``layer``, grown from that count to
+    its own: ``n_new / n_old`` under μP (its multiplier fell by as much), 1 otherwise."""
+    return 1.0 if layer.base_tokens is None else layer.num_tokens / old_tokens
+
+
 @torch.no_grad()
 def fill_new_keys(layer: Pattention, start: int, init: str, perturbation: float) -> None:
     """The new key rows ``start:`` of the exact inits: zero, or small random ones (perturbed)."""
@@ -133,9 +144,15 @@ def widen(
     kinds: tuple[str, ...],
     init: str,
     perturbation: float,
-) -> tuple[list[GrownLayer], dict[nn.Parameter, nn.Parameter], list[str]]:
+) -> tuple[
+    list[GrownLayer],
+    dict[nn.Parameter, nn.Parameter],
+    list[str],
+    dict[nn.Parameter, tuple[int, float]],
+]:
     """Grow the Pattention layers of ``kinds`` in place: (layers grown, Parameters replaced,
-    the softmax layers among them, which grow only approximately)."""
+    the softmax layers among them, which grow only approximately, and the value Parameters whose
+    first rows were rescaled under μP: ``(rows, factor)``)."""
     selected = [(name, m) for name, m in pattention_layers(model) if m.kind in kinds]
     if not selected:
         raise ValueError(f"{type(model).__name__} has no Pattention layers of kinds {kinds}")
@@ -147,18 +164,23 @@ def widen(
     ]
     if shrinking:
         raise ValueError(f"growth cannot shrink layers: {', '.join(shrinking)}")
-    layers, replaced, softmax = [], {}, []
+    layers, replaced, softmax, rescaled = [], {}, [], {}
     for name, layer in selected:
         old, new = layer.num_tokens, targets[name]
         if new == old:
             continue
         replaced.update(resize_tokens(layer, new))
+        factor = carried_value_factor(layer, old)
+        if factor != 1.0:
+            with torch.no_grad():
+                layer.value_tokens[:old] *= factor
+            rescaled[layer.value_tokens] = (old, factor)
         _fill_new_rows(layer, old, init, perturbation)
         if layer.norm == "softmax":
             softmax.append(name)
         added = (new - old) * (layer.in_features + layer.out_features)
         layers.append(GrownLayer(name, layer.kind, old, new, added))
-    return layers, replaced, softmax
+    return layers, replaced, softmax, rescaled
 
 
 def token_counts_by_kind(module: nn.Module) -> dict[str, set[int]]:

@@ -2,14 +2,20 @@
 
     python scripts/bench_lm_grid.py --lrs 1e-3 3e-3 1e-2 --seeds 0 1 2 3 4
 
+    # the learning-rate transfer sweep (docs/benchmarks.md, "Learning rate across token counts")
+    python scripts/bench_lm_grid.py --overrides data=stdlib data.seq_len=128 train.steps=2000 \\
+        --models "tokenformer qkv_tokens=16 proj_tokens=16 ffn_tokens=64 parametrization=mup" \\
+        --lrs 7.5e-4 1.5e-3 3e-3 --seeds 0 --csv docs/lr_transfer_language.csv
+
 Every (model, lr, seed) is one run of the language main job (``configs/language.yaml``: the
 CPython help texts as bytes, AdamW, warm-up then cosine, clipping 1.0) through the engine's
 ``Trainer``, with only ``optim.lr`` and ``seed`` changed; the matched GPT is the nanoGPT-style
 model of equal FLOPs and parameters (``benchmarks/matched.py``), trained by the same Trainer on
 the same batches. A run ending with validation loss above the unigram entropy of the validation
-tokens (what a model that ignores context reaches) is a dead start. Each finished run is appended
-to ``--csv`` at once, so a stopped grid resumes; the summary goes to docs/benchmarks.md and a plot
-to ``--plot``.
+tokens (what a model that ignores context reaches) is a dead start. ``--overrides`` change the
+job for every run (Hydra overrides). Each finished run is appended to ``--csv`` as it ends, so a
+stopped grid resumes (runs start in the order of ``--lrs``); the summary goes to
+docs/benchmarks.md and a plot to ``--plot``.
 """
 
 from __future__ import annotations
@@ -109,7 +115,7 @@ def train_one(
 def grid(args: argparse.Namespace) -> list[dict[str, object]]:
     return [
         {"model": m, "lr": lr, "seed": s}
-        for lr, s, m in itertools.product(args.lrs, args.seeds, args.models)
+        for lr, s, m in itertools.product(args.lrs, args.seeds, args.models)  # --lrs' order
     ]
 
 
@@ -134,25 +140,24 @@ def run_grid(args: argparse.Namespace) -> None:
         writer = csv.DictWriter(f, FIELDS)
         if new_file:
             writer.writeheader()
-        for start in range(0, len(pending), args.jobs):
-            batch = pending[start : start + args.jobs]
-            outs = [Path(tmp) / f"run{start + i}" for i in range(len(batch))]
-            commands = [
-                [sys.executable, __file__, "--worker", json.dumps(run), str(out)]
-                for run, out in zip(batch, outs, strict=True)
-            ]
-            logs = [out.with_suffix(".log") for out in outs]
-            desc = f"runs {start + 1}-{start + len(batch)} of {len(pending)}"
-            seconds = run_in_parallel(commands, logs, args.jobs, desc)
-            for run, out, sec in zip(batch, outs, seconds, strict=True):
-                result = json.loads((out / "result.json").read_text())
-                losses = result["val_loss_per_eval"]
-                writer.writerow(
-                    {**run, "final": f"{losses[-1]:.4f}", "unigram": f"{result['unigram']:.4f}",
-                     "val_loss_per_eval": " ".join(f"{v:.3f}" for v in losses),
-                     "seconds": f"{sec:.0f}"}
-                )  # fmt: skip
+        outs = [Path(tmp) / f"run{i}" for i in range(len(pending))]
+        commands = [
+            [sys.executable, __file__, "--worker", json.dumps(run), str(out), *args.overrides]
+            for run, out in zip(pending, outs, strict=True)
+        ]
+
+        def write_row(i: int, seconds: float) -> None:
+            result = json.loads((outs[i] / "result.json").read_text())
+            losses = result["val_loss_per_eval"]
+            writer.writerow(
+                {**pending[i], "final": f"{losses[-1]:.4f}", "unigram": f"{result['unigram']:.4f}",
+                 "val_loss_per_eval": " ".join(f"{v:.3f}" for v in losses),
+                 "seconds": f"{seconds:.0f}"}
+            )  # fmt: skip
             f.flush()
+
+        logs = [out.with_suffix(".log") for out in outs]
+        run_in_parallel(commands, logs, args.jobs, f"{len(pending)} runs", on_done=write_row)
 
 
 def summarise(rows: list[dict[str, str]]) -> list[dict[str, object]]:
@@ -218,6 +223,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument(
+        "--overrides", nargs="*", default=[], help="Hydra overrides of every run's job"
+    )
+    parser.add_argument("--title", default="Robustness through the engine")
     parser.add_argument("--csv", type=Path, default=DOCS / "robustness_language.csv")
     parser.add_argument("--plot", type=Path, default=DOCS / "robustness_language.png")
     parser.add_argument("--report", type=Path, default=REPORT)
@@ -230,15 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     wanted = {key(run) for run in grid(args)}
     rows = [row for row in read_done(args.csv) if key(row) in wanted]
     plot(rows, args.plot)
-    cfg = language_config([])
+    cfg = language_config(args.overrides)
     o, t = cfg.optim, cfg.train
     record(
-        "Robustness through the engine: " + " vs ".join(label(m) for m in args.models),
+        f"{args.title}: " + " vs ".join(label(m) for m in args.models),
         summarise(rows),
         notes=(
             "`python scripts/train.py --config-name language` composed in-process with only "
-            "`optim.lr` and `seed` changed, through the engine's Trainer: the CPython help texts "
-            f"as bytes, `lm_{cfg.model.name}` and the nanoGPT-style GPT of equal FLOPs and "
+            f"`optim.lr` and `seed` changed (and {' '.join(args.overrides) or 'no overrides'}), "
+            f"through the engine's Trainer: data `{cfg.data.name}` as bytes, "
+            f"`lm_{cfg.model.name}` and the nanoGPT-style GPT of equal FLOPs and "
             f"parameters, batch {t.batch_size} x {cfg.data.seq_len}, {t.steps} steps, "
             f"{o.warmup_steps} warm-up steps then {o.schedule}, AdamW betas {tuple(o.betas)}, "
             f"weight decay {o.weight_decay}, clipping {o.grad_clip}. Final validation nats per "

@@ -418,6 +418,7 @@ SCRIPTS_WITH_HELP = [
     "growth_study",
     "make_shards",
     "study_branch_scale",
+    "study_coord_check",
     "timm_model_tests",
     "train_tokenizer",
 ]  # not train.py: its --help is Hydra's own

@@ -44,10 +44,9 @@ def test_at_the_official_ratios_mup_is_the_papers_function_bit_for_bit():
 def test_the_values_are_scaled_by_base_over_n_on_the_plain_and_fused_paths():
     x = torch.randn(4, 40, 24)
     for fused in (False, True):
-        torch.manual_seed(0)
         layer = Pattention(24, 16, 64, base_tokens=16, fused=fused)
-        torch.manual_seed(0)
         reference = Pattention(24, 16, 64, fused=False)
+        reference.load_state_dict(layer.state_dict())
         with torch.no_grad():
             reference.value_tokens.mul_(16 / 64)
         assert layer.value_multiplier == 0.25
@@ -62,6 +61,24 @@ def test_a_group_of_mup_layers_runs_fused_as_each_layer_alone():
     for layer in (block.q, block.k, block.v, block.proj, block.ffn):
         layer.fused = False
     assert_equal_up_to_rounding(fused, block(x))
+
+
+def test_under_mup_the_values_start_at_one_over_sqrt_n_of_their_fan_in():
+    """Stored at wang · sqrt(n / b), used as b / n · V: effective std wang · sqrt(b / n), so each
+    layer's output at init is the same size at every token count (the coordinate check)."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 40, 32)
+    sizes = [Pattention(32, 32, n, base_tokens=64, depth=2) for n in (64, 1024)]
+    wang = 2 / (2 * 32**0.5)
+    for layer in sizes:
+        effective = layer.values().detach()
+        expected = wang * (64 / layer.num_tokens) ** 0.5
+        assert abs(effective.std().item() / expected - 1) < 0.05
+    small, large = (layer(x).detach().pow(2).mean().sqrt().item() for layer in sizes)
+    assert abs(large / small - 1) < 0.1
+    paper = [Pattention(32, 32, n, depth=2) for n in (64, 1024)]
+    small, large = (layer(x).detach().pow(2).mean().sqrt().item() for layer in paper)
+    assert large / small > 3  # the paper's init: the output grows like sqrt(n)
 
 
 def test_an_unknown_parametrization_is_named():
@@ -158,3 +175,76 @@ def test_the_shape_record_carries_the_base_and_a_file_is_never_read_under_anothe
     at_base = lm("standard", qkv_tokens=32, proj_tokens=32, ffn_tokens=128)  # multiplier 1
     loaded = load_resized(lm("mup"), at_base.state_dict(), model_shape(at_base))
     assert torch.equal(loaded(tokens, tokens)[0], at_base(tokens, tokens)[0])
+
+
+def first_step_of_effective_values(model, optimizer, loss_fn) -> dict[str, tuple[float, float]]:
+    """Per Pattention: (largest move of an effective value in one step, lr · multiplier).
+
+    Adam's first step moves every entry with a gradient by ``lr`` (``m / sqrt(v)`` is the sign
+    of the gradient), so the effective values ``b / n · V`` move by exactly ``lr · b / n``."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, Pattention)}
+    before = {n: layer.values().detach().clone() for n, layer in layers.items()}
+    loss_fn(model).backward()
+    optimizer.step()
+    lr = optimizer.param_groups[0]["lr"]
+    return {
+        n: ((layer.values().detach() - before[n]).abs().max().item(), lr * layer.value_multiplier)
+        for n, layer in layers.items()
+    }
+
+
+def assert_moves_at_the_mup_rate(moves):
+    multipliers = {round(expected, 12) for _, expected in moves.values()}
+    assert len(multipliers) > 1 or 1.0 not in multipliers  # the test is about multipliers != 1
+    for name, (moved, expected) in moves.items():
+        assert abs(moved / expected - 1) < 1e-3, (name, moved, expected)
+
+
+def test_timms_optimizer_factory_takes_mup_without_being_told():
+    """What timm's train.py builds (create_optimizer_v2) over a model timm created."""
+    from timm.optim import create_optimizer_v2
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "tokenformer_micro_patch4_32", parametrization="mup", qkv_tokens=384, ffn_tokens=768
+    )  # dim 96: multipliers 1/4 (q/k/v/proj) and 1/2 (FFN)
+    optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.0)
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    moves = first_step_of_effective_values(
+        model, optimizer, lambda m: torch.nn.functional.cross_entropy(m(images), labels)
+    )
+    assert_moves_at_the_mup_rate(moves)
+
+
+def test_the_hugging_face_trainers_optimizer_takes_mup_without_being_told(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    import tokenformer_mm.language.hf  # noqa: F401  (registers the Auto classes)
+
+    model = lm("mup", qkv_tokens=64, proj_tokens=64, ffn_tokens=64)  # dim 32: 1/2 and 2
+    model.save_pretrained(tmp_path / "lm")
+    auto = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "lm").train()
+    args = transformers.TrainingArguments(
+        tmp_path / "out", learning_rate=1e-3, weight_decay=0.0, report_to=[], use_cpu=True
+    )
+    optimizer = transformers.Trainer(model=auto, args=args).create_optimizer()
+    tokens = torch.randint(0, 320, (2, 24))
+    moves = first_step_of_effective_values(
+        auto, optimizer, lambda m: m(tokens, labels=tokens, use_cache=False).loss
+    )
+    assert_moves_at_the_mup_rate(moves)
+
+
+def test_an_open_clip_text_tower_under_mup_trains_at_the_mup_rate():
+    """open_clip's trainer builds a torch AdamW over the model's parameters (two groups)."""
+    open_clip = pytest.importorskip("open_clip")
+    import tokenformer_mm.clip  # noqa: F401  (registers the Tokenformer CLIP configs)
+
+    text_cfg = open_clip.get_model_config("TokenformerCLIP-micro")["text_cfg"]
+    text_cfg = {**text_cfg, "parametrization": "mup", "qkv_tokens": 192, "ffn_tokens": 192}
+    torch.manual_seed(0)
+    model = open_clip.create_model("TokenformerCLIP-micro", text_cfg=text_cfg)
+    optimizer = torch.optim.AdamW(model.text.parameters(), lr=1e-3, weight_decay=0.0)
+    text = torch.randint(0, 49408, (2, 20))
+    moves = first_step_of_effective_values(model.text, optimizer, lambda m: m(text).pow(2).mean())
+    assert_moves_at_the_mup_rate(moves)

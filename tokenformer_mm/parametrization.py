@@ -1,9 +1,13 @@
 """How Pattention's parameter tokens start, and how their scale follows the token count.
 
 Keys: ``key_init`` (``KEY_INITS``); their fan-in is ``d_in``, the same at every token count.
-Values: the official "wang init", and under μP a multiplier ``base / n`` in the forward
-(``value_multiplier``): the values are a layer whose fan-in is the token count ``n``
-(docs/design.md, "Learning rate across token counts").
+Values: the official "wang init"; under μP a multiplier ``base / n`` in the forward
+(``value_multiplier``) and an init that follows ``n`` (``value_init_std``): the values are a
+layer whose fan-in is the token count ``n``. Under Adam every entry of ``V`` moves about ``lr`` a
+step, so with the paper's math the output moves further as ``n`` grows and the optimal rate
+falls; the multiplier makes the move the same at every ``n``, and being inside the layer, not a
+per-parameter rate, every Adam-like optimizer (the engine's, timm's, open_clip's, Hugging Face's)
+inherits it (docs/design.md, "Learning rate across token counts").
 """
 
 from __future__ import annotations
@@ -40,6 +44,18 @@ def wang_init_std(dim: int, depth: int) -> float:
 def value_multiplier(base_tokens: int | None, num_tokens: int) -> float:
     """The factor on the value tokens: 1 for the paper's parametrization, ``b / n`` under μP."""
     return 1.0 if base_tokens is None else base_tokens / num_tokens
+
+
+def value_init_std(wang_std: float, base_tokens: int | None, num_tokens: int) -> float:
+    """The std the stored value tokens start at: the wang init, times ``sqrt(n / b)`` under μP.
+
+    The values then act as ``b / n · V`` with std ``wang · sqrt(b / n)``, 1/sqrt(fan-in) in ``n``:
+    each layer's output at init is the same size at every token count, and so is its change over
+    the first steps, where the wang init itself (effective std ``wang · b / n``) makes both shrink
+    as ``n`` grows (the coordinate check, docs/benchmarks.md, "Learning rate across token
+    counts").
+    """
+    return wang_std if base_tokens is None else wang_std * math.sqrt(num_tokens / base_tokens)
 
 
 PARAMETRIZATIONS = ("standard", "mup")

@@ -17,14 +17,9 @@ serves TorchScript, traced and exported graphs (ONNX), ``torch.func``, active dr
 inputs. ``Pattention(fused=False)`` forces the plain path for one layer,
 ``set_fused_pattention(False)`` for every layer (the one global switch; no environment variable).
 
-``base_tokens`` chooses the parametrization of the value tokens (docs/design.md, "Learning rate
-across token counts"). None, the paper's: ``y = theta(s) @ V``. An int ``b``, μP over the token
-count: ``y = theta(s) @ (b / n · V)``. The values are a layer whose fan-in is ``n``; under Adam
-every entry of ``V`` moves about ``lr`` a step, so the output moves about ``n · lr`` with the
-paper's math (the optimal rate falls as ``n`` grows) and ``b · lr`` with the multiplier, at every
-``n``. It is a multiplier inside the layer, not a per-parameter rate, so every Adam-like
-optimizer (the engine's, timm's, open_clip's, Hugging Face's) inherits it unchanged. At
-``n == b`` both compute the same function from the same weights.
+``base_tokens`` chooses the parametrization of the values (``parametrization.py``): None, the
+paper's ``theta(s) @ V``; an int ``b``, μP over the token count, ``theta(s) @ (b / n · V)``, a
+multiplier inside the layer that every Adam-like optimizer inherits.
 """
 
 from __future__ import annotations
@@ -38,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fused_pattention import fused_pattention
-from .parametrization import key_init_std, value_multiplier, wang_init_std
+from .parametrization import key_init_std, value_init_std, value_multiplier, wang_init_std
 from .theta import NORMS, theta, value_scale
 
 KINDS = ("qkv", "proj", "ffn")
@@ -102,7 +97,7 @@ class Pattention(nn.Module):
             tuned at ``b`` tokens holds at any count, growth included (fixed like τ).
     """
 
-    __jit_unused_properties__ = ["num_tokens", "value_multiplier"]  # noqa: RUF012  (TorchScript reads this list)
+    __jit_unused_properties__ = ["num_tokens", "value_multiplier", "value_init_std"]  # noqa: RUF012  (TorchScript reads this list)
 
     def __init__(
         self,
@@ -145,7 +140,7 @@ class Pattention(nn.Module):
         self.fused = fused
         self.base_tokens = base_tokens
         self.key_init_std = key_init_std(key_init, in_features)
-        self.value_init_std = wang_init_std(out_features, depth)
+        self.wang_init_std = wang_init_std(out_features, depth)
         self.key_tokens = nn.Parameter(torch.empty(num_tokens, in_features, **factory))
         self.value_tokens = nn.Parameter(torch.empty(num_tokens, out_features, **factory))
         # τ is state, not a hyper-parameter: it is saved with the weights and survives growth.
@@ -165,6 +160,11 @@ class Pattention(nn.Module):
     def value_multiplier(self) -> float:
         """The factor on ``value_tokens`` in the forward (``value_multiplier``)."""
         return value_multiplier(self.base_tokens, self.num_tokens)
+
+    @property
+    def value_init_std(self) -> float:
+        """The std the value tokens start at, for the current count (growth draws new rows)."""
+        return value_init_std(self.wang_init_std, self.base_tokens, self.num_tokens)
 
     def values(self) -> torch.Tensor:
         """The value tokens as the layer uses them: ``value_tokens`` times ``value_multiplier``

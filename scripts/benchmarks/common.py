@@ -123,9 +123,14 @@ def throughput(batches: Iterable, count: Callable[[object], int], warmup: int) -
 
 
 def run_in_parallel(
-    commands: list[list[str]], logs: list[Path], jobs: int, desc: str
+    commands: list[list[str]],
+    logs: list[Path],
+    jobs: int,
+    desc: str,
+    on_done: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Run the commands, ``jobs`` at a time with one share of the cores each; their seconds."""
+    """Run the commands, ``jobs`` at a time with one share of the cores each; their seconds.
+    ``on_done(i, seconds)`` is called as each one finishes (a study records it at once)."""
     import subprocess
 
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
@@ -149,6 +154,8 @@ def run_in_parallel(
                     tail = logs[i].read_text()[-3000:]
                     raise RuntimeError(f"{shlex.join(commands[i])} failed:\n{tail}")
                 seconds[i] = time.perf_counter() - start
+                if on_done is not None:
+                    on_done(i, seconds[i])
                 bar.update()
             time.sleep(1)
     return seconds

@@ -376,11 +376,17 @@ def test_a_branch_must_name_a_checkpoint_and_continue_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_depth_and_width_growth_mid_run_is_exact_and_a_branch_after_it_replays_the_run(tmp_path):
+@pytest.mark.parametrize("parametrization", ["standard", "mup"])
+def test_depth_and_width_growth_mid_run_is_exact_and_a_branch_after_it_replays_the_run(
+    tmp_path, parametrization
+):
     """A run deepened x2 and widened x2 at step 6 (EMA on): the loss does not move at the growth,
     and a run branched from its step-10 checkpoint (built at the initial size) takes the same
-    steps as the uninterrupted run: the weights, optimizer order and EMA load as grown."""
+    steps as the uninterrupted run: the weights, optimizer order and EMA load as grown. Under μP
+    the growth rescales the old values, their moments and the EMA's (q/k/v/proj multiplier 1
+    -> 1/2, FFN 2 -> 1)."""
     common = [
+        f"++model.kwargs.parametrization={parametrization}",
         "train.steps=14",
         "train.checkpoint_every=10",
         "train.ema_decay=0.9",

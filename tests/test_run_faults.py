@@ -7,6 +7,7 @@ from __future__ import annotations
 import resource
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -72,6 +73,40 @@ def test_a_second_run_in_the_same_run_dir_is_refused_while_the_first_runs(tmp_pa
     first.send_signal(signal.SIGTERM)  # the first stops cleanly; now the run dir is free
     assert first.wait(timeout=120) == 75
     with claim_run_dir(run_dir):  # what the next start takes first
+        pass
+
+
+@pytest.mark.slow
+def test_a_resume_half_a_second_after_kill_9_gets_the_run_dir(tmp_path):
+    """Before: the DataLoader workers, forked while the main process held the lock, kept it
+    until their watchdog noticed their parent was gone (measured 4.9 s), and a resume started
+    in that window (a supervisor's restart) was refused as "in use by another run"."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = f"""
+import time
+from pathlib import Path
+import torch
+from tokenformer_mm.train.run_dir import claim_run_dir
+with claim_run_dir(Path({str(run_dir)!r})):
+    loader = torch.utils.data.DataLoader(
+        range(1000), num_workers=2, persistent_workers=True, multiprocessing_context="fork"
+    )
+    batches = iter(loader)
+    next(batches)  # the workers run, forked after the lock was taken
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    assert process.stdout.readline().strip() == "ready"
+    with pytest.raises(ValueError, match="is in use by another run"), claim_run_dir(run_dir):
+        pass  # the run itself still holds it
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    time.sleep(0.5)
+    with claim_run_dir(run_dir):  # its workers may still live; the lock is free
         pass
 
 

@@ -8,6 +8,7 @@ writes it, ``claim_run_dir`` holds it against a second run started there.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -24,6 +25,21 @@ logger = logging.getLogger(__name__)
 
 # run_dir (absolute) -> the nearest folder above it that existed before this start
 _existed_before: dict[Path, Path] = {}
+# The descriptors of run_dir locks this process holds (``claim_run_dir``).
+_held_locks: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the lock descriptors it inherited. A flock
+    lives as long as any descriptor of it, so workers that outlive a killed main process until
+    their watchdog notices (seconds) would keep the run_dir locked against its resume."""
+    for fd in _held_locks:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class RunDirCallback(Callback):
@@ -41,8 +57,9 @@ def claim_run_dir(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir`` while a run writes it: a second run started there (the same command
     twice, a requeued job whose first attempt still runs) is refused, not interleaved with it.
 
-    A lock on the directory itself (no file is left behind), released by the kernel however the
-    process ends; ranks other than 0 do not take it."""
+    A lock on the directory itself (no file is left behind), held by this process alone (forked
+    children, DataLoader workers, drop it) and released by the kernel however the process ends;
+    ranks other than 0 do not take it."""
     if os.environ.get("RANK", "0") != "0" or not run_dir.is_dir():
         yield
         return
@@ -56,8 +73,10 @@ def claim_run_dir(run_dir: Path) -> Iterator[None]:
                 "same command started twice, or a requeued job whose first attempt has not "
                 "ended); wait for it to end, or choose another run_dir"
             ) from None
+        _held_locks.add(fd)
         yield
     finally:
+        _held_locks.discard(fd)
         os.close(fd)
 
 

@@ -36,9 +36,11 @@ try:
     )
     from transformers.cache_utils import Cache, DynamicCache
     from transformers.modeling_outputs import CausalLMOutputWithPast
+    from transformers.utils import logging
 except ModuleNotFoundError as error:  # the [hf] extra
     raise missing_extra(error, "hf") from error
 
+logger = logging.get_logger(__name__)  # transformers' own: warning_once, its verbosity
 MODEL_TYPE = "tokenformer"
 LM_FIELDS = tuple(field.name for field in dataclasses.fields(LMConfig))
 # transformers 5.25 renamed the cache field of its outputs from past_key_values to cache
@@ -126,6 +128,13 @@ class TokenformerForCausalLM(PreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         cache = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and self.is_gradient_checkpointing and self.training:
+            # as transformers' own models do: the cached path never recomputes blocks
+            logger.warning_once(
+                "`use_cache=True` is incompatible with gradient checkpointing. Setting "
+                "`use_cache=False`."
+            )
+            use_cache = False
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         past_len = cache.get_seq_length() if cache is not None else 0

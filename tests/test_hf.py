@@ -164,3 +164,24 @@ def test_training_through_transformers_gives_the_models_gradients_with_checkpoin
         auto(tokens, labels=tokens, use_cache=False).loss.backward()
         got = auto.model.blocks[0].ffn.key_tokens.grad
         assert_equal_up_to_rounding(got, expected)
+
+
+def test_checkpointing_under_transformers_recomputes_blocks_with_the_default_use_cache(saved):
+    """Before: ``use_cache`` (default True) took the cached path, which never checkpoints, so
+    ``gradient_checkpointing_enable()`` under the HF Trainer saved no memory."""
+    _, path = saved
+    auto = _auto(path).train()
+    calls = []  # entries into each block's FFN (cached and plain path; a recomputation too)
+    for block in auto.model.blocks:
+        block.ffn.register_forward_pre_hook(lambda *args: calls.append(1))
+    tokens = torch.randint(0, 320, (2, 16))
+    for checkpointing, runs_per_block in ((False, 1), (True, 2)):
+        calls.clear()
+        if checkpointing:
+            auto.gradient_checkpointing_enable()
+        output = auto(tokens, labels=tokens)  # use_cache as the config has it: True
+        output.loss.backward()
+        assert len(calls) == runs_per_block * len(auto.model.blocks)
+    assert getattr(output, "cache", getattr(output, "past_key_values", None)) is None
+    with torch.no_grad():  # in eval, generation keeps its cache
+        assert auto.eval()(tokens).past_key_values is not None

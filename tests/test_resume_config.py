@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tokenformer_mm.train import Trainer, build_task
@@ -83,3 +84,39 @@ def test_a_trainer_given_another_model_to_resume_refuses_it(tmp_path):
     cfg.model.kwargs.depth, cfg.train.steps = 2, 5  # a change a run survives: applied
     Trainer(cfg, build_task(cfg), run_dir).fit()
     assert saved(run_dir).train.steps == 5
+
+
+def schedule_at(steps: int, position: int, optim: dict):
+    """An AdamW and its schedule over ``steps`` steps, run to ``position``."""
+    from tokenformer_mm.train.config import OptimConfig
+    from tokenformer_mm.train.optim import build_optimizer
+
+    model = torch.nn.Linear(4, 4)
+    optimizer, scheduler = build_optimizer(model, OptimConfig(**optim), steps)
+    for _ in range(position):
+        optimizer.step()
+        scheduler.step()
+    return optimizer, scheduler
+
+
+@pytest.mark.parametrize(
+    "optim, warned",
+    [({"lr": 2e-3, "warmup_steps": 100}, True), ({"lr": 2e-3, "schedule": "wsd"}, False)],
+)
+def test_a_resume_that_reshapes_the_schedule_says_how_the_rate_jumps(optim, warned, caplog):
+    """Before: the README's own example (a finished 800-step cosine run resumed with
+    train.steps=1000) raised the rate from 1e-5 to 2.4e-4 with no word. A WSD run resumed in
+    its stable phase with more steps goes on at the same rate, silently."""
+    from tokenformer_mm.train.start import continue_schedule
+
+    # a finished 800-step cosine run; a 1000-step WSD run at step 600, in its stable phase
+    finished = schedule_at(800, 800, optim)[1] if warned else schedule_at(1000, 600, optim)[1]
+    optimizer, scheduler = schedule_at(1000, 0, optim)
+    with caplog.at_level("WARNING", logger="tokenformer_mm.train.start"):
+        continue_schedule(optimizer, scheduler, finished.state_dict())
+    if warned:
+        assert "was 1e-05 when the checkpoint was written and is 0.000243 " in caplog.text
+        assert "(24.3x)" in caplog.text
+        assert "optim.schedule=wsd" in caplog.text
+    else:
+        assert not caplog.text and optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)

@@ -4,6 +4,7 @@ write, its precision, the FLOPs it counts, where its LR schedule stands."""
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,16 @@ def continue_schedule(
         optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
     ):
         group["lr"] = base_lr * schedule(scheduler.last_epoch)
+    saved, now = scheduler_state.get("_last_lr"), optimizer.param_groups[0]["lr"]
+    if saved and not math.isclose(saved[0], now, rel_tol=1e-3):
+        logger.warning(
+            "the learning rate at step %d was %.3g when the checkpoint was written and is %.3g "
+            "under this run's schedule (%.3gx): a changed train.steps (or warm-up, decay, lr) "
+            "reshapes the schedule around the step it resumes at. To go on without a jump, "
+            "train with optim.schedule=wsd and continue from a checkpoint in its stable phase "
+            "(train.branch_from=...; the README's 'cooldown branches')",
+            scheduler.last_epoch, saved[0], now, now / saved[0],
+        )  # fmt: skip
 
 
 def measure_flops(

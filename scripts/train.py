@@ -20,6 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from tokenformer_mm.errors import InputError, checking_inputs
 from tokenformer_mm.train import Trainer, build_task, register_schemas
 from tokenformer_mm.train.nonfinite import NonFiniteError
 from tokenformer_mm.train.preemption import PREEMPTED_EXIT_CODE, Preempted
@@ -34,19 +35,20 @@ register_schemas()
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        if cfg.resume:  # the run's own config; the command line's overrides change it, if allowed
-            cfg = resumed_config(cfg, HydraConfig.get().overrides.task)
+        with checking_inputs():  # the run's own config; overrides change it, if allowed
+            cfg = resumed_config(cfg, HydraConfig.get().overrides.task) if cfg.resume else cfg
         with claim_run_dir(run_dir):  # a second run started in run_dir is refused
             train(cfg, run_dir)
     except BaseException as error:
         remove_made(run_dir)  # a refused start leaves no folder it made (only empty ones go)
-        if isinstance(error, ValueError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            raise SystemExit(f"error: {error}") from None  # a mistake in the command: one line
-        raise
+        if isinstance(error, InputError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            raise SystemExit(f"error: {error}") from None  # a mistake in the inputs: one line
+        raise  # anything else, a library bug included, keeps its traceback
 
 
 def train(cfg: DictConfig, run_dir: Path) -> None:
-    trainer = Trainer(cfg, build_task(cfg), run_dir)  # refuses a bad start before writing
+    with checking_inputs():  # refuses a bad start before writing
+        trainer = Trainer(cfg, build_task(cfg), run_dir)
     if trainer.is_main:  # the log of every start, appended
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(

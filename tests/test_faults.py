@@ -455,3 +455,19 @@ def test_every_scripts_help_shows_its_docstring_line_for_line(capsys, monkeypatc
         "--num-samples NUM_SAMPLES how many samples to draw from the prompt",
     ):
         assert said in shown
+
+
+def test_a_value_error_from_a_bug_mid_run_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """Before: scripts/train.py turned every ValueError raised during training into a one-line
+    exit, a library bug's too; now only an ``InputError`` (what a user gave) is one line."""
+
+    def broken(self):
+        raise ValueError("a bug in the training step")
+
+    monkeypatch.setattr(Trainer, "_train_step", broken)
+    overrides = [*TINY_VISION, "train.steps=2"]
+    assert _train_script(monkeypatch, [*overrides, f"run_dir={tmp_path / 'a'}"]) == 1  # Hydra's
+    stderr = capsys.readouterr().err
+    assert "Traceback" in stderr and "ValueError: a bug in the training step" in stderr
+    message = _train_script(monkeypatch, [*overrides, "optim.warmup_steps=-1", "run_dir=b"])
+    assert message == "error: optim.warmup_steps must be >= 0, got -1"  # the command's mistake

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .distributed import leave_stop_signals_to_main, rank_and_world_size
+from .errors import InputError
 from .extras import missing_extra
 from .shard_split import ShardRead, rank_reads, samples_in, shared_shards
 
@@ -199,7 +200,7 @@ class ShardedStream(IterableDataset):
                     "declares (truncated or rewritten?); rewrite it with scripts/make_shards.py"
                 )
                 if self.strict:
-                    raise ValueError(message + " (or drop train.strict_data to warn instead)")
+                    raise InputError(message + " (or drop train.strict_data to warn instead)")
                 logger.warning("%s", message)
 
     def __iter__(self) -> Iterator[Any]:

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..errors import InputError
+
 
 class EpochBatches:
     """Batches forever, epoch after epoch; its position (epoch, batch) is saved with checkpoints.
@@ -25,7 +27,7 @@ class EpochBatches:
         self._iterator = iter(self.loader)
         for done in range(self.batch):  # fast-forward after a resume
             if next(self._iterator, None) is None:
-                raise ValueError(
+                raise InputError(
                     f"cannot resume at batch {self.batch} of epoch {self.epoch}: the training "
                     f"data now yields only {done} batches per epoch (did the shards or the batch "
                     "size change?)"
@@ -39,7 +41,7 @@ class EpochBatches:
         except StopIteration:
             if self.batch == 0:
                 read = data_report(self.loader)
-                raise ValueError(
+                raise InputError(
                     "the training loader yields no batch: fewer readable samples per rank than "
                     f"train.batch_size ({read}); check data.train_shards, lower the batch size "
                     "or add data"

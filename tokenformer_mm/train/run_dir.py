@@ -21,6 +21,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from ..errors import InputError
+
 logger = logging.getLogger(__name__)
 
 # run_dir (absolute) -> the nearest folder above it that existed before this start
@@ -68,7 +70,7 @@ def claim_run_dir(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(
+            raise InputError(
                 f"run_dir={str(run_dir)!r} is in use by another run that is still running (the "
                 "same command started twice, or a requeued job whose first attempt has not "
                 "ended); wait for it to end, or choose another run_dir"

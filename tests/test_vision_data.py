@@ -12,6 +12,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from tokenformer_mm.data import expand_shards
+from tokenformer_mm.shard_split import samples_in
 from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train.batches import to_device
 from tokenformer_mm.vision.data import (
@@ -76,11 +77,15 @@ def test_training_shard_order_is_shared_by_ranks_and_changes_by_epoch(digits_dir
     ]
     streams = [loader.dataset for loader in loaders]
     reads = [s.shards_for_worker(0, 1) for s in streams]
-    whole = [{read.url for read in rank if read.step == 1} for rank in reads]
-    shared = [{read.url for read in rank if read.step == 2} for rank in reads]
-    # 7 shards of 200 and one of 37: 3 whole shards each, one of 200 and the 37 split by sample
-    assert not whole[0] & whole[1] and len(whole[0]) == len(whole[1]) == 3
-    assert shared[0] == shared[1] and len(shared[0]) == 2 and not shared[0] & (whole[0] | whole[1])
+    whole = [{read.url for read in rank if read.stop is None} for rank in reads]
+    cut = [{read.url for read in rank if read.stop is not None} for rank in reads]
+    # 7 shards of 200 and one of 37, shares of 719 and 718: three 200s each, the 37 to rank 0,
+    # and the last 200 cut between them (82 + 118)
+    assert not whole[0] & whole[1] and (len(whole[0]), len(whole[1])) == (4, 3)
+    assert cut[0] == cut[1] and len(cut[0]) == 1 and not cut[0] & (whole[0] | whole[1])
+    declared = streams[0].declared
+    taken = [sum(samples_in(read, declared[read.url]) for read in rank) for rank in reads]
+    assert taken == [719, 718]
     before = streams[0].shards_for_worker(0, 1)
     streams[0].set_epoch(3)
     assert streams[0].shards_for_worker(0, 1) != before

@@ -4,6 +4,7 @@ and the runs themselves under torchrun (gloo on CPU)."""
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import random
 
@@ -12,7 +13,13 @@ import pytest
 from tokenformer_mm.clip.pairs import ensure_digits_pair_shards
 from tokenformer_mm.data import ShardedStream, expand_shards
 from tokenformer_mm.language.sources import ensure_pydoc_shards
-from tokenformer_mm.shard_split import ShardRead, rank_reads
+from tokenformer_mm.shard_split import (
+    ShardRead,
+    rank_reads,
+    rank_shares,
+    shards_read_by_several,
+    split_reads,
+)
 from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import build_task, load_run
 from tokenformer_mm.vision.data import image_eval_loader
@@ -46,7 +53,7 @@ def split(lengths: list[int], world_size: int, declared: bool = True) -> list[li
 
 def samples_of(reads: list[ShardRead], lengths: dict[str, int]) -> list[tuple[str, int]]:
     """The (shard, sample) pairs that ``reads`` take of shards of ``lengths``."""
-    return [(r.url, i) for r in reads for i in range(r.first, lengths[r.url], r.step)]
+    return [(r.url, i) for r in reads for i in r.indices(lengths[r.url])]
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
@@ -68,12 +75,35 @@ def test_declared_lengths_give_every_rank_the_same_count_to_within_one(layout):
 
 def test_one_process_and_equal_shards_that_divide_evenly_keep_whole_shards_round_robin():
     urls = [f"s{i}" for i in range(8)]
-    assert rank_reads(urls, {}, 0, 1) == [(url, 0, 1) for url in urls]
-    for world_size in (2, 4, 8):
+    assert rank_reads(urls, {}, 0, 1) == [ShardRead(url) for url in urls]
+    for world_size, declared in itertools.product((2, 4, 8), ({}, dict.fromkeys(urls, 10))):
         for rank in range(world_size):
-            assert rank_reads(urls, {}, rank, world_size) == [
-                (url, 0, 1) for url in urls[rank::world_size]
+            assert rank_reads(urls, declared, rank, world_size) == [
+                ShardRead(url) for url in urls[rank::world_size]
             ]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_declared_lengths_balance_any_mix_and_order_and_few_shards_are_read_twice(seed):
+    """Before: whole shards were dealt round-robin across lengths mixed together: 11 shards of
+    100/10/100/10/100/10/37/1/64/64/3 on 2 ranks gave 160 and 339 samples, and with all lengths
+    distinct every shard was shared, read by every rank."""
+    rng = random.Random(seed)
+    lengths = {
+        f"s{i}": rng.choice([0, 1, 3, rng.randint(1, 50), rng.randint(50, 400), 1000])
+        for i in range(rng.randint(1, 30))
+    }
+    if seed == 0:
+        lengths = {f"s{i}": n for i, n in enumerate([100, 10, 100, 10, 100, 10, 37, 1, 64, 64, 3])}
+    urls = list(lengths)
+    rng.shuffle(urls)
+    every = sorted((url, j) for url, n in lengths.items() for j in range(n))
+    for world_size in range(1, 9):
+        reads = split_reads(urls, lengths, world_size)
+        ranks = [samples_of(mine, lengths) for mine in reads]
+        assert sorted(pair for rank in ranks for pair in rank) == every
+        assert [len(rank) for rank in ranks] == rank_shares(len(every), world_size)
+        assert len(shards_read_by_several(reads)) <= world_size - 1
 
 
 def key_streams(urls: list[str], world_size: int) -> list[ShardedStream]:
@@ -118,7 +148,8 @@ def test_a_shard_set_with_fewer_shards_than_processes_is_split_by_sample_and_sai
     urls = expand_shards(str(tmp_path / "val-*.tar"))
     with caplog.at_level(logging.INFO, logger="tokenformer_mm.data"):
         streams = key_streams(urls, 3)
-    assert caplog.text.count("2 of 2 shards are split by sample over 3 processes") == 1
+    # shares 3, 2, 2: the 3-sample shard whole to rank 0, the 4-sample one cut between 1 and 2
+    assert caplog.text.count("1 of 2 shards are split by sample over 3 processes") == 1
     ranks = [list(stream) for stream in streams]
     assert [len(rank) for rank in ranks] == [3, 2, 2]
     assert sorted(key for rank in ranks for key in rank) == [

@@ -21,6 +21,7 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .distributed import leave_stop_signals_to_main, rank_and_world_size
 from .errors import InputError
 from .extras import missing_extra
-from .shard_split import ShardRead, rank_reads, samples_in, shared_shards
+from .shard_split import ShardRead, rank_reads, samples_in, shards_read_by_several, split_reads
 
 try:
     import braceexpand
@@ -145,11 +146,11 @@ class ShardedStream(IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank={self.rank} must be in [0, world_size={self.world_size})")
         self.declared = read_shard_lengths(self.urls)  # per shard, from _info.json
-        shared = len(shared_shards(self.urls, self.declared, self.world_size))
+        shared = len(shards_read_by_several(split_reads(self.urls, self.declared, self.world_size)))
         if shared and self.rank == 0:
             logger.info(
-                "%d of %d shards are split by sample over %d processes (every process reads "
-                "them; more shards would spare that I/O), the rest go whole",
+                "%d of %d shards are split by sample over %d processes (more than one process "
+                "reads them; more shards would spare that I/O), the rest go whole",
                 *(shared, len(self.urls), self.world_size),
             )
         # Samples in all shards, when _info.json lists every one of them (else None).
@@ -184,15 +185,18 @@ class ShardedStream(IterableDataset):
         for read in reads:
             url, count = read.url, 0
             errors: list[Exception] = []
+            wanted = read.indices(sys.maxsize)
             for sample in wds.tarfile_samples([{"url": url}], handler=partial(_record, errors)):
-                if count % read.step == read.first:
+                if count >= wanted.stop:  # the end of this rank's range: the rest is not ours
+                    break
+                if count in wanted:
                     yield sample
                 count += 1
             if errors:
                 self.damaged_shards.add()
                 logger.warning("shard %s is damaged, read up to the damage: %r", url, errors[0])
             declared = self.declared.get(url)
-            if declared is not None and count < declared:
+            if declared is not None and count < min(declared, wanted.stop):
                 self.short_shards.add()
                 self.missing_samples.add(samples_in(read, declared) - samples_in(read, count))
                 message = (

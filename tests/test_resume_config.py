@@ -10,7 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tokenformer_mm.errors import InputError
 from tokenformer_mm.train import Trainer, build_task
+from tokenformer_mm.train.batches import EpochBatches
 
 from .engine_utils import ROOT, TINY_VISION, compose_config, run, step_losses, train_command
 
@@ -84,6 +86,24 @@ def test_a_trainer_given_another_model_to_resume_refuses_it(tmp_path):
     cfg.model.kwargs.depth, cfg.train.steps = 2, 5  # a change a run survives: applied
     Trainer(cfg, build_task(cfg), run_dir).fit()
     assert saved(run_dir).train.steps == 5
+
+
+def test_a_resume_mid_epoch_with_other_data_workers_is_refused_and_at_its_end_allowed(tmp_path):
+    """Before: allowed, and the fast-forward replayed another order of the epoch's batches (each
+    worker reads its own shards), skipping some samples and repeating others."""
+    run_dir = tmp_path / "run"
+    first = [*TINY_VISION, "train.steps=4", "train.checkpoint_every=2"]  # 90 batches an epoch
+    start_and_pause(run_dir, first, 2)
+    cfg = compose_config(
+        "vision", [*first, "resume=true", "data.num_workers=2", f"run_dir={run_dir}"]
+    )
+    with pytest.raises(InputError, match=r"batch 2 of epoch 0, read with data.num_workers=1;"):
+        Trainer(cfg, build_task(cfg), run_dir)
+    cfg.data.num_workers = 1
+    Trainer(cfg, build_task(cfg), run_dir).fit()
+    batches = EpochBatches(build_task(cfg).train_loader())  # at an epoch's end: any count
+    batches.load_state_dict({"epoch": 1, "batch": 0, "num_workers": 3})
+    assert batches.state_dict()["epoch"] == 1
 
 
 def schedule_at(steps: int, position: int, optim: dict):

@@ -15,7 +15,8 @@ class EpochBatches:
     """Batches forever, epoch after epoch; its position (epoch, batch) is saved with checkpoints.
 
     Resuming mid-epoch replays the epoch's first batches without training on them: the pipelines
-    draw their augmentation from per-sample seeds, so the replayed stream is the same stream.
+    draw their augmentation from per-sample seeds, so the replayed stream is the same stream, as
+    long as the loader's workers split the shards as they did (the same ``num_workers``).
     """
 
     def __init__(self, loader: DataLoader, epoch: int = 0, batch: int = 0) -> None:
@@ -53,11 +54,25 @@ class EpochBatches:
         return batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch}
+        return {"epoch": self.epoch, "batch": self.batch, "num_workers": self.loader.num_workers}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue at ``state``'s position: the next batch replays the epoch up to it first."""
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        """Continue at ``state``'s position: the next batch replays the epoch up to it first.
+
+        Mid-epoch, the workers must be as many as when it was saved: each worker reads its own
+        shards, so another count orders the epoch's batches otherwise and the replay would skip
+        some samples and repeat others. At an epoch boundary any count continues exactly."""
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        saved, now = state.get("num_workers"), self.loader.num_workers
+        if batch and saved is not None and saved != now:
+            raise InputError(
+                f"the checkpoint is at batch {batch} of epoch {epoch}, read with "
+                f"data.num_workers={saved}; with data.num_workers={now} the epoch's batches come "
+                "in another order, and the resume would skip some samples and repeat others: "
+                f"resume with data.num_workers={saved} (it may change from a checkpoint at an "
+                "epoch's end)"
+            )
+        self.epoch, self.batch = epoch, batch
         self._iterator = None
 
 

@@ -186,10 +186,18 @@ def test_a_shard_shorter_than_its_info_json_is_named_counted_and_strict_stops(tm
         loader.dataset.report()
     )
     patterns = [f"data.{s}_shards={tmp_path}/{s}-*.tar" for s in ("train", "val")]
-    trainer = trainer_for(tmp_path / "run", [*patterns, "train.steps=30", "train.eval_every=30"])
+    write_shards(digits_samples("val"), tmp_path / "short", "val", 500)
+    _keep_first_samples(tmp_path / "short" / "val-000000.tar", 300)  # of 360: validation too
+    short_val = f"data.val_shards={tmp_path}/short/val-*.tar"
+    trainer = trainer_for(
+        tmp_path / "run", [patterns[0], short_val, "train.steps=30", "train.eval_every=30"]
+    )
     trainer.fit()  # 30 x 16 samples: past the short shard
     assert trainer.eval_rows[-1]["data/missing_samples"] == 133
-    assert "data/short_shards" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert trainer.eval_rows[-1]["val_data/missing_samples"] == 60  # one evaluation
+    assert trainer.eval_rows[-1]["val_data/short_shards"] == 1
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert "data/short_shards" in header and "val_data/skipped_samples" in header
     strict = trainer_for(
         tmp_path / "strict", [*patterns, "train.steps=30", "train.strict_data=true"]
     )

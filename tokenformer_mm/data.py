@@ -246,6 +246,16 @@ class ShardedStream(IterableDataset):
             logger.warning("%s", line)
         return line
 
+    def reset_counts(self) -> None:
+        """Count from zero again (a validation set's losses are those of one evaluation)."""
+        for counter in (
+            self.skipped_samples,
+            self.damaged_shards,
+            self.short_shards,
+            self.missing_samples,
+        ):
+            counter.set(0)
+
     def counts(self) -> dict[str, int]:
         """What was lost so far, all epochs and workers together (logged in metrics.csv)."""
         return {

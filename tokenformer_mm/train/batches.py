@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..distributed import sum_over_ranks
 from ..errors import InputError
 
 
@@ -80,6 +81,24 @@ def data_report(loader: DataLoader) -> str:
     """What a loader's dataset lost so far (corrupt samples, damaged or short shards)."""
     dataset = loader.dataset
     return dataset.report() if hasattr(dataset, "report") else "no data report"
+
+
+def reset_counts(loader: DataLoader) -> None:
+    """Zero what a loader's dataset counts as lost (before each pass over the validation set)."""
+    if hasattr(loader.dataset, "reset_counts"):
+        loader.dataset.reset_counts()
+
+
+def data_columns(train: DataLoader, val: DataLoader) -> dict[str, int]:
+    """metrics.csv's ``data/*`` and ``val_data/*`` columns: what the training set lost so far
+    and the validation set in its last evaluation, every rank's counts added up (a collective)."""
+    totals = {
+        f"{prefix}/{name}": torch.tensor(float(value))
+        for prefix, loader in (("data", train), ("val_data", val))
+        if hasattr(loader.dataset, "counts")
+        for name, value in loader.dataset.counts().items()
+    }
+    return {name: int(value) for name, value in sum_over_ranks(totals).items()} if totals else {}
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:

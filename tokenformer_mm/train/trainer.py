@@ -24,7 +24,7 @@ from ..growth import fit_to_shape, grow_model, grown_companion_state, load_grown
 from ..growth import state_shape as shape_from_tensors
 from ..pattention import KINDS
 from . import checkpoint, parallel, resume, run_config, start
-from .batches import EpochBatches, to_device
+from .batches import EpochBatches, data_columns, reset_counts, to_device
 from .config import validate
 from .metric_log import MetricLog, ProgressLine
 from .nonfinite import NonFiniteGuard
@@ -282,13 +282,13 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------------
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        reset_counts(self.eval_loader)  # val_data/*: what this evaluation's data lost
         with self._autocast():
             return self.task.evaluate(model, self.eval_loader)
 
     def _evaluate_and_log(self, train_loss: float) -> None:
         metrics = self._evaluate(self._eval_model())
-        dataset = self.train_loader.dataset  # its losses so far: corrupt samples, bad shards
-        counts = dataset.counts() if hasattr(dataset, "counts") else {}
+        lost = data_columns(self.train_loader, self.eval_loader)  # corrupt samples, bad shards
         self.log.log_evaluation(
             {
                 "step": self.state.step,
@@ -298,7 +298,7 @@ class Trainer:
                 "params": sum(p.numel() for p in self.model.parameters()),
                 "flops": self.state.total_flops,
                 **metrics,
-                **{f"data/{name}": value for name, value in counts.items()},
+                **lost,
                 **self.guard.columns(self.state.nonfinite_skipped),
             }
         )

@@ -23,13 +23,14 @@ from typing import Any
 import safetensors.torch
 from torch import nn
 
+from tokenformer_mm.checkpoint_layout import MODEL_FILE
 from tokenformer_mm.growth import load_resized
 from tokenformer_mm.weights import file_shape, save_weights
 
 from .tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer, save_tokenizer
 
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = MODEL_FILE  # Hugging Face's name for it too (transformers' SAFE_WEIGHTS_NAME)
 GENERATION_FILE = "generation_config.json"
 MODEL_TYPE = "tokenformer"
 ARCHITECTURE = "TokenformerForCausalLM"  # language/hf.py

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from tokenformer_mm.checkpoint_layout import newest_checkpoint
 from tokenformer_mm.train import checkpoint
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     source = args.source
     if not (source / checkpoint.STATE_FILE).is_file():
-        newest = checkpoint.latest(source / "checkpoints")
+        newest = newest_checkpoint(source)
         if newest is None:
             parser.error(f"{source} is neither a checkpoint nor a run directory with checkpoints")
         source = newest

@@ -32,7 +32,8 @@ from growth_report import ROOT, SIZES, arm_result, best_arm, write_report
 from hydra import compose, initialize_config_dir
 from tqdm import tqdm
 
-from tokenformer_mm.train import Trainer, build_task, checkpoint, register_schemas
+from tokenformer_mm.checkpoint_layout import CHECKPOINTS_DIR, newest_checkpoint, step_dir_name
+from tokenformer_mm.train import Trainer, build_task, register_schemas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Run:
 
 
 def _ckpt(work_dir: Path, run: str, step: int) -> Path:
-    return work_dir / run / "checkpoints" / f"step_{step:08d}"
+    return work_dir / run / CHECKPOINTS_DIR / step_dir_name(step)
 
 
 def _schedule(tower: Any, steps: int, run_dir: Path, seed: int) -> list[str]:
@@ -129,15 +130,15 @@ def arm_points(tower: Any) -> list[tuple[str, int]]:
 
 
 def is_done(run_dir: Path, steps: int) -> bool:
-    latest = checkpoint.latest(run_dir / "checkpoints")
-    return latest is not None and latest.name == f"step_{steps:08d}"
+    latest = newest_checkpoint(run_dir)
+    return latest is not None and latest.name == step_dir_name(steps)
 
 
 def execute(config: str, run: Run, work_dir: Path, threads: int | None) -> None:
     """Train ``run`` (resuming it if a previous study was killed mid-run)."""
     run_dir = work_dir / run.name
     overrides = [*run.overrides]
-    if checkpoint.latest(run_dir / "checkpoints") is not None:
+    if newest_checkpoint(run_dir) is not None:
         overrides = [o for o in overrides if not o.startswith("train.branch_from=")]
         overrides.append("resume=true")
     if threads is None:  # in this process

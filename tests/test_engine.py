@@ -12,6 +12,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 
 from tokenformer_mm import Pattention
+from tokenformer_mm.checkpoint_layout import newest_checkpoint
 from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import Trainer, build_task, checkpoint, load_run
 from tokenformer_mm.train.config import validate
@@ -58,7 +59,7 @@ def test_short_digits_run_learns_and_writes_its_outputs(tmp_path):
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert header.split(",")[:6] == ["step", "epoch", "train/loss", "lr", "params", "flops"]
     assert {"val/loss", "val/top1", "val/top5"} <= set(header.split(","))
-    last = checkpoint.latest(tmp_path / "checkpoints")
+    last = newest_checkpoint(tmp_path / "checkpoints")
     assert (
         last.name == "step_00000160"
         and len(checkpoint.checkpoint_dirs(tmp_path / "checkpoints")) == 2
@@ -113,7 +114,7 @@ def test_warm_start_from_a_smaller_run_is_exact(tmp_path):
 def test_ema_weights_are_saved_and_evaluated(tmp_path):
     trainer = trainer_for(tmp_path, ["train.steps=6", "train.ema_decay=0.9"])
     trainer.fit()
-    last = checkpoint.latest(tmp_path / "checkpoints")
+    last = newest_checkpoint(tmp_path / "checkpoints")
     ema = safetensors.torch.load_file(last / checkpoint.EMA_FILE)
     live = safetensors.torch.load_file(last / checkpoint.MODEL_FILE)
     key = "blocks.0.ffn.value_tokens"
@@ -202,7 +203,7 @@ def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
     train_until_killed(
         train_command([*common, f"run_dir={killed}"]), killed / "checkpoints" / "step_00000008"
     )
-    resumed_from = checkpoint.latest(killed / "checkpoints")
+    resumed_from = newest_checkpoint(killed / "checkpoints")
     assert resumed_from is not None and int(resumed_from.name[5:]) < 24
 
     run(train_command([*common, f"run_dir={killed}", "resume=true"]))
@@ -211,7 +212,7 @@ def test_resume_after_sigkill_replays_the_same_losses(tmp_path):
     for step in range(int(resumed_from.name[5:]) + 1, 25):
         assert got[step] == pytest.approx(expected[step], abs=1e-6), step
     grown = safetensors.torch.load_file(
-        checkpoint.latest(killed / "checkpoints") / "model.safetensors"
+        newest_checkpoint(killed / "checkpoints") / "model.safetensors"
     )
     assert grown["blocks.0.ffn.key_tokens"].shape[0] == 128
 
@@ -255,7 +256,7 @@ checkpoint.save({str(tmp_path)!r}, 2, big, {{"step": 2}})
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "step_00000002").exists()
-    last = checkpoint.latest(tmp_path)
+    last = newest_checkpoint(tmp_path)
     assert last.name == "step_00000001"
     assert checkpoint.load_state(last) == {"step": 1}
     assert checkpoint.load_weights(last)["weight"].shape == (4096, 4096)
@@ -284,8 +285,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     one = compose_config("vision", [*common, "train.batch_size=16", f"run_dir={tmp_path / 'one'}"])
     Trainer(one, build_task(one), tmp_path / "one").fit()  # the reference, in this process
     run(train_command([*common, "train.batch_size=8", f"run_dir={tmp_path / 'two'}"], processes=2))
-    one = checkpoint.load_weights(checkpoint.latest(tmp_path / "one" / "checkpoints"))
-    two = checkpoint.load_weights(checkpoint.latest(tmp_path / "two" / "checkpoints"))
+    one = checkpoint.load_weights(newest_checkpoint(tmp_path / "one" / "checkpoints"))
+    two = checkpoint.load_weights(newest_checkpoint(tmp_path / "two" / "checkpoints"))
     for key in one:
         assert_equal_up_to_rounding(two[key], one[key])
     assert step_losses(tmp_path / "one")[6] == pytest.approx(
@@ -298,7 +299,7 @@ def test_cli_prints_results_and_multirun_sweeps(tmp_path):
     sweep = ["-m", *TINY_VISION, "train.steps=3", f"run_dir={tmp_path}", "optim.lr=1e-3,2e-3"]
     result = run(train_command(sweep))
     for job in ("0", "1"):
-        assert checkpoint.latest(tmp_path / job / "checkpoints").name == "step_00000003"
+        assert newest_checkpoint(tmp_path / job / "checkpoints").name == "step_00000003"
     assert result.stdout.count("final validation: val/loss") == 2
     typo = subprocess.run(
         train_command(["optim.lrr=1"]), capture_output=True, text=True, cwd=tmp_path
@@ -353,13 +354,13 @@ def test_a_cooldown_branch_equals_a_run_scheduled_for_its_budget(tmp_path):
     trainer_for(short, [*common, "train.steps=6", "train.checkpoint_every=6"]).fit()
     step_4 = long / "checkpoints" / "step_00000004"
     trainer_for(branch, [*common, "train.steps=6", f"train.branch_from={step_4}"]).fit()
-    ours = checkpoint.load_weights(checkpoint.latest(branch / "checkpoints"))
-    expected = checkpoint.load_weights(checkpoint.latest(short / "checkpoints"))
-    assert checkpoint.latest(branch / "checkpoints").name == "step_00000006"
+    ours = checkpoint.load_weights(newest_checkpoint(branch / "checkpoints"))
+    expected = checkpoint.load_weights(newest_checkpoint(short / "checkpoints"))
+    assert newest_checkpoint(branch / "checkpoints").name == "step_00000006"
     for key in expected:
         assert_equal_up_to_rounding(ours[key], expected[key])
     assert set(step_losses(branch)) == {5, 6}  # only the decay was trained in the branch
-    far = checkpoint.load_weights(checkpoint.latest(long / "checkpoints"))
+    far = checkpoint.load_weights(newest_checkpoint(long / "checkpoints"))
     assert any(not torch.equal(far[k], expected[k]) for k in expected)
 
 
@@ -441,7 +442,7 @@ def test_compiled_training_matches_eager_through_growth(tmp_path):
     assert sorted(got) == list(range(1, 5))
     for step, loss in expected.items():  # the same ATen ops, fused differently: rounding only
         assert got[step] == pytest.approx(loss, rel=1e-5), step
-    saved = checkpoint.load_weights(checkpoint.latest(tmp_path / "compiled" / "checkpoints"))
+    saved = checkpoint.load_weights(newest_checkpoint(tmp_path / "compiled" / "checkpoints"))
     assert not [key for key in saved if "_orig_mod" in key]  # checkpoints keep the model's keys
 
 
@@ -454,7 +455,7 @@ def test_a_checkpoint_with_the_optimizer_keyed_by_index_still_resumes_exactly(tm
     straight.fit()
     paused = trainer_for(tmp_path / "paused", settings)
     paused.fit(until=4)
-    saved = checkpoint.latest(tmp_path / "paused" / "checkpoints")
+    saved = newest_checkpoint(tmp_path / "paused" / "checkpoints")
     state = checkpoint.load_state(saved)
     assert isinstance(next(iter(state["optimizer"]["state"])), str)  # by name now
     state["optimizer"] = paused.optimizer.state_dict()  # the older layout: by index

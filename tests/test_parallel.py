@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from scripts.export import main as export_main
+from tokenformer_mm.checkpoint_layout import newest_checkpoint
 from tokenformer_mm.language import TokenformerLM
 from tokenformer_mm.language.model import lm_config
 from tokenformer_mm.shards import write_shards
@@ -96,9 +97,9 @@ def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(
     for step in expected:  # fp32 sums in another order (two half batches): ~1e-7 relative
         assert got[step] == pytest.approx(expected[step], rel=1e-4), step
 
-    final = checkpoint.latest(two / "checkpoints")
+    final = newest_checkpoint(two / "checkpoints")
     sharded = checkpoint.load_weights(final)  # one process reads every rank's shards
-    full = checkpoint.load_weights(checkpoint.latest(one / "checkpoints"))
+    full = checkpoint.load_weights(newest_checkpoint(one / "checkpoints"))
     assert sharded.keys() == full.keys()
     assert sharded["blocks.0.ffn.key_tokens"].shape[0] == 1024  # grown from 512
     assert "blocks.3.ffn.key_tokens" in sharded  # and from 2 blocks to 4
@@ -114,7 +115,7 @@ def test_fsdp_on_two_processes_matches_one_process_through_growth_and_a_sigkill(
     checkpoint.load_model(model, exported)
     tokens = torch.randint(0, 256, (2, SEQ_LEN))
     reference = TokenformerLM(lm_config("small"))
-    checkpoint.load_model(reference, checkpoint.latest(one / "checkpoints"))
+    checkpoint.load_model(reference, newest_checkpoint(one / "checkpoints"))
     model.eval(), reference.eval()
     with torch.no_grad():
         assert_equal_up_to_rounding(

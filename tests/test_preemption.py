@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenformer_mm.train import checkpoint
+from tokenformer_mm.checkpoint_layout import newest_checkpoint
 from tokenformer_mm.train.preemption import PREEMPTED_EXIT_CODE
 
 from .engine_utils import ROOT, TINY_VISION, run, step_losses, train_command
@@ -81,7 +81,7 @@ def test_a_stop_signal_checkpoints_and_resume_replays_the_uninterrupted_run(
     code, stderr = signal_mid_run(
         train_command([*COMMON, f"run_dir={stopped}"], processes=processes), stopped, sig
     )
-    saved = checkpoint.latest(stopped / "checkpoints")
+    saved = newest_checkpoint(stopped / "checkpoints")
     assert saved is not None, stderr[-3000:]
     step = int(saved.name[5:])
     assert 10 <= step < STEPS and steps_logged(stopped) == step  # the step it was in, finished

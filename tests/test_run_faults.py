@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tokenformer_mm.checkpoint_layout import newest_checkpoint
 from tokenformer_mm.shards import write_shards
 from tokenformer_mm.train import checkpoint
 from tokenformer_mm.train.run_dir import claim_run_dir
@@ -45,7 +46,7 @@ def test_a_disk_that_fills_during_a_checkpoint_stops_the_run_keeping_the_last_on
     assert checkpoint.damage(ckpt_dir / "step_00000002") is None
 
     run(train_command([f"run_dir={run_dir}", "resume=true"]))  # space freed: it continues
-    assert checkpoint.latest(ckpt_dir).name == "step_00000004"
+    assert newest_checkpoint(ckpt_dir).name == "step_00000004"
 
 
 @pytest.mark.slow
@@ -145,7 +146,7 @@ def test_a_run_resumed_on_another_number_of_processes_continues_and_says_what_it
     )
     said = resumed.stdout + resumed.stderr  # the log goes to stdout
     assert "the rest of epoch 0 is skipped and the data restarts at epoch 1" in said
-    assert checkpoint.latest(run_dir / "checkpoints").name == "step_00000006"
+    assert newest_checkpoint(run_dir / "checkpoints").name == "step_00000006"
 
 
 def test_the_default_run_dir_is_one_folder_for_every_rank_of_a_torchrun_launch(monkeypatch):

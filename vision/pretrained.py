@@ -7,13 +7,14 @@ being dropped or left random, and ``save_for_timm``, the folder timm builds a gr
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
+from tokenformer_mm.checkpoint_layout import MODEL_FILE as WEIGHTS_FILE
+from tokenformer_mm.checkpoint_layout import newest_checkpoint
 from tokenformer_mm.growth import fit_to_shape, state_shape
 from tokenformer_mm.growth.tokens import token_counts_by_kind
 
@@ -21,9 +22,6 @@ if TYPE_CHECKING:
     from .tokenformer_vit import TokenformerViT
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "model.safetensors"  # a checkpoint's, an export's and timm's folder's name
-_STEP_DIR = re.compile(r"step_\d+")  # a run's checkpoints/step_00000800 (.tmp: unfinished)
 
 
 def with_weights_file(pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -43,13 +41,12 @@ def weights_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    steps_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(p for p in steps_dir.glob("step_*") if _STEP_DIR.fullmatch(p.name))
-    folder = steps[-1] if steps else path  # zero-padded step numbers: the last is the newest
+    newest = newest_checkpoint(path)
+    folder = newest if newest is not None else path
     if (folder / WEIGHTS_FILE).is_file():
         return folder / WEIGHTS_FILE
     given = f"pretrained_cfg_overlay=dict(file={str(path)!r})"
-    if steps:  # train.parallel=fsdp writes shards, not one file
+    if newest is not None:  # train.parallel=fsdp writes shards, not one file
         raise FileNotFoundError(
             f"{given}: its newest checkpoint {folder} has no {WEIGHTS_FILE} (a sharded one); "
             f"write one with: python scripts/export.py {folder} {WEIGHTS_FILE}"

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
+from ..checkpoint_layout import checkpoint_dirs
+
 logger = logging.getLogger(__name__)
-
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (``.tmp`` leftovers are ignored)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
 
 
 def publish(root: Path, staging: Path, final: Path, keep: int) -> None:

@@ -30,20 +30,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from ..checkpoint_layout import EMA_FILE, MODEL_FILE, checkpoint_dirs, step_dir_name
 from ..growth import Shape, load_resized
 from ..weights import file_shape, save_tensors, save_weights
-from .atomic import checkpoint_dirs, publish
+from .atomic import publish
 from .sharded import SHARDED_DIR, STATE_FILE, is_sharded, read_sharded_weights, sharded_damage
 
 logger = logging.getLogger(__name__)
-
-MODEL_FILE = "model.safetensors"
-EMA_FILE = "ema.safetensors"
-
-
-def latest(root: str | os.PathLike) -> Path | None:
-    dirs = checkpoint_dirs(root)
-    return dirs[-1] if dirs else None
 
 
 def damage(checkpoint: Path) -> str | None:
@@ -125,8 +118,8 @@ def save(
 ) -> Path:
     """Write checkpoint ``step`` atomically, then delete all but the newest ``keep``."""
     root = Path(root)
-    final = root / f"step_{step:08d}"
-    staging = root / f"step_{step:08d}.tmp"
+    final = root / step_dir_name(step)
+    staging = root / f"{final.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint_layout import newest_checkpoint
 from ..distributed import sum_over_ranks
-from . import checkpoint, parallel
+from . import parallel
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class NonFiniteGuard:
             )
 
     def _message(self, step: int, what: str) -> str:
-        newest = checkpoint.latest(self.ckpt_dir)
+        newest = newest_checkpoint(self.ckpt_dir)
         where = (
             f"the newest checkpoint, {newest}, holds finite weights: resume from it (resume=true) "
             "with a lower optim.lr or stronger clipping (optim.grad_clip)"

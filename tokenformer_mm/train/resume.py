@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint_layout import newest_checkpoint
 from ..distributed import all_gather_objects, rank_and_world_size, sum_over_ranks
 from ..growth import model_shape
 from . import checkpoint, parallel, start
@@ -72,7 +73,7 @@ def save(parts: RunParts, ckpt_dir: Path, sharded: bool, keep: int) -> None:
         raise CheckpointWriteError(
             f"the checkpoint of step {step} could not be written in {ckpt_dir} "
             f"({failure or 'on rank 0'}); nothing of it was kept, and the newest checkpoint, "
-            f"{checkpoint.latest(ckpt_dir)}, is intact. Free space (a save needs room for "
+            f"{newest_checkpoint(ckpt_dir)}, is intact. Free space (a save needs room for "
             f"train.keep_checkpoints={keep} checkpoints plus the one it writes) and continue "
             "with resume=true"
         ) from failure

@@ -17,6 +17,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from ..checkpoint_layout import step_dir_name
 from ..distributed import barrier, rank_and_world_size
 from ..growth.optimizer import NEW_ROWS, restore_new_rows, split_new_rows
 from .atomic import publish
@@ -93,7 +94,8 @@ def save_sharded(
     """Write checkpoint ``step`` with every rank's shards (a collective: every rank calls it;
     ``state`` is rank 0's ``state.pt``, None elsewhere), atomically as ``save`` does."""
     root = Path(root)
-    final, staging = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
+    final = root / step_dir_name(step)
+    staging = root / f"{final.name}.tmp"
     is_main = rank_and_world_size()[0] == 0
     if is_main:
         shutil.rmtree(staging, ignore_errors=True)

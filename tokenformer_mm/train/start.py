@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint_layout import CHECKPOINTS_DIR, newest_checkpoint
 from ..flops import training_flops
 from . import checkpoint
 from .batches import data_report, to_device
@@ -23,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 def resume_checkpoint(run_dir: Path, resume: bool, branch_from: str | None) -> Path | None:
     """This run's newest checkpoint (``resume``), else ``train.branch_from``'s, else None."""
-    ckpt_dir = run_dir / "checkpoints"
-    found = checkpoint.latest(ckpt_dir)
+    ckpt_dir = run_dir / CHECKPOINTS_DIR
+    found = newest_checkpoint(ckpt_dir)
     if found is not None and not resume:
         raise ValueError(
             f"{run_dir} already holds checkpoints ({found.name}); pass resume=true to "
@@ -45,11 +46,8 @@ def resume_checkpoint(run_dir: Path, resume: bool, branch_from: str | None) -> P
 def branch_point(path: Path) -> Path:
     """The checkpoint ``train.branch_from`` names: a checkpoint directory, or a run's
     ``checkpoints/`` folder or run directory (then its newest checkpoint)."""
-    for candidate in (path, path / "checkpoints"):
-        newest = checkpoint.latest(candidate) if candidate.is_dir() else None
-        if newest is not None:
-            path = newest
-            break
+    newest = newest_checkpoint(path) if not (path / checkpoint.STATE_FILE).is_file() else None
+    path = newest if newest is not None else path
     if not (path / checkpoint.STATE_FILE).is_file():
         raise ValueError(
             f"train.branch_from={str(path)!r} is not a checkpoint: expected a directory with "

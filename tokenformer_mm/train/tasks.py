@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..checkpoint_layout import newest_checkpoint
 from . import checkpoint
 from .metric_log import CONFIG_FILE
 
@@ -99,7 +100,7 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     if (path / checkpoint.STATE_FILE).is_file():
         return path, path.parent.parent
-    found = checkpoint.latest(path / "checkpoints")
+    found = newest_checkpoint(path)
     if found is None:
         raise ValueError(f"{path} is neither a checkpoint directory nor a run with checkpoints")
     return found, path

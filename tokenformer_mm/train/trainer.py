@@ -1,9 +1,8 @@
 """The training loop every domain shares (docs/design.md, "The engine").
 
 A domain supplies a ``Task`` (model, loaders, loss, evaluation); the ``Trainer`` owns the rest:
-optimizer, schedule, clipping, accumulation, autocast, EMA, evaluation, checkpoints and exact
-resume, growth, DDP/FSDP2 (``parallel.py``), compile, divergence (``nonfinite.py``), clean stops
-on a scheduler's signal (``preemption.py``) and the run's record (``metric_log``).
+optimizer, schedule, clipping, accumulation, autocast, EMA, evaluation, checkpoints, exact resume,
+growth, DDP/FSDP2, compile, divergence, clean stops on a scheduler's signal, the run's record.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from ..checkpoint_layout import CHECKPOINTS_DIR, newest_checkpoint
 from ..distributed import mean_over_ranks, setup_distributed
 from ..growth import fit_to_shape, grow_model, grown_companion_state, load_grown, seed_new_rows
 from ..growth import state_shape as shape_from_tensors
@@ -52,7 +52,7 @@ class Trainer:
         self.cfg, self.task = cfg, task
         self.run_dir = Path(run_dir)
         changes = run_config.check_changes(self.run_dir, cfg) if cfg.resume else {}
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = self.run_dir / CHECKPOINTS_DIR
         self.rank, self.world_size, self.device = setup_distributed(cfg.train.device)
         self.is_main = self.rank == 0
         if self.is_main:
@@ -158,11 +158,11 @@ class Trainer:
                     self.guard.check_weights(self.model, step)  # never a checkpoint to distrust
                     resume.save(self._parts(), self.ckpt_dir, self.sharded, cfg.keep_checkpoints)
                 if stop:
-                    raise self.stop_signals.preempted(step, checkpoint.latest(self.ckpt_dir))
+                    raise self.stop_signals.preempted(step, newest_checkpoint(self.ckpt_dir))
         plot = self.log.plot([e["step"] for e in self.state.growth_events if e["step"] > 0])
         return {
             "metrics": self.eval_rows[-1] if self.eval_rows else {},
-            "checkpoint": str(checkpoint.latest(self.ckpt_dir)),
+            "checkpoint": str(newest_checkpoint(self.ckpt_dir)),
             "metrics_csv": str(self.run_dir / "metrics.csv"),
             "plot": str(plot),
         }

@@ -16,7 +16,6 @@ from tokenformer_mm.language import (
     load_tokenizer,
 )
 from tokenformer_mm.language.data import PackBlocks, text_eval_loader, text_train_loader
-from tokenformer_mm.language.official import official_key_map
 from tokenformer_mm.language.sources import (
     STDLIB_TEST_FOLDERS,
     pydoc_documents,
@@ -93,14 +92,26 @@ def test_generation_greedy_cache_stop_and_filters():
 
 
 def official_state(config, generator=None, empty=False):
-    """A state dict with the official GPT-NeoX sequential names and shapes (random or empty)."""
-    with torch.device("meta"):  # shapes only: no memory, no compute, even at 150M
-        shapes = {k: v.shape for k, v in TokenformerLM(config).state_dict().items()}
+    """A state dict with the official GPT-NeoX sequential names and shapes (random or empty),
+    written out from the official layout, not from the library's key map (a wrong map would
+    otherwise build its own fixtures)."""
+    d = config.dim
+    shapes = {"sequential.0.word_embeddings.weight": (config.vocab_size, d)}
+    for i in range(2, config.depth + 2):
+        for layer, tokens in (
+            ("attention.query", config.qkv_tokens),
+            ("attention.key", config.qkv_tokens),
+            ("attention.value", config.qkv_tokens),
+            ("attention.proj", config.proj_tokens),
+            ("mlp", config.ffn_tokens),
+        ):
+            for part in ("key", "value"):
+                shapes[f"sequential.{i}.{layer}.{part}_param_tokens"] = (tokens, d)
+    for part in ("weight", "bias"):
+        shapes[f"sequential.{config.depth + 3}.norm.{part}"] = (d,)
     return {
-        official: torch.empty(shapes[key])
-        if empty
-        else torch.randn(shapes[key], generator=generator) * 0.1
-        for official, key in official_key_map(config.depth).items()
+        name: torch.empty(shape) if empty else torch.randn(shape, generator=generator) * 0.1
+        for name, shape in shapes.items()
     }
 
 

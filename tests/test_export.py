@@ -96,6 +96,19 @@ def test_onnx_of_the_language_model_reproduces_it_at_every_batch_and_length(tmp_
     assert_reproduces(model, lambda x: onnx_outputs(tmp_path / "lm.onnx", x), inputs)
 
 
+def test_models_under_mup_export_as_they_compute(tmp_path):
+    """The values' multiplier (b / n: here 2 and 1/2) is in the graphs: ONNX (TorchScript's
+    exporter) and a torch.export program reproduce the eager models."""
+    vision = image_model(parametrization="mup", qkv_tokens=48, ffn_tokens=768)
+    to_onnx(vision, torch.randn(2, 3, 32, 32), tmp_path / "m.onnx", False, {0: "batch"})
+    inputs = [torch.randn(b, 3, 32, 32) for b in (1, 3)]
+    assert_reproduces(vision, lambda x: onnx_outputs(tmp_path / "m.onnx", x), inputs)
+    lm = AllLogits(TokenformerLM(lm_config("tiny", parametrization="mup"))).eval()
+    program = torch.export.export(lm, (torch.randint(320, (2, 16)),))
+    tokens = torch.randint(320, (2, 16))
+    assert_equal_up_to_rounding(program.module()(tokens).detach(), lm(tokens).detach())
+
+
 def test_exported_programs_reproduce_both_models_and_run_with_trainable_parameters():
     """torch.export records the plain path: the fused one's ``out=`` matmuls made a program
     that failed wherever a parameter requires grad."""

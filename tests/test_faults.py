@@ -446,6 +446,7 @@ SCRIPTS_WITH_HELP = [
     "make_shards",
     "study_branch_scale",
     "study_coord_check",
+    "study_lr_transfer",
     "timm_model_tests",
     "train_tokenizer",
 ]  # not train.py: its --help is Hydra's own

@@ -9,6 +9,7 @@
                                           # variants vs the matched ViT under timm's train.py
     python scripts/bench.py clip-train    # CLIP towers under open_clip's own trainer
     python scripts/bench.py shard-memory  # bytes per rank, DDP vs FSDP2, 450M LM on 2 ranks
+    python scripts/bench.py hf-checkpointing  # activation memory under transformers
 
 Every entry records the command line, machine, torch version and date, so a figure can always be
 reproduced. On a CUDA machine the same commands measure GPU figures. Each subject is one file in
@@ -24,6 +25,7 @@ from benchmarks import (
     clip_eval,
     data,
     growth_kick,
+    hf_checkpointing,
     language,
     pattention,
     shard_memory,
@@ -32,7 +34,10 @@ from benchmarks import (
 )
 from benchmarks.common import REPORT
 
-SUBJECTS = (pattention, data, vision, language, upstream, growth_kick, shard_memory, clip_eval)
+SUBJECTS = (
+    pattention, data, vision, language, upstream, growth_kick, shard_memory, clip_eval,
+    hf_checkpointing,
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tokenformer_mm.extras import missing_extra
@@ -141,12 +142,15 @@ class TokenformerForCausalLM(PreTrainedModel, GenerationMixin):
         past = [(layer.keys, layer.values) for layer in cache.layers] if past_len else None
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # no padding: the same function, on SDPA's causal kernel
-        if use_cache or past_len or position_ids is not None:
+        if use_cache or past_len:
             logits, present = self.model.forward_cached(
                 input_ids, past, attention_mask, inputs_embeds, position_ids
             )
-        else:  # training: the plain forward, which recomputes blocks under grad checkpointing
-            logits, _ = self.model(input_ids, None, attention_mask, True, inputs_embeds)
+        else:  # training: the plain path, which recomputes blocks under grad checkpointing
+            hidden = self.model._hidden(  # position_ids: packed sequences (padding-free)
+                input_ids, attention_mask, 0, inputs_embeds=inputs_embeds, position_ids=position_ids
+            )
+            logits = F.linear(hidden, self.model.embed.weight)  # tied output embedding
         if use_cache:
             for i, (keys, values) in enumerate(present):
                 cache.update(keys[:, :, past_len:], values[:, :, past_len:], i)

@@ -183,5 +183,9 @@ def test_checkpointing_under_transformers_recomputes_blocks_with_the_default_use
         output.loss.backward()
         assert len(calls) == runs_per_block * len(auto.model.blocks)
     assert getattr(output, "cache", getattr(output, "past_key_values", None)) is None
+    calls.clear()  # packed sequences (padding-free collators) pass position_ids: still recomputed
+    positions = torch.arange(16).repeat(2, 1)
+    auto(tokens, labels=tokens, position_ids=positions).loss.backward()
+    assert len(calls) == 2 * len(auto.model.blocks)
     with torch.no_grad():  # in eval, generation keeps its cache
         assert auto.eval()(tokens).past_key_values is not None

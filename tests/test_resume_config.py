@@ -140,3 +140,17 @@ def test_a_resume_that_reshapes_the_schedule_says_how_the_rate_jumps(optim, warn
         assert "optim.schedule=wsd" in caplog.text
     else:
         assert not caplog.text and optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)
+
+
+def test_a_resume_with_a_lower_lr_trains_at_it():
+    """Before: the saved schedule's base rate came back with its position, so optim.lr on a
+    resume (allowed, and what the divergence message advises) changed nothing."""
+    from tokenformer_mm.train.start import continue_schedule
+
+    saved = schedule_at(1000, 400, {"lr": 2e-3, "schedule": "wsd"})[1]
+    optimizer, scheduler = schedule_at(1000, 0, {"lr": 1e-3, "schedule": "wsd"})
+    continue_schedule(optimizer, scheduler, saved.state_dict())
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # and stays there

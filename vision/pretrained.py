@@ -154,5 +154,7 @@ def save_for_timm(model: TokenformerViT, directory: str | Path) -> Path:
             "one count per kind; save the weights alone (checkpoint.save_weights) instead"
         )
     shape_args = {"depth": len(model.blocks), **{f"{k}_tokens": n.pop() for k, n in counts.items()}}
+    if any(getattr(m, "base_tokens", None) is not None for m in model.modules()):
+        shape_args["parametrization"] = "mup"  # the values' multiplier: rebuilt, not guessed
     save_for_hf(model, str(directory), model_args=shape_args, safe_serialization=True)
     return directory

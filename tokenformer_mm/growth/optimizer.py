@@ -19,7 +19,18 @@ from .report import GrowthReport
 NEW_ROWS = "new_rows_from"  # the optimizer-state key of the first row still to be seeded
 # The order of each state tensor in the gradient (Adam / AdamW / SGD): when μP growth multiplies
 # a value row by f, its gradient is divided by f, so these moments are divided by f ** order.
-MOMENT_ORDER = {"exp_avg": 1, "momentum_buffer": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2}
+MOMENT_ORDER = {
+    "exp_avg": 1,
+    "momentum_buffer": 1,
+    "grad_avg": 1,
+    "exp_avg_diff": 1,
+    "exp_inf": 1,
+    "exp_avg_sq": 2,
+    "max_exp_avg_sq": 2,
+    "square_avg": 2,
+    "exp_avg_var": 2,
+    "sum": 2,
+}  # fmt: skip  (Adam(W), SGD, RMSprop, Adan, Adamax, AdaBelief, Adagrad)
 
 
 def successors(reports: tuple[GrowthReport, ...]) -> dict[nn.Parameter, nn.Parameter]:
@@ -62,6 +73,9 @@ def grow_optimizer_state(optimizer: torch.optim.Optimizer, *reports: GrowthRepor
         for param, (rows, factor) in report.rescaled.items():
             param = moved.get(param, param)
             rescaled[param] = (rows, rescaled.get(param, (rows, 1.0))[1] * factor)
+    for old, param in moved.items():  # refused before anything changes
+        if param in rescaled:
+            _check_moment_keys(optimizer.state.get(old, optimizer.state.get(param, {})))
     grown = 0
     for group in optimizer.param_groups:
         for i, old in enumerate(group["params"]):
@@ -96,14 +110,18 @@ def grow_optimizer_state(optimizer: torch.optim.Optimizer, *reports: GrowthRepor
     return grown
 
 
+def _check_moment_keys(state: dict[str, Any]) -> None:
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.dim() > 0 and key not in MOMENT_ORDER:
+            raise ValueError(
+                f"optimizer state {key!r} cannot follow a μP growth's rescaled value rows; "
+                f"known: {sorted(MOMENT_ORDER)}; grow without the optimizer and build a new one"
+            )
+
+
 def _rescale_moments(state: dict[str, Any], rows: int, factor: float) -> None:
     for key, value in state.items():
         if torch.is_tensor(value) and value.dim() > 0:
-            if key not in MOMENT_ORDER:
-                raise ValueError(
-                    f"optimizer state {key!r} cannot follow a μP growth's rescaled value rows; "
-                    f"known: {sorted(MOMENT_ORDER)} (Adam, AdamW, SGD)"
-                )
             value[:rows] /= factor ** MOMENT_ORDER[key]
 
 

@@ -65,7 +65,7 @@ class EpochBatches:
         some samples and repeat others. At an epoch boundary any count continues exactly."""
         epoch, batch = int(state["epoch"]), int(state["batch"])
         saved, now = state.get("num_workers"), self.loader.num_workers
-        if batch and saved is not None and saved != now:
+        if batch and saved is not None and max(saved, 1) != max(now, 1):  # 0: one reader too
             raise InputError(
                 f"the checkpoint is at batch {batch} of epoch {epoch}, read with "
                 f"data.num_workers={saved}; with data.num_workers={now} the epoch's batches come "
@@ -89,11 +89,12 @@ def reset_counts(loader: DataLoader) -> None:
         loader.dataset.reset_counts()
 
 
-def data_columns(train: DataLoader, val: DataLoader) -> dict[str, int]:
+def data_columns(train: DataLoader, val: DataLoader, device: torch.device) -> dict[str, int]:
     """metrics.csv's ``data/*`` and ``val_data/*`` columns: what the training set lost so far
-    and the validation set in its last evaluation, every rank's counts added up (a collective)."""
+    and the validation set in its last evaluation, every rank's counts added up (a collective,
+    on ``device``: NCCL reduces CUDA tensors only)."""
     totals = {
-        f"{prefix}/{name}": torch.tensor(float(value))
+        f"{prefix}/{name}": torch.tensor(float(value), device=device)
         for prefix, loader in (("data", train), ("val_data", val))
         if hasattr(loader.dataset, "counts")
         for name, value in loader.dataset.counts().items()

@@ -69,7 +69,9 @@ def continue_schedule(
     shape: LambdaLR would restore our schedule objects' fields too, and a branch (or a
     resume with other train.steps or optim.decay_steps) follows this run's config."""
     lambdas = [None] * len(scheduler.lr_lambdas)  # None: keep ours
+    base_lrs = list(scheduler.base_lrs)  # this run's optim.lr (a resume may lower it)
     scheduler.load_state_dict({**scheduler_state, "lr_lambdas": lambdas})
+    scheduler.base_lrs = base_lrs
     for group, base_lr, schedule in zip(
         optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
     ):
@@ -82,7 +84,7 @@ def continue_schedule(
             "reshapes the schedule around the step it resumes at. To go on without a jump, "
             "train with optim.schedule=wsd and continue from a checkpoint in its stable phase "
             "(train.branch_from=...; the README's 'cooldown branches')",
-            scheduler.last_epoch, saved[0], now, now / saved[0],
+            scheduler.last_epoch, saved[0], now, now / saved[0] if saved[0] else math.inf,
         )  # fmt: skip
 
 

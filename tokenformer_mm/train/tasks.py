@@ -103,7 +103,7 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
     found = newest_checkpoint(path)
     if found is None:
         raise ValueError(f"{path} is neither a checkpoint directory nor a run with checkpoints")
-    return found, path
+    return found, found.parent.parent
 
 
 def load_run(

@@ -288,7 +288,7 @@ class Trainer:
 
     def _evaluate_and_log(self, train_loss: float) -> None:
         metrics = self._evaluate(self._eval_model())
-        lost = data_columns(self.train_loader, self.eval_loader)  # corrupt samples, bad shards
+        lost = data_columns(self.train_loader, self.eval_loader, self.device)  # what data lost
         self.log.log_evaluation(
             {
                 "step": self.state.step,

@@ -17,8 +17,9 @@ from torch import nn
 from .report import GrowthReport
 
 NEW_ROWS = "new_rows_from"  # the optimizer-state key of the first row still to be seeded
-# The order of each state tensor in the gradient (Adam / AdamW / SGD): when μP growth multiplies
-# a value row by f, its gradient is divided by f, so these moments are divided by f ** order.
+# The order of each state tensor in the gradient (Adam(W), SGD, RMSprop, Adan, Adamax, AdaBelief,
+# Adagrad): when μP growth multiplies a value row by f, its gradient is divided by f, so these
+# moments are divided by f ** order.
 MOMENT_ORDER = {
     "exp_avg": 1,
     "momentum_buffer": 1,
@@ -30,7 +31,7 @@ MOMENT_ORDER = {
     "square_avg": 2,
     "exp_avg_var": 2,
     "sum": 2,
-}  # fmt: skip  (Adam(W), SGD, RMSprop, Adan, Adamax, AdaBelief, Adagrad)
+}
 
 
 def successors(reports: tuple[GrowthReport, ...]) -> dict[nn.Parameter, nn.Parameter]:

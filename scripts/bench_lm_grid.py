@@ -2,6 +2,10 @@
 
     python scripts/bench_lm_grid.py --lrs 1e-3 3e-3 1e-2 --seeds 0 1 2 3 4
 
+    # the image tower on the digits (settings are timm.create_model kwargs of the model)
+    python scripts/bench_lm_grid.py --config-name vision --models "tokenformer qkv_tokens=24 \
+        ffn_tokens=96" --lrs 1e-3 2e-3 --seeds 0 --csv docs/lr_transfer_vision.csv
+
     # the learning-rate transfer sweep (docs/benchmarks.md, "Learning rate across token counts")
     python scripts/bench_lm_grid.py --overrides data=stdlib data.seq_len=128 train.steps=2000 \\
         --models "tokenformer qkv_tokens=16 proj_tokens=16 ffn_tokens=64 parametrization=mup" \\
@@ -9,12 +13,14 @@
 
 Every (model, lr, seed) is one run of the language main job (``configs/language.yaml``: the
 CPython help texts as bytes, AdamW, warm-up then cosine, clipping 1.0) through the engine's
-``Trainer``, with only ``optim.lr`` and ``seed`` changed; the matched GPT is the nanoGPT-style
-model of equal FLOPs and parameters (``benchmarks/matched.py``), trained by the same Trainer on
-the same batches. A run ending with validation loss above the unigram entropy of the validation
-tokens (what a model that ignores context reaches) is a dead start. ``--overrides`` change the
-job for every run (Hydra overrides). Each finished run is appended to ``--csv`` as it ends, so a
-stopped grid resumes (runs start in the order of ``--lrs``); the summary goes to
+``Trainer``, with only ``optim.lr`` and ``seed`` changed (``--config-name vision``: the vision
+main job, Tokenformer only, with its ``model.kwargs`` as settings); the matched GPT is the
+nanoGPT-style model of equal FLOPs and parameters (``benchmarks/matched.py``), trained by the
+same Trainer on the same batches. A run ending with validation loss above the unigram entropy
+of the validation tokens (what a model that ignores context reaches; for images, the entropy of
+the validation labels) is a dead start. ``--overrides`` change the job for every run (Hydra
+overrides). Each finished run is appended to ``--csv`` as it ends, so a stopped grid resumes
+(runs start in the order of ``--lrs``); the summary goes to
 docs/benchmarks.md and a plot to ``--plot``.
 """
 
@@ -39,6 +45,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 MODELS = ("tokenformer", "gpt")
 LABELS = {"tokenformer": "Tokenformer LM", "gpt": f"matched GPT (mlp_ratio {MATCHED_MLP_RATIO:g})"}
+
+
+CONFIG_NAMES = ("language", "vision")
+SETTINGS_PREFIX = {"language": "++model.overrides.", "vision": "++model.kwargs."}
+LOSS_UNIT = {"language": "nats/byte", "vision": "nats"}
 
 
 def model_variant(text: str) -> str:
@@ -66,24 +77,28 @@ def order(model: str) -> tuple[int, str]:
 FIELDS = ["model", "lr", "seed", "final", "unigram", "val_loss_per_eval", "seconds"]
 
 
-def language_config(overrides: list[str]):
-    """configs/language.yaml composed as scripts/train.py composes it, with ``overrides``."""
+def job_config(config_name: str, overrides: list[str]):
+    """configs/<config_name>.yaml composed as scripts/train.py composes it, with ``overrides``."""
     from hydra import compose, initialize_config_dir
 
     from tokenformer_mm.train import register_schemas
 
     register_schemas()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("language", overrides=overrides)
+        return compose(config_name, overrides=overrides)
 
 
-def unigram_entropy(task) -> float:
-    """Nats per token of the validation targets under their own unigram frequencies."""
-    from tokenformer_mm.language.model import IGNORE_INDEX
-    from tokenformer_mm.language.task import block_targets
-
+def unigram_entropy(task, config_name: str) -> float:
+    """Nats per prediction of the validation targets (next tokens, or image labels) under
+    their own frequencies: the loss of a model that ignores its input."""
     counts: Counter[int] = Counter()
     for batch in task.eval_loader():
+        if config_name == "vision":
+            counts.update(batch["label"].tolist())
+            continue
+        from tokenformer_mm.language.model import IGNORE_INDEX
+        from tokenformer_mm.language.task import block_targets
+
         targets = block_targets(batch)[1]
         counts.update(targets[targets != IGNORE_INDEX].tolist())
     total = sum(counts.values())
@@ -91,15 +106,16 @@ def unigram_entropy(task) -> float:
 
 
 def train_one(
-    model: str, lr: float, seed: int, run_dir: Path, extra: list[str]
+    config_name: str, model: str, lr: float, seed: int, run_dir: Path, extra: list[str]
 ) -> dict[str, object]:
     """One engine run (``extra``: more config overrides); its validation losses and the
     unigram entropy."""
     from tokenformer_mm.train import Trainer, build_task
 
-    settings = [f"++model.overrides.{setting}" for setting in model.split()[1:]]
+    prefix = SETTINGS_PREFIX[config_name]
+    settings = [prefix + setting for setting in model.split()[1:]]
     overrides = [f"optim.lr={lr}", f"seed={seed}", f"run_dir={run_dir}", *settings, *extra]
-    cfg = language_config(overrides)
+    cfg = job_config(config_name, overrides)
     task = build_task(cfg)
     if model == "gpt":
         c = task.config
@@ -109,7 +125,7 @@ def train_one(
     summary = Trainer(cfg, task, run_dir).fit()
     with open(summary["metrics_csv"]) as f:
         losses = [float(row["val/loss"]) for row in csv.DictReader(f)]
-    return {"val_loss_per_eval": losses, "unigram": unigram_entropy(task)}
+    return {"val_loss_per_eval": losses, "unigram": unigram_entropy(task, config_name)}
 
 
 def grid(args: argparse.Namespace) -> list[dict[str, object]]:
@@ -141,8 +157,9 @@ def run_grid(args: argparse.Namespace) -> None:
         if new_file:
             writer.writeheader()
         outs = [Path(tmp) / f"run{i}" for i in range(len(pending))]
+        worker = [sys.executable, __file__, "--worker", args.config_name]
         commands = [
-            [sys.executable, __file__, "--worker", json.dumps(run), str(out), *args.overrides]
+            [*worker, json.dumps(run), str(out), *args.overrides]
             for run, out in zip(pending, outs, strict=True)
         ]
 
@@ -178,7 +195,7 @@ def summarise(rows: list[dict[str, str]]) -> list[dict[str, object]]:
     return table
 
 
-def plot(rows: list[dict[str, str]], path: Path) -> None:
+def plot(rows: list[dict[str, str]], path: Path, config_name: str) -> None:
     """Final validation loss of every seed against lr, per model, with the unigram line."""
     import matplotlib
 
@@ -199,18 +216,29 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
                label="unigram entropy (dead start above)")  # fmt: skip
     ax.set_xticks(np.log2(lrs), [f"{lr:g}" for lr in lrs])
     ax.set_xlabel("lr")
-    ax.set_ylabel("final validation loss (nats/byte)")
-    ax.set_title("language main job through the engine", fontsize=9)
+    ax.set_ylabel(f"final validation loss ({LOSS_UNIT[config_name]})")
+    ax.set_title(f"{config_name} main job through the engine", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def job_summary(cfg, config_name: str) -> str:
+    """The data, models and batch of a job, for the notes under its table."""
+    if config_name == "vision":
+        return f"data `{cfg.data.name}`, `{cfg.model.name}`, batch {cfg.train.batch_size}"
+    return (
+        f"data `{cfg.data.name}` as bytes, `lm_{cfg.model.name}` and the nanoGPT-style GPT of "
+        f"equal FLOPs and parameters, batch {cfg.train.batch_size} x {cfg.data.seq_len}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:  # one run, in its own process: python bench_lm_grid.py --worker
-        run, out = json.loads(argv[1]), Path(argv[2])
-        result = train_one(run["model"], float(run["lr"]), int(run["seed"]), out, argv[3:])
+        config_name, run, out = argv[1], json.loads(argv[2]), Path(argv[3])
+        lr, seed = float(run["lr"]), int(run["seed"])
+        result = train_one(config_name, run["model"], lr, seed, out, argv[4:])
         (out / "result.json").write_text(json.dumps(result))
         return
     parser = argparse.ArgumentParser(
@@ -220,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
         "--models", nargs="+", type=model_variant, default=list(MODELS),
         help="tokenformer, gpt, or 'tokenformer key=value ...' (LMConfig fields)",
     )  # fmt: skip
+    parser.add_argument(
+        "--config-name", choices=CONFIG_NAMES, default="language", help="the main job to run"
+    )
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
@@ -234,26 +265,28 @@ def main(argv: list[str] | None = None) -> None:
         "--report-only", action="store_true", help="no runs: the table and plot of what is done"
     )
     args = parser.parse_args(argv)
+    if args.config_name != "language" and any(m.split()[0] != "tokenformer" for m in args.models):
+        parser.error(f"--config-name {args.config_name} runs Tokenformers only: {args.models}")
     if not args.report_only:
         run_grid(args)
     wanted = {key(run) for run in grid(args)}
     rows = [row for row in read_done(args.csv) if key(row) in wanted]
-    plot(rows, args.plot)
-    cfg = language_config(args.overrides)
+    plot(rows, args.plot, args.config_name)
+    cfg = job_config(args.config_name, args.overrides)
     o, t = cfg.optim, cfg.train
     record(
         f"{args.title}: " + " vs ".join(label(m) for m in args.models),
         summarise(rows),
         notes=(
-            "`python scripts/train.py --config-name language` composed in-process with only "
-            f"`optim.lr` and `seed` changed (and {' '.join(args.overrides) or 'no overrides'}), "
-            f"through the engine's Trainer: data `{cfg.data.name}` as bytes, "
-            f"`lm_{cfg.model.name}` and the nanoGPT-style GPT of equal FLOPs and "
-            f"parameters, batch {t.batch_size} x {cfg.data.seq_len}, {t.steps} steps, "
-            f"{o.warmup_steps} warm-up steps then {o.schedule}, AdamW betas {tuple(o.betas)}, "
-            f"weight decay {o.weight_decay}, clipping {o.grad_clip}. Final validation nats per "
-            "byte, std over seeds; a dead start ends above the unigram entropy of the validation "
-            f"bytes. Every run: `{args.csv.name}`; plot: `{args.plot.name}`."
+            f"`python scripts/train.py --config-name {args.config_name}` composed in-process "
+            "with only `optim.lr` and `seed` changed (and "
+            f"{' '.join(args.overrides) or 'no overrides'}), through the engine's Trainer: "
+            + job_summary(cfg, args.config_name)
+            + f", {t.steps} steps, {o.warmup_steps} warm-up steps then {o.schedule}, AdamW betas "
+            f"{tuple(o.betas)}, weight decay {o.weight_decay}, clipping {o.grad_clip}. Final "
+            f"validation loss ({LOSS_UNIT[args.config_name]}), std over seeds; a dead start ends "
+            "above the entropy of the validation targets' own frequencies. Every run: "
+            f"`{args.csv.name}`; plot: `{args.plot.name}`."
         ),
         report=args.report,
     )

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_lm_grid import language_config
+from bench_lm_grid import job_config
 from tqdm import tqdm
 
 from tokenformer_mm import Pattention
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         plot(rows, args.plot, max(r["step"] for r in rows))
         summary(rows)
         return
-    cfg = language_config(["data=stdlib", "data.seq_len=128", "train.batch_size=16"])
+    cfg = job_config("language", ["data=stdlib", "data.seq_len=128", "train.batch_size=16"])
     task = build_task(cfg)
     loader = iter(task.train_loader())
     batches = [next(loader) for _ in range(args.steps)]

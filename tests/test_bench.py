@@ -1,6 +1,7 @@
 """scripts/bench.py end to end at small sizes: each subcommand measures and writes its table."""
 
 import argparse
+import math
 import re
 import sys
 
@@ -109,7 +110,8 @@ def test_lm_grid_trains_both_models_through_the_engine_and_counts_dead_starts(tm
     models = (*bench_lm_grid.MODELS, "tokenformer key_init=official")
     run_dirs = {model: tmp_path / f"run{i}" for i, model in enumerate(models)}
     results = {
-        model: bench_lm_grid.train_one(model, 3e-3, 0, run_dirs[model], tiny) for model in models
+        model: bench_lm_grid.train_one("language", model, 3e-3, 0, run_dirs[model], tiny)
+        for model in models
     }
     saved = (run_dirs["tokenformer key_init=official"] / ".hydra" / "config.yaml").read_text()
     assert "key_init: official" in saved  # a variant's settings reach the LM's config
@@ -135,5 +137,24 @@ def test_lm_grid_trains_both_models_through_the_engine_and_counts_dead_starts(tm
     assert table["Tokenformer LM"]["dead starts"] == 1
     assert table["Tokenformer LM key_init=official"]["mean val loss"] == "1.650"
     assert table[bench_lm_grid.LABELS["gpt"]]["dead starts"] == 0
-    bench_lm_grid.plot(rows, tmp_path / "grid.png")
+    bench_lm_grid.plot(rows, tmp_path / "grid.png", "language")
     assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_lm_grid_runs_the_vision_job_with_timm_kwargs_as_settings(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_lm_grid
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    tiny = ["train.steps=2", "train.eval_every=2", "train.batch_size=8", "optim.warmup_steps=1"]
+    tiny += ["data.num_workers=0", "train.log_every=1"]
+    model = "tokenformer qkv_tokens=8 ffn_tokens=16 parametrization=mup"
+    result = bench_lm_grid.train_one("vision", model, 2e-3, 0, tmp_path / "run", tiny)
+    saved = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+    assert "qkv_tokens: 8" in saved and "parametrization: mup" in saved
+    (loss,) = result["val_loss_per_eval"]
+    assert 1.5 < loss < 3.5  # 2 steps from the start: about ln 10 nats
+    # the digits' validation labels are near uniform over 10 classes: entropy just under ln 10
+    assert math.log(10) - 0.05 < result["unigram"] <= math.log(10) + 1e-9

@@ -3,7 +3,7 @@
     python scripts/bench_lm_grid.py --lrs 1e-3 3e-3 1e-2 --seeds 0 1 2 3 4
 
     # the image tower on the digits (settings are timm.create_model kwargs of the model)
-    python scripts/bench_lm_grid.py --config-name vision --models "tokenformer qkv_tokens=24 \
+    python scripts/bench_lm_grid.py --config-name vision --models "tokenformer qkv_tokens=24 \\
         ffn_tokens=96" --lrs 1e-3 2e-3 --seeds 0 --csv docs/lr_transfer_vision.csv
 
     # the learning-rate transfer sweep (docs/benchmarks.md, "Learning rate across token counts")

@@ -1,14 +1,15 @@
-"""The growth study's analysis and report: frontiers, each arm's speed-up, tables, plots and
-the generated part of docs/growth.md (``scripts/growth_study.py`` runs the study)."""
+"""The growth study's results and report: the results CSV, frontiers, each arm's speed-up,
+tables, plots and the generated part of docs/growth.md (``scripts/growth_study.py`` runs it)."""
 
 from __future__ import annotations
 
+import csv
 import datetime
 import itertools
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +21,79 @@ SIZES = ("small", "big")  # the two scratch frontiers of a tower
 # The report's generated part; text outside these markers (the reading, the recipe) is kept.
 BEGIN, END = "<!-- growth_study.py: begin -->", "<!-- growth_study.py: end -->"
 
+# The results CSV: a run's evaluations (kind "eval") and growth events (kind "grow": the loss
+# after it and its change), with the signature of the settings that produced them.
+FIELDS = ["run", "signature", "kind", "step", "flops", "val_loss", "grow_delta", "seconds"]
+Results = Mapping[str, dict[str, Any]]  # run name -> what read_results makes of its rows
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """A finished run: its annealed end point, its evaluations and its growth events."""
-    rows = read_csv(run_dir / METRICS_FILE)
+
+def arm_name(arm: str, steps: Sequence[int]) -> str:
+    """An arm grown at ``steps``, as its runs and tables name it: ``width4@800``."""
+    return f"{arm}@{'+'.join(map(str, steps))}"
+
+
+def run_rows(run_dir: Path, name: str, signature: str, seconds: float) -> list[dict[str, Any]]:
+    """A finished run's rows for the results CSV, from its ``metrics.csv`` and growth log."""
+    common = {"run": name, "signature": signature, "seconds": f"{seconds:.0f}"}
+    rows = [
+        {**common, "kind": "eval", "step": r["step"], "flops": r["flops"],
+         "val_loss": r["val/loss"]}
+        for r in read_csv(run_dir / METRICS_FILE)
+    ]  # fmt: skip
     growth = run_dir / GROWTH_FILE
-    events = (
-        [json.loads(line) for line in growth.read_text().splitlines()] if growth.exists() else []
+    for line in growth.read_text().splitlines() if growth.exists() else []:
+        event = json.loads(line)
+        before, after = event["val_before"]["val/loss"], event["val_after"]["val/loss"]
+        rows.append(
+            {**common, "kind": "grow", "step": event["step"], "val_loss": f"{after:.9g}",
+             "grow_delta": f"{after - before:.9g}"}
+        )  # fmt: skip
+    return rows
+
+
+def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Add a finished run's rows to the results CSV (its header first if it is new)."""
+    new = not path.is_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_results(path: Path, signatures: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The runs of ``signatures`` (name -> signature) that the CSV holds with that signature:
+    the annealed end point, the evaluations and the growth events of each."""
+    if not path.is_file():
+        return {}
+    rows: dict[str, dict[tuple[str, int], dict[str, str]]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if signatures.get(row["run"]) == row["signature"]:  # a rerun's rows replace
+                rows.setdefault(row["run"], {})[(row["kind"], int(row["step"]))] = row
+    results = {}
+    for name, by_key in rows.items():
+        evals = sorted((step, r) for (kind, step), r in by_key.items() if kind == "eval")
+        grows = sorted((step, r) for (kind, step), r in by_key.items() if kind == "grow")
+        results[name] = {
+            "flops": float(evals[-1][1]["flops"]),
+            "loss": float(evals[-1][1]["val_loss"]),
+            "curve": [(float(r["flops"]), float(r["val_loss"])) for _, r in evals],
+            "steps": [(step, float(r["flops"])) for step, r in evals],
+            "growth": [float(r["grow_delta"]) for _, r in grows],
+            "seconds": float(evals[-1][1]["seconds"]),
+        }
+    return results
+
+
+def flops_at_step(run: dict[str, Any], step: int) -> float:
+    """A fixed-size run's FLOPs at ``step``: linear between its evaluations (each step of one
+    model costs the same), exact at any step between two of them."""
+    (s0, f0), (s1, f1) = next(
+        (a, b) for a, b in itertools.pairwise([(0, 0.0), *run["steps"]]) if a[0] <= step <= b[0]
     )
-    return {
-        "flops": float(rows[-1]["flops"]),
-        "loss": float(rows[-1]["val/loss"]),
-        "top1": float(rows[-1]["val/top1"]) if "val/top1" in rows[-1] else None,
-        "curve": [(float(r["flops"]), float(r["val/loss"])) for r in rows],
-        "growth": events,
-    }
-
-
-def flops_at_step(run_dir: Path, step: int) -> float:
-    row = next(r for r in read_csv(run_dir / METRICS_FILE) if int(r["step"]) == step)
-    return float(row["flops"])
+    return f0 + (f1 - f0) * (step - s0) / (s1 - s0)
 
 
 def interpolate(points: Sequence[tuple[float, float]], flops: float) -> float:
@@ -65,48 +119,53 @@ def flops_to_reach(points: Sequence[tuple[float, float]], loss: float) -> float:
     return math.nan
 
 
-def frontier(tower: Any, work_dir: Path, size: str, seed: int) -> list[tuple[float, float]]:
-    return [
-        (r["flops"], r["loss"])
-        for b in sorted(tower.budgets)
-        for r in [read_run(work_dir / f"{size}-seed{seed}/b{b}")]
-    ]
+def frontier(tower: Any, results: Results, size: str, seed: int) -> list[tuple[float, float]]:
+    """A size's annealed (FLOPs, loss) at every budget; empty unless all are in ``results``."""
+    names = [f"{size}-seed{seed}/b{b}" for b in sorted(tower.budgets)]
+    if not all(name in results for name in names):
+        return []
+    return [(results[name]["flops"], results[name]["loss"]) for name in names]
 
 
-def best_scratch(tower: Any, work_dir: Path, seed: int, flops: float) -> float:
+def best_scratch(tower: Any, results: Results, seed: int, flops: float) -> float:
     """The lowest loss any scratch model reaches within ``flops``: each size's frontier between
     its budgets, and its largest budget's model for any compute beyond it (one stops there)."""
     candidates = []
     for size in SIZES:
-        points = frontier(tower, work_dir, size, seed)
+        points = frontier(tower, results, size, seed)
         candidates += [interpolate(points, flops)] + [loss for f, loss in points if f <= flops]
     return min((loss for loss in candidates if not math.isnan(loss)), default=math.nan)
 
 
-def arm_result(tower: Any, work_dir: Path, arm: str, step: int, seed: int) -> dict[str, Any]:
-    """An arm's annealed points and what they save against the big frontier (same seed)."""
-    prefix = work_dir / f"{arm}@{step}-seed{seed}"
-    budgets = [b for b in sorted(tower.budgets) if (prefix / f"b{b}").is_dir()]
-    points = [(run["flops"], run["loss"]) for run in (read_run(prefix / f"b{b}") for b in budgets)]
-    small = work_dir / f"small-seed{seed}/b{max(tower.budgets)}"
-    given = flops_at_step(small, step)  # the small model's compute up to the grow step
-    big = frontier(tower, work_dir, "big", seed)
+def arm_result(
+    tower: Any, results: Results, arm: str, steps: Sequence[int], seed: int
+) -> dict[str, Any] | None:
+    """An arm's annealed points and what they save against the big frontier (same seed);
+    ``None`` until its runs, the small run and the big frontier are all in ``results``."""
+    prefix, longest = f"{arm_name(arm, steps)}-seed{seed}", max(tower.budgets)
+    small = results.get(f"small-seed{seed}/b{longest}")
+    main = results.get(f"{prefix}/b{longest}")
+    big = frontier(tower, results, "big", seed)
+    budgets = [b for b in sorted(tower.budgets) if f"{prefix}/b{b}" in results]
+    if small is None or main is None or not big:
+        return None
+    points = [(results[f"{prefix}/b{b}"]["flops"], results[f"{prefix}/b{b}"]["loss"])
+              for b in budgets]  # fmt: skip
+    given = flops_at_step(small, steps[0])  # the small model's compute up to the first growth
     target_flops, target = big[-1]  # the big model's loss at its largest budget
-    main = read_run(prefix / f"b{max(tower.budgets)}")
-    (event,) = main["growth"]
     reach = flops_to_reach(points, target)
     final_flops, final_loss = points[-1]
     return {
-        "arm": arm,
-        "step": step,
+        "arm": arm_name(arm, steps),
+        "spec": (arm, tuple(steps)),  # the arm in the study's config and its grow points
         "seed": seed,
         "points": points,
         "curve": main["curve"],
-        "growth_delta": event["val_after"]["val/loss"] - event["val_before"]["val/loss"],
+        "growth_delta": max(main["growth"], key=abs),
         "given": given,
         "final_loss": final_loss,
         "frontier_loss_at_equal_flops": interpolate(big, final_flops),
-        "envelope_loss_at_equal_flops": best_scratch(tower, work_dir, seed, final_flops),
+        "envelope_loss_at_equal_flops": best_scratch(tower, results, seed, final_flops),
         "reach": reach,
         "sp_cumulative": target_flops / reach - 1,
         "sp_family": target_flops / (reach - given) - 1,
@@ -136,30 +195,34 @@ def table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def frontier_table(tower: Any, work_dir: Path, seeds: Sequence[int]) -> str:
+def frontier_table(tower: Any, results: Results, seeds: Sequence[int]) -> str:
     rows = []
     for size in SIZES:
-        for index, budget in enumerate(sorted(tower.budgets)):
-            per_seed = [frontier(tower, work_dir, size, s)[index] for s in seeds]
+        frontiers = [f for f in (frontier(tower, results, size, s) for s in seeds) if f]
+        for index, budget in enumerate(sorted(tower.budgets) if frontiers else []):
+            per_seed = [f[index] for f in frontiers]
             rows.append(
                 {
                     "size": size,
                     "budget (steps)": str(budget),
                     "TFLOPs": fmt([f for f, _ in per_seed], 3, 1e12),
-                    f"val loss ({len(seeds)} seeds)": fmt([loss for _, loss in per_seed]),
+                    "seeds": str(len(per_seed)),
+                    "val loss": fmt([loss for _, loss in per_seed]),
                 }
             )
     return table(rows)
 
 
 def arm_table(results: Sequence[Sequence[dict[str, Any]]]) -> str:
-    """One row per arm: each a list of per-seed results."""
+    """One row per arm: each a list of per-seed results ("" for none)."""
+    if not results:
+        return ""
     rows = []
     for per_seed in results:
         first = per_seed[0]
         rows.append(
             {
-                "arm": f"{first['arm']} @ step {first['step']}",
+                "arm": first["arm"],
                 "seeds": str(len(per_seed)),
                 "loss change at growth": fmt(
                     [r["growth_delta"] for r in per_seed],
@@ -185,7 +248,7 @@ def arm_table(results: Sequence[Sequence[dict[str, Any]]]) -> str:
     return table(rows)
 
 
-def plot(tower_name: str, tower: Any, work_dir: Path, results: Sequence[dict], path: Path) -> None:
+def plot(tower_name: str, tower: Any, runs: Results, results: Sequence[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,14 +256,14 @@ def plot(tower_name: str, tower: Any, work_dir: Path, results: Sequence[dict], p
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for size, color in zip(SIZES, ("tab:blue", "tab:red"), strict=True):
-        points = frontier(tower, work_dir, size, 0)
+        points = frontier(tower, runs, size, 0)
         ax.plot(
             [f / 1e12 for f, _ in points], [loss for _, loss in points], "o-", color=color,
             lw=2.5, label=f"{size} from scratch (frontier)",
         )  # fmt: skip
     for index, result in enumerate(results):
         color = plt.cm.tab10((index + 2) % 10)
-        label = f"{result['arm']} @ {result['step']}"
+        label = result["arm"]
         flops, losses = zip(*result["curve"], strict=True)
         ax.plot([f / 1e12 for f in flops], losses, ":", color=color, alpha=0.6)
         ax.plot(
@@ -218,7 +281,7 @@ def plot(tower_name: str, tower: Any, work_dir: Path, results: Sequence[dict], p
     plt.close(fig)
 
 
-def best_arm(results: Sequence[dict[str, Any]]) -> tuple[str, int]:
+def best_arm(results: Sequence[dict[str, Any]]) -> tuple[str, tuple[int, ...]]:
     """The arm with the largest cumulative speed-up; by final loss at equal FLOPs if none reach."""
 
     def key(r: dict[str, Any]) -> tuple[float, float]:
@@ -229,7 +292,7 @@ def best_arm(results: Sequence[dict[str, Any]]) -> tuple[str, int]:
         )
 
     best = max(results, key=key)
-    return best["arm"], best["step"]
+    return best["spec"]
 
 
 def write_report(study: Any, results: dict[str, dict[str, Any]], command: str) -> Path:
@@ -238,17 +301,19 @@ def write_report(study: Any, results: dict[str, dict[str, Any]], command: str) -
     sections = []
     for name, result in results.items():
         image = report.parent / f"growth_{name}.png"
-        plot(name, result["tower"], result["work_dir"], result["screen"], image)
-        best = result["best"][0]
+        plot(name, result["tower"], result["results"], result["screen"], image)
+        seconds = [run["seconds"] for run in result["results"].values()]
+        best = result["best"]
         sections.append(
-            f"### {name}\n\n#### Scratch frontier\n\n"
-            f"{frontier_table(result['tower'], result['work_dir'], result['seeds'])}\n\n"
+            f"### {name}\n\n{len(seconds)} runs in `{Path(result['csv']).name}`: "
+            f"{sum(seconds) / 3600:.1f} h of runs, the longest {max(seconds, default=0) / 60:.1f}"
+            f" min\n\n#### Scratch frontier\n\n"
+            f"{frontier_table(result['tower'], result['results'], result['seeds'])}\n\n"
             f"#### Every arm, seed {study.seeds[0]}\n\n"
-            f"{arm_table([[r] for r in result['screen']])}\n\n"
-            f"#### The best arm, {len(result['seeds'])} seeds\n\n"
-            f"{arm_table([result['best']])}\n\n"
-            f"![{name}]({image.name})\n\n"
-            f"(best: {best['arm']} @ {best['step']})\n"
+            + (arm_table([[r] for r in result["screen"]]) or "(no arm finished yet)")
+            + f"\n\n#### The best arm, {best[0]['arm'] if best else 'not yet known'}, "
+            f"every seed finished\n\n{arm_table([best]) if best else ''}\n\n"
+            f"![{name}]({image.name})\n"
         )
     header = (
         "## The study's output\n\n"

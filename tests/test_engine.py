@@ -160,6 +160,7 @@ def test_warmup_cosine_schedule():
         (["train.precision=fp16"], "train.precision must be one of"),
         (["growth.schedule=[{step: 5000, factor: 2}]"], "growth.schedule steps"),
         (["growth.schedule=[{step: 5, factor: 2, kinds: [mlp]}]"], "growth.schedule kinds"),
+        (["growth.schedule=[{step: 5, factor: 2, lr_scale: 0}]"], "lr_scale .* positive"),
         (["growth.init=random"], "growth.init must be one of"),
     ],
 )
@@ -321,6 +322,39 @@ def test_warmup_stable_decay_schedule():
     assert [schedule(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert all(schedule(s) == 1.0 for s in range(4, 15))  # stable until the last 5 steps
     assert [round(schedule(s), 6) for s in range(15, 21)] == [1.0, 0.82, 0.64, 0.46, 0.28, 0.1]
+
+
+def test_a_growth_events_lr_scale_holds_from_its_step_on_and_in_a_branch_past_it(tmp_path, caplog):
+    """lr_scale multiplies the schedule from the grow step on: the rate is a function of the
+    step, so a branch from a checkpoint after the growth trains at the scaled rate too, and one
+    from the grow step itself grows at that rate without a warning of a reshaped schedule."""
+    common = ["train.steps=6", "train.eval_every=6", "train.keep_checkpoints=6"]
+    common += ["optim.schedule=wsd", "optim.warmup_steps=1"]
+    grow = "growth.schedule=[{step: 2, factor: 2%s}]"
+    plain = trainer_for(tmp_path / "plain", [*common, grow % ""])
+    scaled = trainer_for(tmp_path / "scaled", [*common, grow % ", lr_scale: 0.25"])
+    ratios, rates = [], {}
+    for until in range(1, 7):  # after ``until`` updates: the rate of the next one
+        plain.fit(until=until)
+        scaled.fit(until=until)
+        rates[until] = scaled.optimizer.param_groups[0]["lr"]
+        ratios.append(rates[until] / plain.optimizer.param_groups[0]["lr"])
+    assert ratios[0] == 1.0  # the update before the growth
+    assert ratios[1:] == pytest.approx([0.25] * 5, rel=1e-12)  # the grow step's update on
+    step_3 = tmp_path / "scaled" / "checkpoints" / "step_00000003"
+    branch = trainer_for(
+        tmp_path / "branch", [*common, grow % ", lr_scale: 0.25", f"train.branch_from={step_3}"]
+    )
+    assert branch.optimizer.param_groups[0]["lr"] == pytest.approx(rates[3], rel=1e-12)
+    step_2 = tmp_path / "plain" / "checkpoints" / "step_00000002"  # before its growth
+    caplog.clear()
+    at_growth = trainer_for(
+        tmp_path / "at_growth", [*common, grow % ", lr_scale: 0.25", f"train.branch_from={step_2}"]
+    )
+    assert at_growth.optimizer.param_groups[0]["lr"] == pytest.approx(rates[2], rel=1e-12)
+    assert "learning rate at step" not in caplog.text
+    at_growth.fit()
+    assert at_growth.growth_events[0]["step"] == 2
 
 
 def test_a_resumed_runs_metrics_csv_keeps_its_rows_byte_for_byte(tmp_path):

@@ -35,6 +35,35 @@ def test_quick_growth_study_grows_exactly_and_the_grown_models_improve(tmp_path)
     assert again["language"]["screen"][0]["points"] == results["language"]["screen"][0]["points"]
 
 
+def test_a_study_on_a_fresh_machine_runs_only_what_its_results_csv_lacks(tmp_path):
+    """The results CSV is the study's memory: with it alone (no work dir) the report renders
+    without training, and a run whose rows are missing is trained again with the run its
+    branch starts from, nothing else."""
+    first = ["--quick", "towers=[language]", f"work_dir={tmp_path / 'first'}"]
+    results = main([*first, f"results_dir={tmp_path}"])["language"]
+    progressive = next(r for r in results["screen"] if r["arm"] == "width2x2_exact@16+24")
+    assert len(progressive["curve"]) > 2 and abs(progressive["growth_delta"]) <= 1e-5
+    fresh = tmp_path / "fresh"
+    again = main(["--quick", "towers=[language]", f"work_dir={fresh}", f"results_dir={tmp_path}",
+                  "--report-only"])["language"]  # fmt: skip
+    assert [r["points"] for r in again["screen"]] == [r["points"] for r in results["screen"]]
+    assert not fresh.exists()  # nothing trained
+    csv_path = tmp_path / "growth_language.csv"
+    lines = csv_path.read_text().splitlines()
+    lost = "width4_exact@16-seed0/b20"  # the cooldown branch that grows the small run at 16
+    csv_path.write_text("\n".join(line for line in lines if not line.startswith(lost)) + "\n")
+    rerun = main(["--quick", "towers=[language]", f"work_dir={fresh}", f"results_dir={tmp_path}"])
+    trained = sorted(
+        str(p.parent.relative_to(fresh / "language")) for p in fresh.rglob("metrics.csv")
+    )
+    assert trained == ["small-seed0/b40", lost]
+    points = {r["arm"]: r["points"] for r in rerun["language"]["screen"]}
+    before = next(r["points"] for r in results["screen"] if r["arm"] == "width4_exact@16")
+    assert [flops for flops, _ in points["width4_exact@16"]] == [flops for flops, _ in before]
+    for (_, loss), (_, expected) in zip(points["width4_exact@16"], before, strict=True):
+        assert loss == pytest.approx(expected, rel=1e-5)  # the same run again: the same losses
+
+
 def test_frontier_interpolation_is_linear_in_log_flops_and_never_extrapolates():
     points = [(1e9, 3.0), (1e11, 2.0), (1e12, 2.2)]
     assert math.isclose(interpolate(points, 1e10), 2.5)

@@ -51,6 +51,9 @@ class GrowthEvent:
     factor: float = 1.0
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     depth: int = 1
+    # The run's learning rate times this from ``step`` on: a model with k times the tokens
+    # wants about 1/sqrt(k) of the rate (docs/benchmarks.md, "Learning rate across token counts")
+    lr_scale: float = 1.0
 
 
 @dataclass
@@ -186,6 +189,11 @@ def validate(cfg: Any) -> None:
                 f"growth.schedule at step {event.step}: factor (tokens, >= 1) and depth (blocks, "
                 f"an int >= 1) must grow something, got factor={event.factor}, "
                 f"depth={event.depth}"
+            )
+        if not event.lr_scale > 0:
+            raise ValueError(
+                f"growth.schedule at step {event.step}: lr_scale multiplies the learning rate "
+                f"from that step on and must be positive, got {event.lr_scale}"
             )
         unknown = [kind for kind in event.kinds if kind not in KINDS]
         if unknown or not event.kinds:

@@ -4,6 +4,7 @@ or warmup-stable-decay (WSD)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -80,15 +81,31 @@ class WarmupStableDecay:
         return 1.0 - (1.0 - self.min_ratio) * progress
 
 
+def scaled_from_growth(schedule: Callable[[int], float], events: Sequence[Any]) -> Callable:
+    """LR multiplier: ``schedule`` times the ``lr_scale`` of every growth event at or before the
+    step. A function of the step alone, so a resume or a branch past a growth event gets the
+    same rate as the run that went through it (a closure: LambdaLR saves none of its state).
+    ``.scales`` lists the (step, lr_scale) pairs, for a resume to tell a growth's rate change
+    from a reshaped schedule."""
+    scales = [(event.step, event.lr_scale) for event in events if event.lr_scale != 1]
+
+    def multiplier(step: int) -> float:
+        return schedule(step) * math.prod(scale for at, scale in scales if step >= at)
+
+    multiplier.scales = scales
+    return multiplier
+
+
 def decay_steps(optim: Any, total_steps: int) -> int:
     """Length of the WSD decay: ``optim.decay_steps``, or the last 20 % of the run."""
     return optim.decay_steps if optim.decay_steps is not None else max(1, round(0.2 * total_steps))
 
 
 def build_optimizer(
-    model: nn.Module, optim: Any, total_steps: int
+    model: nn.Module, optim: Any, total_steps: int, growth_events: Sequence[Any] = ()
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``param_groups`` and the ``optim.schedule``, as ``optim`` configures."""
+    """AdamW over ``param_groups`` and the ``optim.schedule``, as ``optim`` configures, scaled
+    from each of ``growth_events`` (``growth.schedule``) on by its ``lr_scale``."""
     optimizer = torch.optim.AdamW(
         param_groups(model, optim.weight_decay, optim.token_weight_decay),
         lr=optim.lr,
@@ -100,4 +117,6 @@ def build_optimizer(
         schedule = WarmupStableDecay(optim.warmup_steps, total_steps, decay, min_ratio)
     else:
         schedule = WarmupCosine(optim.warmup_steps, total_steps, min_ratio)
+    if any(event.lr_scale != 1 for event in growth_events):
+        schedule = scaled_from_growth(schedule, growth_events)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

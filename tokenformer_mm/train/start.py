@@ -77,14 +77,16 @@ def continue_schedule(
     ):
         group["lr"] = base_lr * schedule(scheduler.last_epoch)
     saved, now = scheduler_state.get("_last_lr"), optimizer.param_groups[0]["lr"]
-    if saved and not math.isclose(saved[0], now, rel_tol=1e-3):
+    step, scales = scheduler.last_epoch, getattr(scheduler.lr_lambdas[0], "scales", ())
+    growing = math.prod(scale for at, scale in scales if at == step)  # the growth at this step
+    if saved and not math.isclose(saved[0] * growing, now, rel_tol=1e-3):
         logger.warning(
             "the learning rate at step %d was %.3g when the checkpoint was written and is %.3g "
             "under this run's schedule (%.3gx): a changed train.steps (or warm-up, decay, lr) "
             "reshapes the schedule around the step it resumes at. To go on without a jump, "
             "train with optim.schedule=wsd and continue from a checkpoint in its stable phase "
             "(train.branch_from=...; the README's 'cooldown branches')",
-            scheduler.last_epoch, saved[0], now, now / saved[0] if saved[0] else math.inf,
+            step, saved[0], now, now / saved[0] if saved[0] else math.inf,
         )  # fmt: skip
 
 

@@ -134,10 +134,8 @@ class Trainer:
         cfg = self.cfg.train
         until = cfg.steps if until is None else until
         growth_at = {event.step: event for event in self.cfg.growth.schedule}
-        progress = ProgressLine(
-            until, self.state.step, cfg.log_every, self.task.unit, self.flops_per_item,
-            show=self.is_main,
-        )  # fmt: skip
+        progress = ProgressLine(until, self.state.step, cfg.log_every, self.task.unit,
+                                self.flops_per_item, show=self.is_main)  # fmt: skip
         with self.stop_signals, progress.bar:
             while self.state.step < until:
                 if self.state.step in growth_at:
@@ -249,8 +247,9 @@ class Trainer:
         )
 
     def _optim(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-        """This run's AdamW and LR schedule over ``model``."""
-        return build_optimizer(model, self.cfg.optim, self.cfg.train.steps)
+        """This run's AdamW and LR schedule (growth events' lr_scale in it) over ``model``."""
+        cfg = self.cfg
+        return build_optimizer(model, cfg.optim, cfg.train.steps, cfg.growth.schedule)
 
     def _empty_model(self) -> nn.Module:
         """The task's model at its initial size, allocated, not initialised (no RNG drawn)."""

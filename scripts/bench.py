@@ -4,6 +4,7 @@
     python scripts/bench.py vision        # tokenformer_* vs timm vit_* of equal FLOPs / params
     python scripts/bench.py language      # vs a nanoGPT-style GPT; generation with/without cache
     python scripts/bench.py data          # image and text pipelines, samples/s
+    python scripts/bench.py data-resume   # mid-epoch resume of the image loader, seconds
     python scripts/bench.py clip-eval     # CLIP retrieval metrics of 50,000 pairs: peak memory
     python scripts/bench.py timm-train --train-py ../pytorch-image-models/train.py
                                           # variants vs the matched ViT under timm's train.py

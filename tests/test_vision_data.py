@@ -3,6 +3,7 @@ import json
 import logging
 import random
 import tarfile
+from functools import partial
 
 import numpy as np
 import pytest
@@ -268,3 +269,45 @@ def test_make_shards_imagefolder_round_trip(tmp_path):
     loader = image_eval_loader(str(tmp_path / "out" / "train-*.tar"), 4, 32, num_workers=0)
     labels = {k: int(y) for b in loader for k, y in zip(b["key"], b["label"], strict=True)}
     assert labels == {f"{n}/{i}": c for c, n in enumerate(["cat", "dog", "emu"]) for i in range(4)}
+
+
+def counted(decode, calls, sample, rng):
+    calls.append(sample["__key__"])
+    return decode(sample, rng)
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_a_mid_epoch_resume_starts_each_worker_at_its_raw_sample_and_replays_the_stream(
+    digits_dir, workers
+):
+    """The cursor saves each worker's raw position; a resume draws the samples before it
+    undecoded and gives the same batches (keys and augmented pixels) as a run never stopped."""
+    from tokenformer_mm.train.batches import EpochBatches
+
+    def cursor():
+        shards = str(digits_dir / "train-*.tar")
+        return EpochBatches(image_train_loader(shards, 16, 32, num_workers=workers, seed=3))
+
+    straight = cursor()
+    expected = [next(straight) for _ in range(24)]
+    assert not any(key.startswith("__") for key in expected[0])  # the tags stay inside
+    for stop in (5, 13):
+        first = cursor()
+        for _ in range(stop):
+            next(first)
+        state = first.state_dict()
+        boundary = state["raw_positions"]
+        assert stop - max(workers, 1) < boundary["batch"] <= stop
+        resumed = cursor()
+        resumed.load_state_dict(state)
+        assert resumed.state_dict() == state  # saved again before a batch: the same position
+        decoded = []
+        dataset = resumed.loader.dataset
+        if workers == 0:  # decodes in this process: count them
+            dataset.decode = partial(counted, dataset.decode, decoded)
+        for want in expected[stop : stop + 6]:
+            got = next(resumed)
+            assert got["key"] == want["key"]
+            assert torch.equal(got["image"], want["image"])
+        if workers == 0:  # the 6 batches, not the 5 or 13 before them
+            assert len(decoded) == 6 * 16

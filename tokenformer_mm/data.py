@@ -10,12 +10,14 @@ by sample of the rest; workers split a rank's shards. One pass over the stream r
 once, on one rank and one worker, for any number of shards and ranks. A domain supplies
 ``decode`` (bytes -> item) and, for language, ``pack`` (items -> fixed-size blocks). Damaged
 shards are read up to the damage, samples whose decode fails are skipped; both are counted
-(across workers) and logged, never fatal.
+(across workers) and logged, never fatal. A resume starts each worker at its raw position
+(``stream_position``): samples before it are read, not decoded.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -33,6 +35,7 @@ from .distributed import leave_stop_signals_to_main, rank_and_world_size
 from .errors import InputError
 from .extras import missing_extra
 from .shard_split import ShardRead, rank_reads, samples_in, shards_read_by_several, split_reads
+from .stream_position import RawSkips, tag_position
 
 try:
     import braceexpand
@@ -163,6 +166,8 @@ class ShardedStream(IterableDataset):
         self.damaged_shards = _SharedCounter()
         self.short_shards = _SharedCounter()
         self.missing_samples = _SharedCounter()
+        self.raw_skips = RawSkips()  # set by a resume: raw samples to draw undecoded
+        self.tag_positions = shuffle and pack is None  # a training stream of whole samples
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch``; seen by persistent workers too."""
@@ -214,11 +219,12 @@ class ShardedStream(IterableDataset):
         if self.shuffle:
             rng = random.Random(f"shuffle:{self.seed}:{self.epoch}:{self.rank}:{worker_id}")
             samples = _shuffled(samples, self.shuffle_buffer, rng)
-        items = self._decoded(samples)
+        skip = self.raw_skips.get(self.epoch, worker_id)
+        items = self._decoded(itertools.islice(samples, skip, None), worker_id, skip)
         yield from self.pack(items) if self.pack is not None else items
 
-    def _decoded(self, samples: Iterable[dict[str, Any]]) -> Iterator[Any]:
-        for sample in samples:
+    def _decoded(self, samples: Iterable[dict[str, Any]], worker: int, skipped: int) -> Iterator:
+        for position, sample in enumerate(samples, skipped + 1):
             try:
                 rng = random.Random(f"{self.seed}:{self.epoch}:{sample['__key__']}")
                 item = self.decode(sample, rng)
@@ -231,7 +237,7 @@ class ShardedStream(IterableDataset):
                     exn,
                 )
                 continue
-            yield item
+            yield tag_position(item, position, worker) if self.tag_positions else item
 
     def report(self) -> str:
         """One line with the skip counts (also logged as a warning when anything was skipped)."""

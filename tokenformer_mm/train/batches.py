@@ -10,30 +10,43 @@ from torch.utils.data import DataLoader
 
 from ..distributed import sum_over_ranks
 from ..errors import InputError
+from ..stream_position import WorkerPositions
 
 
 class EpochBatches:
     """Batches forever, epoch after epoch; its position (epoch, batch) is saved with checkpoints.
 
-    Resuming mid-epoch replays the epoch's first batches without training on them: the pipelines
-    draw their augmentation from per-sample seeds, so the replayed stream is the same stream, as
-    long as the loader's workers split the shards as they did (the same ``num_workers``).
+    Resuming mid-epoch starts each worker at the raw sample it had reached (``stream_position``:
+    the samples before are read, not decoded) and replays the few batches since, without
+    training on them; where positions are unknown (packed text) it replays the epoch's first
+    batches. The pipelines draw their augmentation from per-sample seeds, so either way the
+    stream is the same stream, as long as the loader's workers split the shards as they did
+    (the same ``num_workers``).
     """
 
     def __init__(self, loader: DataLoader, epoch: int = 0, batch: int = 0) -> None:
         self.loader, self.epoch, self.batch = loader, epoch, batch
         self._iterator: Iterator[Any] | None = None
+        self.positions = WorkerPositions(loader.num_workers)
+        self._resume_at: dict[str, Any] | None = None  # a saved boundary, until its epoch starts
 
     def _start_epoch(self) -> None:
-        self.loader.dataset.set_epoch(self.epoch)
+        start = self._resume_at or {"batch": 0, "positions": [0] * self.positions.workers}
+        self._resume_at, dataset = None, self.loader.dataset
+        dataset.set_epoch(self.epoch)
+        if hasattr(dataset, "raw_skips"):  # where each worker starts drawing decoded samples
+            dataset.raw_skips.set(self.epoch, start["positions"])
+        self.positions.start_at(start["batch"], start["positions"])
         self._iterator = iter(self.loader)
-        for done in range(self.batch):  # fast-forward after a resume
-            if next(self._iterator, None) is None:
+        for done in range(start["batch"], self.batch):  # fast-forward: the batches since
+            batch = next(self._iterator, None)
+            if batch is None:
                 raise InputError(
                     f"cannot resume at batch {self.batch} of epoch {self.epoch}: the training "
                     f"data now yields only {done} batches per epoch (did the shards or the batch "
                     "size change?)"
                 )
+            self.positions.record(batch)
 
     def __next__(self) -> Any:
         if self._iterator is None:
@@ -52,10 +65,12 @@ class EpochBatches:
             self._start_epoch()
             batch = next(self._iterator)
         self.batch += 1
-        return batch
+        return self.positions.record(batch)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch, "num_workers": self.loader.num_workers}
+    def state_dict(self) -> dict[str, Any]:
+        state = {"epoch": self.epoch, "batch": self.batch, "num_workers": self.loader.num_workers}
+        boundary = self.positions.boundary() if self._iterator is not None else self._resume_at
+        return {**state, "raw_positions": boundary} if boundary else state
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue at ``state``'s position: the next batch replays the epoch up to it first.
@@ -75,6 +90,9 @@ class EpochBatches:
             )
         self.epoch, self.batch = epoch, batch
         self._iterator = None
+        boundary = state.get("raw_positions") if batch else None
+        fits = boundary and len(boundary["positions"]) == self.positions.workers
+        self._resume_at = dict(boundary) if fits and boundary["batch"] <= batch else None
 
 
 def data_report(loader: DataLoader) -> str:

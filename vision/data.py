@@ -155,6 +155,8 @@ def image_train_loader(
 
     Shards are shuffled per epoch (``loader.dataset.set_epoch``) with the same seed on every rank,
     then split by rank and worker; samples pass a shuffle buffer, then a random-resized crop.
+    Batches also carry ``__worker__`` and ``__raw_position__`` (``stream_position``): the engine's
+    cursor takes them out and saves them, so a resume need not decode what it skips.
     """
     _check_interpolation(interpolation)
     stream = ShardedStream(

@@ -14,14 +14,15 @@
 Every (model, lr, seed) is one run of the language main job (``configs/language.yaml``: the
 CPython help texts as bytes, AdamW, warm-up then cosine, clipping 1.0) through the engine's
 ``Trainer``, with only ``optim.lr`` and ``seed`` changed (``--config-name vision``: the vision
-main job, Tokenformer only, with its ``model.kwargs`` as settings); the matched GPT is the
-nanoGPT-style model of equal FLOPs and parameters (``benchmarks/matched.py``), trained by the
-same Trainer on the same batches. A run ending with validation loss above the unigram entropy
-of the validation tokens (what a model that ignores context reaches; for images, the entropy of
-the validation labels) is a dead start. ``--overrides`` change the job for every run (Hydra
-overrides). Each finished run is appended to ``--csv`` as it ends, so a stopped grid resumes
-(runs start in the order of ``--lrs``); the summary goes to
-docs/benchmarks.md and a plot to ``--plot``.
+main job, Tokenformer only, with its ``model.kwargs`` as settings); the matched GPT is
+transformers' GPT-NeoX with the LM's rotary, norms placement and tied embeddings, of equal FLOPs
+and parameters (``neox``; ``benchmarks/matched.py``; ``gpt``: the earlier nanoGPT-style one with
+learned positions), trained by the same Trainer on the same batches. A run ending with
+validation loss above the unigram entropy of the validation tokens (what a model that ignores
+context reaches; for images, the entropy of the validation labels) is a dead start.
+``--overrides`` change the job for every run (Hydra overrides). Each finished run is appended
+to ``--csv`` as it ends, so a stopped grid resumes (runs start in the order of ``--lrs``); the
+summary goes to docs/benchmarks.md and a plot to ``--plot``.
 """
 
 from __future__ import annotations
@@ -39,12 +40,16 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import REPORT, record, run_in_parallel
-from benchmarks.matched import GPT, MATCHED_MLP_RATIO
+from benchmarks.matched import GPT, MATCHED_MLP_RATIO, matched_neox
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-MODELS = ("tokenformer", "gpt")
-LABELS = {"tokenformer": "Tokenformer LM", "gpt": f"matched GPT (mlp_ratio {MATCHED_MLP_RATIO:g})"}
+MODELS = ("tokenformer", "neox", "gpt")
+LABELS = {
+    "tokenformer": "Tokenformer LM",
+    "neox": f"matched GPT-NeoX (rotary 25 %, mlp_ratio {MATCHED_MLP_RATIO:g})",
+    "gpt": f"nanoGPT-style GPT, learned positions (mlp_ratio {MATCHED_MLP_RATIO:g})",
+}
 
 
 CONFIG_NAMES = ("language", "vision")
@@ -117,11 +122,13 @@ def train_one(
     overrides = [f"optim.lr={lr}", f"seed={seed}", f"run_dir={run_dir}", *settings, *extra]
     cfg = job_config(config_name, overrides)
     task = build_task(cfg)
+    c = getattr(task, "config", None)  # the LM's
     if model == "gpt":
-        c = task.config
         task.build_model = lambda: GPT(
             c.vocab_size, c.context_length, c.dim, c.depth, c.num_heads, MATCHED_MLP_RATIO
         )
+    elif model == "neox":
+        task.build_model = lambda: matched_neox(c)
     summary = Trainer(cfg, task, run_dir).fit()
     with open(summary["metrics_csv"]) as f:
         losses = [float(row["val/loss"]) for row in csv.DictReader(f)]
@@ -228,8 +235,9 @@ def job_summary(cfg, config_name: str) -> str:
     if config_name == "vision":
         return f"data `{cfg.data.name}`, `{cfg.model.name}`, batch {cfg.train.batch_size}"
     return (
-        f"data `{cfg.data.name}` as bytes, `lm_{cfg.model.name}` and the nanoGPT-style GPT of "
-        f"equal FLOPs and parameters, batch {cfg.train.batch_size} x {cfg.data.seq_len}"
+        f"data `{cfg.data.name}` as bytes, `lm_{cfg.model.name}` and the baselines of equal "
+        f"FLOPs and parameters (`benchmarks/matched.py`), batch {cfg.train.batch_size} x "
+        f"{cfg.data.seq_len}"
     )
 
 

@@ -158,3 +158,30 @@ def test_lm_grid_runs_the_vision_job_with_timm_kwargs_as_settings(tmp_path):
     assert 1.5 < loss < 3.5  # 2 steps from the start: about ln 10 nats
     # the digits' validation labels are near uniform over 10 classes: entropy just under ln 10
     assert math.log(10) - 0.05 < result["unigram"] <= math.log(10) + 1e-9
+
+
+def test_the_matched_gpt_neox_differs_from_the_lm_only_in_pattention():
+    """transformers' GPT-NeoX matched to the LM: same width, depth, heads, rotary fraction and
+    base, tied embeddings; parameters and training FLOPs within 1 % of the Tokenformer's."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from benchmarks.matched import matched_neox
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    from tokenformer_mm.flops import training_flops
+    from tokenformer_mm.language.model import TokenformerLM, lm_config
+
+    config = lm_config("small")
+    neox, lm = matched_neox(config), TokenformerLM(config)
+    hf = neox.model.config
+    assert hf.rope_parameters["partial_rotary_factor"] == config.rotary_pct == 0.25
+    assert hf.rope_parameters["rope_theta"] == config.rotary_base
+    assert not hf.use_parallel_residual and hf.tie_word_embeddings
+    assert neox.model.get_output_embeddings().weight is neox.model.get_input_embeddings().weight
+    counts = [sum(p.numel() for p in m.parameters()) for m in (neox, lm)]
+    assert counts[0] == pytest.approx(counts[1], rel=0.01)
+    tokens = torch.randint(0, config.vocab_size, (2, 64))
+    flops = [training_flops(m, lambda m=m: m(tokens, tokens)[1]) for m in (neox, lm)]
+    assert flops[0] == pytest.approx(flops[1], rel=0.01)

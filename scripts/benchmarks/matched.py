@@ -102,6 +102,53 @@ class GPT(torch.nn.Module):
         return tokens
 
 
+class CausalLMAdapter(torch.nn.Module):
+    """A transformers causal LM behind the engine's LM interface: ``(logits, loss)`` of inputs
+    and their already shifted targets (transformers' own loss would shift them again)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from tokenformer_mm.language.model import IGNORE_INDEX
+
+        logits = self.model(input_ids=tokens, use_cache=False).logits
+        if targets is None:
+            return logits, None
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+        )
+        return logits, loss
+
+
+def matched_neox(config) -> CausalLMAdapter:
+    """transformers' GPT-NeoX (the official Tokenformer's code base) matched to an ``LMConfig``:
+    its width, depth, heads, context and vocabulary, rotary on the same fraction of each head
+    (NeoX style, same base), sequential residuals and pre-LayerNorms as our blocks, tied
+    embeddings, no attention biases, and a ``MATCHED_MLP_RATIO`` x width MLP, so FLOPs and
+    parameters match a Tokenformer of n = d (q/k/v/proj) and 4d (FFN) tokens. What still
+    differs: its LayerNorms are affine and its MLP has biases (2·d + 5·d per block, ~1e-3 of
+    the parameters at d = 128), and Pattention's attention-like layers are what it is compared on.
+    """
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    hf_config = GPTNeoXConfig(
+        vocab_size=config.vocab_size, hidden_size=config.dim, num_hidden_layers=config.depth,
+        num_attention_heads=config.num_heads,
+        intermediate_size=int(MATCHED_MLP_RATIO * config.dim), hidden_act="gelu",
+        max_position_embeddings=config.context_length, tie_word_embeddings=True,
+        use_parallel_residual=False, attention_bias=False, attention_dropout=0.0,
+        hidden_dropout=0.0, use_cache=False, rope_parameters={
+            "rope_type": "default", "rope_theta": config.rotary_base,
+            "partial_rotary_factor": config.rotary_pct,
+        },
+    )  # fmt: skip
+    return CausalLMAdapter(GPTNeoXForCausalLM(hf_config))
+
+
 MATCHED_VIT_MICRO = (
     "vit_tiny_patch16_224 img_size=32 patch_size=4 embed_dim=96 depth=4 num_heads=3 "
     f"mlp_ratio={MATCHED_MLP_RATIO:g}"

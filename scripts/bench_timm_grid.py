@@ -21,7 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import REPORT, record, run_in_parallel
-from benchmarks.matched import MATCHED_VIT_MICRO, digits_image_folder
+from benchmarks.matched import (
+    MATCHED_VIT_MICRO,
+    MATCHED_VIT_MICRO_LAYERSCALE,
+    VIT_LABELS,
+    digits_image_folder,
+)  # fmt: skip
 from benchmarks.upstream import timm_train_command
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -40,7 +45,7 @@ def grid(args: argparse.Namespace) -> list[dict[str, object]]:
 
 
 def label(variant: str) -> str:
-    return "matched ViT" if variant == MATCHED_VIT_MICRO else variant
+    return VIT_LABELS.get(variant, variant)
 
 
 def key(run: dict[str, object]) -> tuple[str, ...]:
@@ -154,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--train-py", type=Path, required=True, help="timm's train.py")
     parser.add_argument(
-        "--variants", nargs="+", default=["tokenformer_micro_patch4_32", MATCHED_VIT_MICRO],
+        "--variants", nargs="+",
+        default=["tokenformer_micro_patch4_32", MATCHED_VIT_MICRO_LAYERSCALE, MATCHED_VIT_MICRO],
         help='"model key=value ..." (the values go to --model-kwargs)',
     )  # fmt: skip
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3])

@@ -155,6 +155,16 @@ MATCHED_VIT_MICRO = (
 )
 
 
+# The same ViT with the Tokenformer family's LayerScale (timm's ``init_values``, 0.1 as
+# TokenformerViT's default): the comparison that isolates Pattention; the plain one above is what
+# a timm user would pick.
+MATCHED_VIT_MICRO_LAYERSCALE = f"{MATCHED_VIT_MICRO} init_values=0.1"
+VIT_LABELS = {
+    MATCHED_VIT_MICRO: "matched ViT",
+    MATCHED_VIT_MICRO_LAYERSCALE: "matched ViT + LayerScale 0.1",
+}
+
+
 MATCHED_VIT_CLIP = "matched-vit"
 
 

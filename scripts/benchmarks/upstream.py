@@ -21,6 +21,7 @@ from benchmarks.matched import (
     MATCHED_VIT_CLIP,
     MATCHED_VIT_CLIP_CFG,
     MATCHED_VIT_MICRO,
+    MATCHED_VIT_MICRO_LAYERSCALE,
     digits_image_folder,
 )
 
@@ -172,7 +173,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     timm_train.add_argument(
         "--variants",
         nargs="+",
-        default=["tokenformer_micro_patch4_32", MATCHED_VIT_MICRO],
+        default=["tokenformer_micro_patch4_32", MATCHED_VIT_MICRO_LAYERSCALE, MATCHED_VIT_MICRO],
         help='"model key=value ..." (the values go to --model-kwargs)',
     )
     timm_train.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -38,6 +38,9 @@ def bench_vision(args: argparse.Namespace) -> None:
         f"{vit}, mlp_ratio {MATCHED_MLP_RATIO:g} (equal FLOPs and params)": timm.create_model(
             vit, mlp_ratio=MATCHED_MLP_RATIO
         ),
+        f"{vit}, mlp_ratio {MATCHED_MLP_RATIO:g}, LayerScale 0.1 (as the Tokenformer)": (
+            timm.create_model(vit, mlp_ratio=MATCHED_MLP_RATIO, init_values=0.1)
+        ),
         f"{vit} (reference)": timm.create_model(vit),
     }
     size = ours.pretrained_cfg["input_size"][-1]

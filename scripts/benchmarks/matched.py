@@ -166,9 +166,11 @@ VIT_LABELS = {
 
 
 MATCHED_VIT_CLIP = "matched-vit"
+MATCHED_VIT_CLIP_LAYERSCALE = "matched-vit-layerscale"
 
 
-# open_clip's own ViT towers in TokenformerCLIP-micro's shape (mlp_ratio matches the parameters).
+# open_clip's own ViT towers in TokenformerCLIP-micro's shape (mlp_ratio matches the parameters),
+# plain and with the LayerScale both Tokenformer towers carry (open_clip's ``ls_init_value``).
 MATCHED_VIT_CLIP_CFG = {
     "embed_dim": 128,
     "vision_cfg": {
@@ -178,6 +180,14 @@ MATCHED_VIT_CLIP_CFG = {
     "text_cfg": {
         "context_length": 20, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 2,
         "mlp_ratio": MATCHED_MLP_RATIO,
+    },
+}  # fmt: skip
+MATCHED_VIT_CLIP_CFGS = {
+    MATCHED_VIT_CLIP: MATCHED_VIT_CLIP_CFG,
+    MATCHED_VIT_CLIP_LAYERSCALE: {
+        "embed_dim": 128,
+        **{tower: {**MATCHED_VIT_CLIP_CFG[tower], "ls_init_value": 0.1}
+           for tower in ("vision_cfg", "text_cfg")},
     },
 }  # fmt: skip
 

@@ -19,7 +19,8 @@ from benchmarks.common import (
 from benchmarks.matched import (
     MATCHED_MLP_RATIO,
     MATCHED_VIT_CLIP,
-    MATCHED_VIT_CLIP_CFG,
+    MATCHED_VIT_CLIP_CFGS,
+    MATCHED_VIT_CLIP_LAYERSCALE,
     MATCHED_VIT_MICRO,
     MATCHED_VIT_MICRO_LAYERSCALE,
     digits_image_folder,
@@ -121,8 +122,8 @@ def bench_clip_train(args: argparse.Namespace) -> None:
         args.variant_models = {}
         for i, variant in enumerate(args.variants):  # a local-dir config for all but a name
             name, *settings = variant.split()
-            if name == MATCHED_VIT_CLIP:
-                cfg = MATCHED_VIT_CLIP_CFG
+            if name in MATCHED_VIT_CLIP_CFGS:
+                cfg = MATCHED_VIT_CLIP_CFGS[name]
             elif settings:  # "key=value" in the text tower's config (open_clip passes no
                 # arguments to a timm image tower: its settings are the timm model's defaults)
                 cfg = open_clip_config(name)
@@ -159,8 +160,11 @@ def bench_clip_train(args: argparse.Namespace) -> None:
             "decay 0.2, fp32) and its ViT betas for both (0.9, 0.98, eps 1e-6)"
             f"{'; extra: ' + args.train_args if args.train_args else ''}. `matched-vit` is "
             "open_clip's own VisionTransformer / TextTransformer in TokenformerCLIP-micro's "
-            f"widths, depths and heads (mlp_ratio {MATCHED_MLP_RATIO:g}). Chance validation loss "
-            f"is ln {args.batch_size} = {chance:.3f}; collapsed = never 2 % below it."
+            f"widths, depths and heads (mlp_ratio {MATCHED_MLP_RATIO:g}); "
+            "`matched-vit-layerscale` the same with LayerScale 0.1 in both towers, as the "
+            "Tokenformer towers have (the comparison that isolates Pattention). Chance "
+            f"validation loss is ln {args.batch_size} = {chance:.3f}; collapsed = never 2 % below "
+            "it."
         ),
         report=args.report,
     )
@@ -186,7 +190,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     clip_train.add_argument(
         "--variants",
         nargs="+",
-        default=["TokenformerCLIP-micro", MATCHED_VIT_CLIP],
+        default=["TokenformerCLIP-micro", MATCHED_VIT_CLIP_LAYERSCALE, MATCHED_VIT_CLIP],
         help='open_clip model names, or "name key=value ..." (set in the text tower config)',
     )
     clip_train.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

@@ -1,4 +1,5 @@
-"""The LM against a nanoGPT-style GPT of equal FLOPs: training and generation throughput."""
+"""The LM against GPTs of equal FLOPs (transformers' GPT-NeoX matched to it, and a nanoGPT-style
+one with learned positions): training and generation throughput."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from benchmarks.common import (
     precision_note,
     record,
 )
-from benchmarks.matched import (
-    GPT,
-    MATCHED_MLP_RATIO,
-)
+from benchmarks.matched import GPT, MATCHED_MLP_RATIO, matched_neox
+
+
+def short(name: str) -> str:
+    """A model's name without its parenthesised or comma-separated details."""
+    return name.split(" (")[0].split(",")[0]
 
 
 def bench_language(args: argparse.Namespace) -> None:
@@ -32,12 +35,15 @@ def bench_language(args: argparse.Namespace) -> None:
         or config.ffn_tokens != 4 * config.dim
     ):
         raise ValueError(
-            f"the matched GPT assumes n = dim (q/k/v/proj) and 4 x dim (FFN) tokens; config "
+            f"the matched GPTs assume n = dim (q/k/v/proj) and 4 x dim (FFN) tokens; config "
             f"{args.model!r} has {config.qkv_tokens}/{config.proj_tokens}/{config.ffn_tokens} "
             f"at dim {config.dim}: pick one of the official-shaped configs (small, 150M, ...)"
         )
     models = {
         f"Tokenformer {args.model}": TokenformerLM(config),
+        f"matched GPT-NeoX (transformers; rotary 25 %, mlp_ratio {MATCHED_MLP_RATIO:g})": (
+            matched_neox(config)
+        ),
         f"nanoGPT-style GPT, mlp_ratio {MATCHED_MLP_RATIO:g} (equal FLOPs; equal params "
         "but for its position table)": GPT(
             config.vocab_size,
@@ -62,7 +68,7 @@ def bench_language(args: argparse.Namespace) -> None:
         steps[name] = adamw_step(model, lambda m=model: loss(m))
     seconds = interleaved_seconds(steps, args.repeats, device)
     step_tokens = args.batch_size * args.seq_len
-    ours, gpt = list(models)
+    ours, neox, gpt = list(models)
     per_flop = {name: seconds[name] / flops[name] for name in models}
     rows = [
         {
@@ -70,7 +76,7 @@ def bench_language(args: argparse.Namespace) -> None:
             "params (M)": millions_of_params(model),
             "measure": f"training, batch {args.batch_size} x {args.seq_len}",
             "tokens/s": f"{step_tokens / seconds[name]:,.0f}",
-            "time per FLOP vs GPT": f"{per_flop[name] / per_flop[gpt]:.2f}x",
+            "time per FLOP vs GPT-NeoX": f"{per_flop[name] / per_flop[neox]:.2f}x",
         }
         for name, model in models.items()
     ]
@@ -79,6 +85,14 @@ def bench_language(args: argparse.Namespace) -> None:
         (ours, "KV cache on"): lambda: models[ours].generate(prompt, args.new_tokens, top_k=50),
         (ours, "KV cache off"): lambda: models[ours].generate(
             prompt, args.new_tokens, top_k=50, use_cache=False
+        ),
+        (neox, "KV cache on (transformers' generate)"): lambda: models[neox].model.generate(
+            prompt,
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            do_sample=True,
+            top_k=50,
+            use_cache=True,
         ),
         (gpt, "no cache (nanoGPT's loop)"): lambda: models[gpt].generate(
             prompt, args.new_tokens, top_k=50
@@ -93,19 +107,17 @@ def bench_language(args: argparse.Namespace) -> None:
                 "params (M)": "",
                 "measure": f"generation of {args.new_tokens} tokens, {how}",
                 "tokens/s": f"{args.new_tokens / sec:,.0f}",
-                "time per FLOP vs GPT": "",
+                "time per FLOP vs GPT-NeoX": "",
             }
         )
     record(
-        f"Language: Tokenformer {args.model} vs a nanoGPT-style GPT ({device.type})",
+        f"Language: Tokenformer {args.model} vs matched GPTs ({device.type})",
         rows,
         notes=(
             f"Training: medians of {args.repeats} interleaved AdamW steps, "
             + precision_note(device)
             + "; FLOPs by FlopCounterMode, attention by one convention (tokenformer_mm.flops): "
-            + ", ".join(
-                f"{flops[n] / 1e9:.2f} GFLOPs per sequence for {n.split(',')[0]}" for n in models
-            )
+            + ", ".join(f"{flops[n] / 1e9:.2f} GFLOPs per sequence for {short(n)}" for n in models)
             + ". Generation: batch 1 from a 16-token prompt, top-k 50."
         ),
         report=args.report,

@@ -226,29 +226,25 @@ class Pattention(nn.Module):
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x, self.key_tokens, self.values())
+
+    def attend(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The layer's function of ``x`` over ``keys`` and ``values`` (its own, or adapters')."""
         _check_in_features(x, self.in_features)
         # Nested: TorchScript skips the inner block entirely, the `and` form it would compile.
         if not torch.jit.is_scripting():  # noqa: SIM102
             if self.uses_fused_path(x):
-                return self._forward_fused(x)
-        scores = F.linear(x, self.key_tokens)  # (..., n)
+                return self._forward_fused(x, keys, values)
+        scores = F.linear(x, keys)  # (..., n)
         weights = self.dropout(theta(scores, self.norm, self.tau, self.eps)[0])
-        values = self.values()  # (n, d_out), times theta's linear factor where it has one
-        scale = value_scale(self.norm, self.tau)
+        scale = value_scale(self.norm, self.tau)  # theta's linear factor, where it has one
         if scale is not None:
             values = values * scale.to(values.dtype)
         return weights @ values  # (..., d_out)
 
     @torch.jit.unused
-    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        return fused_pattention(
-            x,
-            [self.key_tokens],
-            [self.values()],
-            self.tau.view(1),
-            self.norm,
-            self.eps,
-        )[0]
+    def _forward_fused(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+        return fused_pattention(x, [keys], [values], self.tau.view(1), self.norm, self.eps)[0]
 
     def extra_repr(self) -> str:
         return (

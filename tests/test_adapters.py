@@ -1,0 +1,155 @@
+"""Token adapters (tokenformer_mm.adapters): appended tokens trained alone on a frozen model."""
+
+import pytest
+import timm
+import torch
+
+import tokenformer_mm  # noqa: F401  (registers the tokenformer_* models)
+from tokenformer_mm.adapters import (
+    AdapterConfig,
+    TokenAdapter,
+    add_adapter,
+    load_adapter,
+    merge_adapter,
+    remove_adapter,
+    save_adapter,
+    set_adapter,
+    using_adapter,
+)
+from tokenformer_mm.language.model import TokenformerLM, lm_config
+
+
+def language_model(**overrides) -> TokenformerLM:
+    torch.manual_seed(0)
+    return TokenformerLM(lm_config("small", **overrides)).eval()
+
+
+def logits(model, tokens):
+    return model(tokens, tokens)[0]
+
+
+@pytest.fixture
+def tokens():
+    return torch.randint(0, 320, (4, 128), generator=torch.Generator().manual_seed(1))
+
+
+def train_adapter(model, tokens, steps=3, lr=1e-2):
+    """A few AdamW steps over every parameter (weight decay included): the frozen ones must not
+    move, so the optimizer is given them all, as a careless user would."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(tokens[:, :-1], tokens[:, 1:])[1].backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("parametrization", ["standard", "mup"])
+def test_zero_key_adapters_leave_the_lm_bit_for_bit_unchanged(tokens, parametrization):
+    model = language_model(parametrization=parametrization)
+    with torch.no_grad():
+        before = logits(model, tokens)  # 512 tokens x 128: the fused path in the base layers
+        layers = add_adapter(model, "code", AdapterConfig(num_tokens=16))
+        assert len(layers) == 2 * 5  # 2 blocks x q, k, v, proj, FFN
+        assert torch.equal(logits(model, tokens), before)
+
+
+def test_zero_key_adapters_leave_the_image_model_bit_for_bit_unchanged():
+    torch.manual_seed(0)
+    model = timm.create_model("tokenformer_micro_patch4_32", num_classes=10).eval()
+    images = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        before = model(images)
+        add_adapter(model, "digits", AdapterConfig(num_tokens=8, kinds=("ffn",), blocks=(2, 3)))
+        assert torch.equal(model(images), before)
+    wrapped = [name for name, m in model.named_modules() if isinstance(m, TokenAdapter)]
+    assert wrapped == ["blocks.2.ffn", "blocks.3.ffn"]
+
+
+def test_only_the_adapter_trains_and_the_base_stays_byte_identical(tokens):
+    model = language_model()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    add_adapter(model, "code", AdapterConfig(num_tokens=16))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".adapter_" in n and n.endswith(".code") for n in trainable)
+    before = logits(model, tokens).detach()
+    train_adapter(model, tokens)
+    for name, tensor in model.state_dict().items():
+        if ".adapter_" not in name:
+            assert torch.equal(tensor, base[name.replace(".base.", ".")]), name
+    assert not torch.equal(logits(model, tokens), before)  # the adapter learned something
+    remove_adapter(model, "code")  # the original model, exactly
+    assert model.state_dict().keys() == base.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in base.items())
+
+
+def test_save_load_merge_and_remove_round_trips(tokens, tmp_path):
+    model = language_model(parametrization="mup")
+    original = logits(model, tokens).detach()
+    add_adapter(model, "code", AdapterConfig(num_tokens=16, init="perturbed"))
+    train_adapter(model, tokens)
+    adapted = logits(model, tokens).detach()
+    path = save_adapter(model, "code", tmp_path / "code.safetensors")
+    assert path.stat().st_size < 0.2 * sum(p.numel() * 4 for p in model.parameters())
+
+    fresh = language_model(parametrization="mup")  # the same base, built again
+    load_adapter(fresh, path, "code")
+    assert torch.equal(logits(fresh, tokens), adapted)  # save / load: bit for bit
+    with using_adapter(fresh, None):
+        assert torch.equal(logits(fresh, tokens), original)
+
+    merge_adapter(fresh, "code")  # the tokens appended for good: a plain, grown model
+    assert not any(isinstance(m, TokenAdapter) for m in fresh.modules())
+    assert fresh.blocks[0].ffn.num_tokens == lm_config("small").ffn_tokens + 16
+    assert fresh.config.ffn_tokens == lm_config("small").ffn_tokens + 16
+    merged = logits(fresh, tokens)
+    scale = adapted.abs().max()
+    assert (merged - adapted).abs().max() <= 1e-5 * scale  # one sum over n + m: rounding only
+
+
+def test_several_adapters_on_one_base_switch_per_call(tokens):
+    model = language_model()
+    base = logits(model, tokens).detach()
+    outputs = {}
+    for name, lr in (("code", 1e-2), ("prose", 3e-2)):
+        add_adapter(model, name, AdapterConfig(num_tokens=8))
+        train_adapter(model, tokens, lr=lr)
+        outputs[name] = logits(model, tokens).detach()
+    assert not torch.equal(outputs["code"], outputs["prose"])
+    for name in ("code", "prose"):
+        with using_adapter(model, name):
+            assert torch.equal(logits(model, tokens), outputs[name])
+    set_adapter(model, None)
+    assert torch.equal(logits(model, tokens), base)
+    with pytest.raises(
+        ValueError, match=r"no adapter named 'maths'; the model has \['code', 'prose'\]"
+    ):
+        set_adapter(model, "maths")
+    with pytest.raises(ValueError, match="already has an adapter named 'code'"):
+        add_adapter(model, "code", AdapterConfig(num_tokens=8))
+
+
+def test_an_adapter_for_another_shape_is_refused_naming_both(tmp_path, tokens):
+    model = language_model()
+    add_adapter(model, "code", AdapterConfig(num_tokens=8, kinds=("ffn",)))
+    path = save_adapter(model, "code", tmp_path / "code.safetensors")
+    other = language_model(ffn_tokens=256)
+    with pytest.raises(
+        ValueError,
+        match=r"for blocks\.0\.ffn with .*'num_tokens': 512.*model's layer has .*'num_tokens': 256",
+    ):
+        load_adapter(other, path, "code")
+    assert not any(isinstance(m, TokenAdapter) for m in other.modules())  # nothing half-added
+
+
+def test_bad_adapter_settings_are_refused():
+    with pytest.raises(ValueError, match="num_tokens must be a positive int, got 0"):
+        AdapterConfig(num_tokens=0)
+    with pytest.raises(ValueError, match="kinds must be a non-empty subset"):
+        AdapterConfig(num_tokens=4, kinds=("mlp",))
+    model = language_model(norm="softmax")
+    with pytest.raises(ValueError, match="a zero key gives a zero weight"):
+        add_adapter(model, "code", AdapterConfig(num_tokens=4))
+    with pytest.raises(ValueError, match="no Pattention layers of kinds"):
+        add_adapter(language_model(), "code", AdapterConfig(num_tokens=4, blocks=(7,)))

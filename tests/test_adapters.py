@@ -153,3 +153,39 @@ def test_bad_adapter_settings_are_refused():
         add_adapter(model, "code", AdapterConfig(num_tokens=4))
     with pytest.raises(ValueError, match="no Pattention layers of kinds"):
         add_adapter(language_model(), "code", AdapterConfig(num_tokens=4, blocks=(7,)))
+
+
+def test_timm_and_transformers_load_an_adapter_file(tmp_path, tokens):
+    """timm.create_model(..., adapter=file) and a transformers model given load_adapter: the
+    adapted outputs, whatever module the tower sits in."""
+    import transformers
+
+    import tokenformer_mm.language.hf  # noqa: F401  (registers the Auto classes)
+
+    torch.manual_seed(0)
+    vit = timm.create_model("tokenformer_micro_patch4_32", num_classes=10)
+    weights = tmp_path / "vit.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(vit.state_dict(), str(weights))
+    add_adapter(vit, "digits", AdapterConfig(num_tokens=8, init="perturbed"))
+    images = torch.randn(4, 3, 32, 32)
+    adapter = save_adapter(vit.eval(), "digits", tmp_path / "digits.safetensors")
+    loaded = timm.create_model(
+        "tokenformer_micro_patch4_32", pretrained=True, num_classes=10,
+        pretrained_cfg_overlay={"file": str(weights), "num_classes": 10}, adapter=str(adapter),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(loaded(images), vit(images))
+
+    lm = language_model()
+    lm.save_pretrained(tmp_path / "lm")
+    add_adapter(lm, "code", AdapterConfig(num_tokens=8, init="perturbed"))
+    path = save_adapter(lm, "code", tmp_path / "code.safetensors")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    assert load_adapter(hf, path, "code")[0] == "model.blocks.0.q"  # the tower inside HF's model
+    with torch.no_grad():
+        expected = lm(tokens, all_logits=True)[0]
+        assert (hf(tokens).logits - expected).abs().max() <= 1e-5 * expected.abs().max()
+    with pytest.raises(FileNotFoundError, match="no token adapter file at"):
+        load_adapter(hf, tmp_path / "missing.safetensors", "other")

@@ -243,35 +243,52 @@ def load_adapter(model: nn.Module, path: str | Path, name: str) -> list[str]:
     one's shape as it was saved), added frozen-base and made active; returns the layers."""
     from safetensors import safe_open
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no token adapter file at {path} (save one with save_adapter)")
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata() or {}
         if metadata.get("format") != FORMAT:
             raise ValueError(f"{path} is not a token adapter file (no {FORMAT!r} metadata)")
         state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118  (safe_open's API)
-    layers = json.loads(metadata["layers"])
-    modules = dict(model.named_modules())
-    for layer_name, shape in layers.items():
-        module = modules.get(layer_name)
-        layer = module.base if isinstance(module, TokenAdapter) else module
-        if not isinstance(layer, Pattention):
-            raise ValueError(f"{path} adapts layer {layer_name!r}, which this model does not have")
-        if _layer_shape(layer) != shape:
+    saved = json.loads(metadata["layers"])
+    ours = {
+        n.removesuffix(".base"): m for n, m in model.named_modules() if isinstance(m, Pattention)
+    }
+    layers = {}  # this model's layer name -> the name the file gives it
+    for saved_name, shape in saved.items():
+        layer_name = _resolve(saved_name, ours)
+        if layer_name is None:
             raise ValueError(
-                f"{path} was made for {layer_name} with {shape}; this model's layer has "
-                f"{_layer_shape(layer)}: load it into the model it was trained on"
+                f"{path} adapts layer {saved_name!r}, which this model does not have (nor one "
+                "whose name ends with it): load it into the model it was trained on"
             )
+        if _layer_shape(ours[layer_name]) != shape:
+            raise ValueError(
+                f"{path} was made for {saved_name} with {shape}; this model's layer has "
+                f"{_layer_shape(ours[layer_name])}: load it into the model it was trained on"
+            )
+        layers[layer_name] = saved_name
     check_name(model, name)
-    for layer_name in layers:
+    for layer_name, saved_name in layers.items():
         module = model.get_submodule(layer_name)
         if not isinstance(module, TokenAdapter):
             module = TokenAdapter(module)
             _replace(model, layer_name, module)
-        module.add(name, AdapterConfig(num_tokens=state[f"{layer_name}.keys"].shape[0]))
+        module.add(name, AdapterConfig(num_tokens=state[f"{saved_name}.keys"].shape[0]))
         with torch.no_grad():
-            module.adapter_keys[name].copy_(state[f"{layer_name}.keys"])
-            module.adapter_values[name].copy_(state[f"{layer_name}.values"])
+            module.adapter_keys[name].copy_(state[f"{saved_name}.keys"])
+            module.adapter_values[name].copy_(state[f"{saved_name}.values"])
     train_only(model, name)
     return list(layers)
+
+
+def _resolve(saved: str, ours: dict[str, Pattention]) -> str | None:
+    """The layer of ours a saved layer name means: the same name, or the one name that ends
+    with it or that it ends with (a tower saved alone, loaded inside a wrapper, or back)."""
+    if saved in ours:
+        return saved
+    found = [n for n in ours if n.endswith("." + saved) or saved.endswith("." + n)]
+    return found[0] if len(found) == 1 else None
 
 
 def remove_adapter(model: nn.Module, name: str) -> None:

@@ -5,6 +5,7 @@ the model class in ``tokenformer_vit.py``.
 No released weights exist: load your own with ``pretrained_cfg_overlay=dict(file=...)``.
 """
 
+from pathlib import Path
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -16,7 +17,8 @@ from .tokenformer_vit import TokenformerViT
 
 def _create_tokenformer(variant: str, pretrained: bool = False, **kwargs: Any) -> TokenformerViT:
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(
+    adapter = kwargs.pop("adapter", None)  # a token adapter file (save_adapter): loaded, active
+    model = build_model_with_cfg(
         TokenformerViT,
         variant,
         pretrained,
@@ -24,6 +26,11 @@ def _create_tokenformer(variant: str, pretrained: bool = False, **kwargs: Any) -
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **with_weights_file(pretrained, kwargs),  # a run or checkpoint dir: its weights file
     )
+    if adapter is not None:
+        from tokenformer_mm.adapters import load_adapter
+
+        load_adapter(model, adapter, Path(adapter).stem)
+    return model
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

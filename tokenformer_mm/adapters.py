@@ -1,10 +1,9 @@
 """Token adapters: new knowledge as appended key-value tokens, the trained model frozen.
 
-A Pattention's parameters are tokens, so a trained model adapts by appending ``m`` tokens to
-chosen layers and training only those (docs/design.md, "Token adapters"). ``add_adapter`` wraps
-each chosen layer in a ``TokenAdapter`` that keeps the layer (frozen) and any number of named
-adapters beside it; the active one takes part in the layer's function exactly as if its tokens
-had been appended to the layer's own, one normalisation over all ``n + m`` scores, τ the layer's:
+A trained model adapts by appending ``m`` tokens to chosen layers and training only those
+(docs/design.md, "Token adapters"). ``add_adapter`` wraps each chosen layer in a ``TokenAdapter``
+holding the layer (frozen) and named adapters; the active one computes what its tokens would if
+appended to the layer's own: one normalisation over all ``n + m`` scores, τ the layer's:
 
     s, s_a = x @ K.T, x @ K_a.T;  r = hypot(|s|, |s_a|)     (l2_norm_gelu)
     y = gelu(s · τ / r) @ V + gelu(s_a · τ / r) @ V_a
@@ -101,9 +100,9 @@ class TokenAdapter(nn.Module):
         self.adapter_values[name] = nn.Parameter(values)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.active is None:
-            return self.base(x)
         base, name = self.base, self.active
+        if name is None:
+            return base(x)
         scores = F.linear(x, base.key_tokens)
         extra = F.linear(x, self.adapter_keys[name])
         if base.norm == "l2_norm_gelu":  # the norm of the scores, then GELU

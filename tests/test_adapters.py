@@ -189,3 +189,48 @@ def test_timm_and_transformers_load_an_adapter_file(tmp_path, tokens):
         assert (hf(tokens).logits - expected).abs().max() <= 1e-5 * expected.abs().max()
     with pytest.raises(FileNotFoundError, match="no token adapter file at"):
         load_adapter(hf, tmp_path / "missing.safetensors", "other")
+
+
+def test_the_engine_trains_an_adapter_on_a_run_and_resumes_it(tmp_path):
+    """``adapt.num_tokens`` / ``adapt.base``: the run starts from the trained weights (its first
+    evaluation equals the base run's last, zero keys), trains only the adapter (the base weights
+    in its checkpoints byte-identical), writes the adapter file with every checkpoint, and
+    resumes like any run."""
+    import safetensors.torch
+
+    from tokenformer_mm.checkpoint_layout import newest_checkpoint
+    from tokenformer_mm.train import Trainer, build_task
+
+    from .engine_utils import TINY_VISION, compose_config
+
+    def trainer(run_dir, overrides):
+        cfg = compose_config("vision", [*TINY_VISION, f"run_dir={run_dir}", *overrides])
+        return Trainer(cfg, build_task(cfg), run_dir)
+
+    base = tmp_path / "base"
+    trainer(base, ["train.steps=4", "train.eval_every=4"]).fit()
+    trained = safetensors.torch.load_file(
+        newest_checkpoint(base / "checkpoints") / "model.safetensors"
+    )
+    adapt = ["adapt.num_tokens=4", f"adapt.base={base}", "adapt.name=digits", "train.eval_every=2"]
+    run = trainer(tmp_path / "adapt", [*adapt, "train.steps=4", "train.checkpoint_every=2"])
+    plain = trainer(tmp_path / "plain", ["train.steps=1"]).model
+    plain.load_state_dict(trained)
+    with torch.no_grad():  # zero keys: the adapted model is the trained one, bit for bit
+        assert run.task.evaluate(run.model, run.eval_loader) == run.task.evaluate(
+            plain, run.eval_loader
+        )
+    run.fit(until=2)
+    run = trainer(tmp_path / "adapt", [*adapt, "train.steps=4", "resume=true"])
+    assert run.step == 2
+    run.fit()
+    last = newest_checkpoint(tmp_path / "adapt" / "checkpoints")
+    weights = safetensors.torch.load_file(last / "model.safetensors")
+    for name, tensor in trained.items():
+        key = next(k for k in weights if k.replace(".base.", ".") == name)
+        assert torch.equal(weights[key], tensor), name
+    adapter = last / "adapter_digits.safetensors"
+    load_adapter(plain, adapter, "digits")  # the shipped file: the trained run's model again
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in weights.items())
+    with pytest.raises(ValueError, match="adapt trains tokens appended to a frozen model"):
+        trainer(tmp_path / "bad", [*adapt, "growth.schedule=[{step: 2, factor: 2}]"])

@@ -32,6 +32,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from ..adapters import TokenAdapter, save_adapter
 from ..checkpoint_layout import EMA_FILE, MODEL_FILE, checkpoint_dirs, step_dir_name
 from ..growth import Shape, load_resized
 from ..weights import file_shape, save_tensors, save_weights
@@ -129,6 +130,13 @@ def load_model(model: nn.Module, source: str | os.PathLike) -> nn.Module:
     return load_resized(model, load_weights(source), read_shape(source))
 
 
+def save_adapters(model: nn.Module, directory: Path) -> None:
+    """Each token adapter of ``model`` alone (``adapter_<name>.safetensors``) beside its weights."""
+    names = {n for m in model.modules() if isinstance(m, TokenAdapter) for n in m.adapter_keys}
+    for name in sorted(names):
+        save_adapter(model, name, directory / f"adapter_{name}.safetensors")
+
+
 def save(
     root: str | os.PathLike,
     step: int,
@@ -145,6 +153,7 @@ def save(
     staging.mkdir(parents=True)
     try:
         save_weights(model, staging / MODEL_FILE)
+        save_adapters(model, staging)  # each token adapter alone: the file to ship
         if ema is not None:
             save_weights(ema, staging / EMA_FILE)
         torch.save(state, staging / STATE_FILE)

@@ -108,6 +108,18 @@ class TrainConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """A token adapter trained on a trained model, the rest frozen (``tokenformer_mm.adapters``)."""
+
+    num_tokens: int = 0  # tokens appended per chosen layer; 0: no adapter
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    blocks: list[int] | None = None  # block indices; null: every block
+    init: str = "exact"  # zero keys (the model unchanged at the start) or "perturbed"
+    name: str = "adapter"
+    base: str | None = None  # the trained model: a run, a checkpoint dir or a .safetensors
+
+
+@dataclass
 class RunConfig:
     """Fields every domain's run has; a domain adds ``model`` and ``data``."""
 
@@ -118,6 +130,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     growth: GrowthConfig = field(default_factory=GrowthConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 def validate(cfg: Any) -> None:
@@ -161,6 +174,14 @@ def validate(cfg: Any) -> None:
         raise ValueError(
             f"optim.decay_steps must be in (0, train.steps={train.steps}] or null, got "
             f"{optim.decay_steps}"
+        )
+    adapt = cfg.adapt
+    if adapt.num_tokens < 0:
+        raise ValueError(f"adapt.num_tokens must be >= 0 (0: no adapter), got {adapt.num_tokens}")
+    if adapt.num_tokens and (growth.schedule or growth.init_from):
+        raise ValueError(
+            "adapt trains tokens appended to a frozen model, growth changes the model itself: "
+            "set adapt.num_tokens=0, or growth.schedule=[] and growth.init_from=null"
         )
     if train.branch_from and growth.init_from:
         raise ValueError(

@@ -79,7 +79,12 @@ def run_schema(domain: str) -> type:
 
 
 def build_task(cfg: Any) -> Task:
-    return _resolve(_domain(cfg.domain)[0])(cfg)
+    task = _resolve(_domain(cfg.domain)[0])(cfg)
+    if cfg.adapt.num_tokens:  # the model every builder makes: trained weights + the adapter
+        from .adapt import adapted
+
+        task.build_model = adapted(task.build_model, cfg.adapt)
+    return task
 
 
 def register_schemas() -> None:

@@ -23,7 +23,11 @@ RESUME_STEPS = "train.steps=6"
 
 # The sections whose code runs in one folder, in order: the later ones use what the first made.
 CHAINS = {
-    "vision": ("Train an image Tokenformer (the main job)", "Load a model"),
+    "vision": (
+        "Train an image Tokenformer (the main job)",
+        "Load a model",
+        "Adapt a model with tokens",
+    ),
     "language": ("Language",),
     "clip": ("Image-text CLIP",),
     "growth": ("Grow a model",),

@@ -185,3 +185,29 @@ def test_the_matched_gpt_neox_differs_from_the_lm_only_in_pattention():
     tokens = torch.randint(0, config.vocab_size, (2, 64))
     flops = [training_flops(m, lambda m=m: m(tokens, tokens)[1]) for m in (neox, lm)]
     assert flops[0] == pytest.approx(flops[1], rel=0.01)
+
+
+@pytest.mark.slow
+def test_the_adaptation_benchmark_runs_every_arm_at_equal_trainable_parameters(tmp_path):
+    """Token adapters against peft's LoRA and full fine-tuning through the engine (tiny models,
+    a few steps): one row per arm, the two adapter arms at the same trainable count, each
+    shipped as a file far smaller than the model."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_adapters
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    tiny = ["model.name=tiny", "data.seq_len=32", "data.num_workers=0"]
+    bench_adapters.main(
+        ["--work", str(tmp_path / "work"), "--csv", str(tmp_path / "a.csv"), "--plot",
+         str(tmp_path / "a.png"), "--steps", "2", "--lrs", "3e-3", "--seeds", "0", "--jobs", "1",
+         "--base-overrides", *tiny, "train.steps=2", "train.eval_every=2", "--overrides", *tiny]
+    )  # fmt: skip
+    rows = {row["arm"]: row for row in bench_adapters.read_done(tmp_path / "a.csv")}
+    assert sorted(rows) == sorted(bench_adapters.ARMS)
+    assert rows["tokens"]["trainable"] == rows["lora"]["trainable"]  # rank = tokens / 2
+    assert int(rows["tokens"]["file_bytes"]) < int(rows["full-tf"]["file_bytes"]) / 2
+    assert all(
+        0 < float(row["new_loss"]) < 7 and 0 < float(row["old_loss"]) < 7 for row in rows.values()
+    )
+    assert (tmp_path / "a.png").stat().st_size > 1000

@@ -10,6 +10,17 @@ import pytest
 from .engine_utils import ROOT, run
 
 
+def script(name: str):
+    """A module of ``scripts/`` (or of its ``benchmarks/``), imported as the scripts import."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+
+
 def table_rows(report_text: str) -> list[list[str]]:
     """The data rows of the markdown tables in a report."""
     rows = [line.strip("|").split("|") for line in report_text.splitlines() if line.startswith("|")]
@@ -44,11 +55,12 @@ def test_language_bench_matches_the_gpt_flops_and_measures_generation(tmp_path):
         *("--batch-size", "2", "--seq-len", "32", "--repeats", "1", "--new-tokens", "4"),
     )
     measures = [row[2] for row in rows[1:]]
-    assert measures[:2] == ["training, batch 2 x 32"] * 2
-    assert any("KV cache on" in m for m in measures) and any("nanoGPT" in m for m in measures)
+    assert measures[:3] == ["training, batch 2 x 32"] * 3  # ours, GPT-NeoX, nanoGPT
+    assert any("KV cache on (transformers" in m for m in measures)
+    assert any("nanoGPT" in m for m in measures)
     text = (tmp_path / "bench.md").read_text()
     flops = re.findall(r"([\d.]+) GFLOPs per sequence", text)
-    assert len(flops) == 2 and flops[0] == flops[1]  # equal FLOPs by construction, and counted
+    assert len(flops) == 3 and len(set(flops)) == 1  # equal FLOPs by construction, and counted
 
 
 @pytest.mark.slow
@@ -61,11 +73,7 @@ def test_clip_eval_bench_measures_memory_of_both_ways(tmp_path):
 
 
 def test_digits_image_folder_is_the_embedded_split(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from benchmarks.matched import digits_image_folder
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    digits_image_folder = script("benchmarks.matched").digits_image_folder
     root = digits_image_folder(tmp_path / "digits")
     counts = {split: len(list((root / split).rglob("*.png"))) for split in ("train", "validation")}
     assert counts == {"train": 1437, "validation": 360}
@@ -73,11 +81,7 @@ def test_digits_image_folder_is_the_embedded_split(tmp_path):
 
 
 def test_timm_grid_summary_counts_dead_starts_and_plots_each_cell(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_timm_grid
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    bench_timm_grid = script("bench_timm_grid")
     rows = [
         {"model": model, "lr": lr, "warmup": "1", "aug": "light", "seed": str(seed),
          "final": str(final), "best": str(final), "top1_per_epoch": "", "seconds": "1"}
@@ -100,11 +104,7 @@ def test_timm_grid_summary_counts_dead_starts_and_plots_each_cell(tmp_path):
 
 @pytest.mark.slow
 def test_lm_grid_trains_both_models_through_the_engine_and_counts_dead_starts(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_lm_grid
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    bench_lm_grid = script("bench_lm_grid")
     tiny = ["model.name=tiny", "train.steps=4", "train.eval_every=2", "train.batch_size=2"]
     tiny += ["data.seq_len=32", "optim.warmup_steps=2", "train.log_every=2"]
     models = (*bench_lm_grid.MODELS, "tokenformer key_init=official")
@@ -143,11 +143,7 @@ def test_lm_grid_trains_both_models_through_the_engine_and_counts_dead_starts(tm
 
 @pytest.mark.slow
 def test_lm_grid_runs_the_vision_job_with_timm_kwargs_as_settings(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_lm_grid
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    bench_lm_grid = script("bench_lm_grid")
     tiny = ["train.steps=2", "train.eval_every=2", "train.batch_size=8", "optim.warmup_steps=1"]
     tiny += ["data.num_workers=0", "train.log_every=1"]
     model = "tokenformer qkv_tokens=8 ffn_tokens=16 parametrization=mup"
@@ -165,11 +161,7 @@ def test_the_matched_gpt_neox_differs_from_the_lm_only_in_pattention():
     base, tied embeddings; parameters and training FLOPs within 1 % of the Tokenformer's."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from benchmarks.matched import matched_neox
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    matched_neox = script("benchmarks.matched").matched_neox
     from tokenformer_mm.flops import training_flops
     from tokenformer_mm.language.model import TokenformerLM, lm_config
 
@@ -192,11 +184,7 @@ def test_the_adaptation_benchmark_runs_every_arm_at_equal_trainable_parameters(t
     """Token adapters against peft's LoRA and full fine-tuning through the engine (tiny models,
     a few steps): one row per arm, the two adapter arms at the same trainable count, each
     shipped as a file far smaller than the model."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_adapters
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    bench_adapters = script("bench_adapters")
     tiny = ["model.name=tiny", "data.seq_len=32", "data.num_workers=0"]
     bench_adapters.main(
         ["--work", str(tmp_path / "work"), "--csv", str(tmp_path / "a.csv"), "--plot",

@@ -43,4 +43,3 @@ def adapted(build: Callable[[], nn.Module], adapt: Any) -> Callable[[], nn.Modul
         return model
 
     return build_adapted
-

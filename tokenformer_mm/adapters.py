@@ -105,17 +105,13 @@ class TokenAdapter(nn.Module):
             return base(x)
         scores = F.linear(x, base.key_tokens)
         extra = F.linear(x, self.adapter_keys[name])
-        if base.norm == "l2_norm_gelu":  # the norm of the scores, then GELU
-            scale = row_scale(
-                torch.hypot(row_norm(scores), row_norm(extra)), base.tau, base.eps, x.dtype
-            )
-            weights, extra_weights = F.gelu(scores * scale), F.gelu(extra * scale)
-        else:  # gelu_l2_norm: GELU, then the norm of the activations
+        if base.norm == "gelu_l2_norm":  # GELU, then the norm of the activations
             scores, extra = F.gelu(scores), F.gelu(extra)
-            scale = row_scale(
-                torch.hypot(row_norm(scores), row_norm(extra)), base.tau, base.eps, x.dtype
-            )
-            weights, extra_weights = scores * scale, extra * scale
+        norm = torch.hypot(row_norm(scores), row_norm(extra))  # over all n + m: exact at 0
+        scale = row_scale(norm, base.tau, base.eps, x.dtype)
+        weights, extra_weights = scores * scale, extra * scale
+        if base.norm == "l2_norm_gelu":  # the norm of the scores, then GELU
+            weights, extra_weights = F.gelu(weights), F.gelu(extra_weights)
         values = self.adapter_values[name] * base.value_multiplier  # μP: the layer's multiplier
         return base.dropout(weights) @ base.values() + base.dropout(extra_weights) @ values
 
@@ -147,23 +143,27 @@ def _chosen_layers(model: nn.Module, config: AdapterConfig) -> list[tuple[str, P
     return chosen
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+def _replace(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
+    return module
+
+
+def _wrapped(model: nn.Module, name: str) -> TokenAdapter:
+    """The ``TokenAdapter`` at layer ``name``, wrapping the plain layer there first if need be."""
+    module = model.get_submodule(name)
+    if not isinstance(module, TokenAdapter):
+        module = _replace(model, name, TokenAdapter(module))
+    return module
 
 
 def add_adapter(model: nn.Module, name: str, config: AdapterConfig) -> list[str]:
     """Append ``config.num_tokens`` trainable tokens to the chosen layers as adapter ``name``,
     freeze everything else and make the adapter active; returns the layers' names."""
     check_name(model, name)
-    layers = []
-    for layer_name, layer in _chosen_layers(model, config):
-        wrapper = model.get_submodule(layer_name)
-        if not isinstance(wrapper, TokenAdapter):
-            wrapper = TokenAdapter(layer)
-            _replace(model, layer_name, wrapper)
-        wrapper.add(name, config)
-        layers.append(layer_name)
+    layers = [layer_name for layer_name, _ in _chosen_layers(model, config)]
+    for layer_name in layers:
+        _wrapped(model, layer_name).add(name, config)
     train_only(model, name)
     return layers
 
@@ -269,10 +269,7 @@ def load_adapter(model: nn.Module, path: str | Path, name: str) -> list[str]:
         layers[layer_name] = saved_name
     check_name(model, name)
     for layer_name, saved_name in layers.items():
-        module = model.get_submodule(layer_name)
-        if not isinstance(module, TokenAdapter):
-            module = TokenAdapter(module)
-            _replace(model, layer_name, module)
+        module = _wrapped(model, layer_name)
         module.add(name, AdapterConfig(num_tokens=state[f"{saved_name}.keys"].shape[0]))
         with torch.no_grad():
             module.adapter_keys[name].copy_(state[f"{saved_name}.keys"])

@@ -206,9 +206,15 @@ def run_all(
     pending = {r.name: r for r in runs if not is_done(work_dir / r.name, r.steps)}
     finished = {r.name for r in runs} - set(pending)
     progress = tqdm(total=len(runs), initial=len(finished), unit="run", desc=f"{config} runs")
+    # a source outside ``runs`` has finished in the work dir (``needed`` leaves out only those)
+    finished |= {source for r in runs for source in r.after} - {r.name for r in runs}
+
+    def ready() -> list[Run]:
+        return [r for r in pending.values() if set(r.after) <= finished]
+
     if workers == 0:
         while pending:
-            run = next(r for r in pending.values() if set(r.after) <= finished)
+            run = ready()[0]
             on_done(run, execute(config, run, work_dir, None))
             finished.add(pending.pop(run.name).name)
             progress.update(1)
@@ -218,7 +224,7 @@ def run_all(
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         active: dict[concurrent.futures.Future, Run] = {}
         while pending or active:
-            for run in [r for r in pending.values() if set(r.after) <= finished]:
+            for run in ready():
                 if len(active) >= workers:
                     break
                 active[pool.submit(execute, config, run, work_dir, threads)] = run

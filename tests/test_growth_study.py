@@ -1,4 +1,5 @@
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def test_a_study_on_a_fresh_machine_runs_only_what_its_results_csv_lacks(tmp_pat
     assert [flops for flops, _ in points["width4_exact@16"]] == [flops for flops, _ in before]
     for (_, loss), (_, expected) in zip(points["width4_exact@16"], before, strict=True):
         assert loss == pytest.approx(expected, rel=1e-5)  # the same run again: the same losses
+    # lost again, this time its source's run is finished in the work dir: only the branch runs
+    csv_path.write_text("\n".join(line for line in lines if not line.startswith(lost)) + "\n")
+    shutil.rmtree(fresh / "language" / lost)
+    source = fresh / "language" / "small-seed0" / "b40" / "metrics.csv"
+    untouched = source.stat().st_mtime_ns
+    main(["--quick", "towers=[language]", f"work_dir={fresh}", f"results_dir={tmp_path}"])
+    assert source.stat().st_mtime_ns == untouched
+    assert (fresh / "language" / lost / "metrics.csv").is_file()
 
 
 def test_frontier_interpolation_is_linear_in_log_flops_and_never_extrapolates():

@@ -143,6 +143,48 @@ def test_an_adapter_for_another_shape_is_refused_naming_both(tmp_path, tokens):
     assert not any(isinstance(m, TokenAdapter) for m in other.modules())  # nothing half-added
 
 
+def test_a_new_head_trains_beside_the_tokens_and_travels_with_them(tmp_path):
+    """New classes: the image tower with a new head (modules_to_save, as in peft) and FFN
+    tokens; the trained head is the adapter's copy, the model's own head stays as it was."""
+    torch.manual_seed(0)
+    model = timm.create_model("tokenformer_micro_patch4_32", num_classes=10)
+    model.reset_classifier(3)  # the new classes: a head the base never trained
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,))
+    config = AdapterConfig(num_tokens=8, kinds=("ffn",), modules_to_save=("head",))
+    names = add_adapter(model, "shapes", config)
+    assert names[-1] == "head" and model.head.in_features == model.num_features  # attributes
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert "head.copies.shapes.weight" in trainable and "head.original.weight" not in trainable
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    model.eval()
+    adapted = model(images).detach()
+    path = save_adapter(model, "shapes", tmp_path / "shapes.safetensors")
+    remove_adapter(model, "shapes")  # the base, head included, byte for byte
+    assert model.state_dict().keys() == base.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in base.items())
+
+    load_adapter(model, path, "shapes")
+    assert torch.equal(model(images), adapted)
+    merge_adapter(model, "shapes")
+    assert isinstance(model.head, torch.nn.Linear)  # plain modules again
+    assert (model(images) - adapted).abs().max() <= 1e-5 * adapted.abs().max()
+
+    other = timm.create_model("tokenformer_micro_patch4_32", num_classes=5)
+    with pytest.raises(ValueError, match=r"for head with \{'weight': \[3, .*has \{'weight': \[5,"):
+        load_adapter(other, path, "shapes")
+    with pytest.raises(ValueError, match="modules_to_save names 'classifier', which"):
+        add_adapter(other, "a", AdapterConfig(num_tokens=4, modules_to_save=("classifier",)))
+    with pytest.raises(ValueError, match="module 'blocks' holds Pattention layers"):
+        add_adapter(other, "a", AdapterConfig(num_tokens=4, modules_to_save=("blocks",)))
+    with pytest.raises(ValueError, match="must be a list of module names"):
+        AdapterConfig(num_tokens=4, modules_to_save="head")
+
+
 def test_bad_adapter_settings_are_refused():
     with pytest.raises(ValueError, match="num_tokens must be a positive int, got 0"):
         AdapterConfig(num_tokens=0)
@@ -212,7 +254,8 @@ def test_the_engine_trains_an_adapter_on_a_run_and_resumes_it(tmp_path):
     trained = safetensors.torch.load_file(
         newest_checkpoint(base / "checkpoints") / "model.safetensors"
     )
-    adapt = ["adapt.num_tokens=4", f"adapt.base={base}", "adapt.name=digits", "train.eval_every=2"]
+    adapt = ["adapt.num_tokens=4", f"adapt.base={base}", "adapt.name=digits", "train.eval_every=2",
+             "adapt.modules_to_save=[head]"]  # fmt: skip
     run = trainer(tmp_path / "adapt", [*adapt, "train.steps=4", "train.checkpoint_every=2"])
     plain = trainer(tmp_path / "plain", ["train.steps=1"]).model
     plain.load_state_dict(trained)
@@ -227,10 +270,13 @@ def test_the_engine_trains_an_adapter_on_a_run_and_resumes_it(tmp_path):
     last = newest_checkpoint(tmp_path / "adapt" / "checkpoints")
     weights = safetensors.torch.load_file(last / "model.safetensors")
     for name, tensor in trained.items():
-        key = next(k for k in weights if k.replace(".base.", ".") == name)
+        key = next(
+            k for k in weights if k.replace(".base.", ".").replace(".original.", ".") == name
+        )
         assert torch.equal(weights[key], tensor), name
     adapter = last / "adapter_digits.safetensors"
     load_adapter(plain, adapter, "digits")  # the shipped file: the trained run's model again
     assert all(torch.equal(plain.state_dict()[k], v) for k, v in weights.items())
+    assert not torch.equal(weights["head.copies.digits.weight"], trained["head.weight"])
     with pytest.raises(ValueError, match="adapt trains tokens appended to a frozen model"):
         trainer(tmp_path / "bad", [*adapt, "growth.schedule=[{step: 2, factor: 2}]"])

@@ -22,7 +22,10 @@ from . import checkpoint
 def adapter_config(adapt: Any) -> AdapterConfig:
     """The library's ``AdapterConfig`` of a run's ``adapt`` settings."""
     blocks = None if adapt.blocks is None else tuple(adapt.blocks)
-    return AdapterConfig(adapt.num_tokens, tuple(adapt.kinds), blocks, adapt.init)
+    return AdapterConfig(
+        adapt.num_tokens, tuple(adapt.kinds), blocks, adapt.init,
+        modules_to_save=tuple(adapt.modules_to_save),
+    )  # fmt: skip
 
 
 def adapted(build: Callable[[], nn.Module], adapt: Any) -> Callable[[], nn.Module]:

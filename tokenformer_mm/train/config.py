@@ -115,6 +115,7 @@ class AdaptConfig:
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     blocks: list[int] | None = None  # block indices; null: every block
     init: str = "exact"  # zero keys (the model unchanged at the start) or "perturbed"
+    modules_to_save: list[str] = field(default_factory=list)  # trained beside: [head], norms
     name: str = "adapter"
     base: str | None = None  # the trained model: a run, a checkpoint dir or a .safetensors
 

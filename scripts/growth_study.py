@@ -112,9 +112,10 @@ def grow_points(arm: Any) -> list[tuple[int, ...]]:
 
 def arm_overrides(arm: Any, steps: Sequence[int]) -> list[str]:
     """The growth settings of an arm grown at ``steps`` (one event at each)."""
+    ramp = f", tau_ramp: {arm.tau_ramp}" if arm.get("tau_ramp") else ""  # older rows' settings
     events = ", ".join(
         f"{{step: {step}, factor: {arm.get('factor', 1)}, depth: {arm.get('depth', 1)}, "
-        f"lr_scale: {arm.get('lr_scale', 1.0)}}}"
+        f"lr_scale: {arm.get('lr_scale', 1.0)}{ramp}}}"
         for step in steps
     )
     return [

@@ -161,6 +161,7 @@ def test_warmup_cosine_schedule():
         (["growth.schedule=[{step: 5000, factor: 2}]"], "growth.schedule steps"),
         (["growth.schedule=[{step: 5, factor: 2, kinds: [mlp]}]"], "growth.schedule kinds"),
         (["growth.schedule=[{step: 5, factor: 2, lr_scale: 0}]"], "lr_scale .* positive"),
+        (["growth.schedule=[{step: 5, factor: 2, tau_ramp: -1}]"], "tau_ramp is a number of"),
         (["growth.init=random"], "growth.init must be one of"),
     ],
 )
@@ -355,6 +356,32 @@ def test_a_growth_events_lr_scale_holds_from_its_step_on_and_in_a_branch_past_it
     assert "learning rate at step" not in caplog.text
     at_growth.fit()
     assert at_growth.growth_events[0]["step"] == 2
+
+
+def test_a_tau_ramp_keeps_growth_exact_then_moves_tau_geometrically_and_resumes(tmp_path):
+    """tau_ramp: at the grow step the function is unchanged (τ kept), then τ moves from
+    sqrt(n_small) to sqrt(n) over the ramp's steps, a function of the step: a branch from a
+    checkpoint inside the ramp ends where the uninterrupted run does."""
+    common = ["train.steps=8", "train.eval_every=8", "train.keep_checkpoints=8"]
+    common += ["train.checkpoint_every=1", "growth.schedule=[{step: 2, factor: 2, tau_ramp: 4}]"]
+    trainer = trainer_for(tmp_path / "ramp", common)
+    layer = lambda: trainer.model.blocks[0].ffn  # noqa: E731  (growth replaces its tensors)
+    start, end = math.sqrt(64), math.sqrt(128)
+    taus = []
+    for until in range(1, 9):
+        trainer.fit(until=until)
+        taus.append(layer().tau.item())
+    record = trainer.growth_events[0]
+    assert record["val_after"]["val/loss"] == record["val_before"]["val/loss"]  # exact
+    expected = [start] * 3 + [start ** (1 - f / 4) * end ** (f / 4) for f in (1, 2, 3, 4, 4)]
+    assert taus == pytest.approx(expected, rel=1e-6)
+    assert layer().tau_value == pytest.approx(end, rel=1e-12)
+    assert trainer.model.blocks[0].q.tau.item() == pytest.approx(math.sqrt(2 * 32), rel=1e-6)
+    inside = tmp_path / "ramp" / "checkpoints" / "step_00000004"
+    branch = trainer_for(tmp_path / "branch", [*common, f"train.branch_from={inside}"])
+    branch.fit()
+    for name, tensor in trainer.model.state_dict().items():
+        assert_equal_up_to_rounding(branch.model.state_dict()[name], tensor)
 
 
 def test_a_resumed_runs_metrics_csv_keeps_its_rows_byte_for_byte(tmp_path):

@@ -4,7 +4,7 @@ Everything here works on any module tree holding Pattention layers: either tower
 a model wrapped in DDP. ``tokens`` widens layers, ``depth`` inserts blocks, ``grow`` joins them
 with the optimizer (``optimizer``), ``shape`` is the record of what growth changed and the one
 way a checkpoint loads into a model built at its initial size, ``loading`` warm-starts a larger
-model from a smaller one.
+model from a smaller one, ``tau`` moves a grown layer's τ to its own size's after exact growth.
 """
 
 from .depth import DEPTH_INITS, block_container, block_containers
@@ -13,6 +13,7 @@ from .loading import grown_companion_state, load_grown
 from .optimizer import grow_optimizer_state, seed_new_rows
 from .report import GrownLayer, GrowthReport
 from .shape import Shape, fit_to_shape, load_resized, model_shape, state_shape
+from .tau import ramp_record, ramp_tau, set_ramped_tau, tau_ramp_ends
 from .tokens import DEFAULT_PERTURBATION, INITS
 
 __all__ = [
@@ -32,6 +33,10 @@ __all__ = [
     "load_grown",
     "load_resized",
     "model_shape",
+    "ramp_record",
+    "ramp_tau",
     "seed_new_rows",
+    "set_ramped_tau",
     "state_shape",
+    "tau_ramp_ends",
 ]

@@ -54,6 +54,9 @@ class GrowthEvent:
     # The run's learning rate times this from ``step`` on: a model with k times the tokens
     # wants about 1/sqrt(k) of the rate (docs/benchmarks.md, "Learning rate across token counts")
     lr_scale: float = 1.0
+    # Exact inits keep τ = sqrt(n_small); over this many steps after ``step`` τ moves to the
+    # grown layers' own sqrt(n) (growth.tau: smaller loss at equal FLOPs, docs/growth.md)
+    tau_ramp: int = 0
 
 
 @dataclass
@@ -216,6 +219,11 @@ def validate(cfg: Any) -> None:
             raise ValueError(
                 f"growth.schedule at step {event.step}: lr_scale multiplies the learning rate "
                 f"from that step on and must be positive, got {event.lr_scale}"
+            )
+        if not isinstance(event.tau_ramp, int) or event.tau_ramp < 0:
+            raise ValueError(
+                f"growth.schedule at step {event.step}: tau_ramp is a number of steps (0: τ "
+                f"kept as the exact inits keep it), got {event.tau_ramp!r}"
             )
         unknown = [kind for kind in event.kinds if kind not in KINDS]
         if unknown or not event.kinds:

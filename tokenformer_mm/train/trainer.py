@@ -22,6 +22,7 @@ from ..checkpoint_layout import CHECKPOINTS_DIR, newest_checkpoint
 from ..distributed import mean_over_ranks, setup_distributed
 from ..growth import fit_to_shape, grow_model, grown_companion_state, load_grown, seed_new_rows
 from ..growth import state_shape as shape_from_tensors
+from ..growth import tau as growth_tau
 from ..pattention import KINDS
 from . import checkpoint, parallel, resume, run_config, start
 from .batches import EpochBatches, data_columns, reset_counts, to_device
@@ -94,9 +95,7 @@ class Trainer:
         if self.sharded:
             parallel.shard(self.model, self.device, self.world_size)
         self.optimizer, self.scheduler = self._optim(self.model)
-        self.ema = (
-            ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
-        )
+        self.ema = ModelEmaV3(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
         if resume_from is not None:
             resume.restore(self._parts(), resume_from, saved, cfg.seed)
             start.check_branch(resume_from, self.ckpt_dir, self.state.step, cfg.train.steps)
@@ -140,8 +139,9 @@ class Trainer:
             while self.state.step < until:
                 if self.state.step in growth_at:
                     event = growth_at[self.state.step]
-                    self.grow(event.factor, event.kinds, event.depth)
+                    self.grow(event.factor, event.kinds, event.depth, event.tau_ramp)
                     progress.flops_per_item = self.flops_per_item
+                growth_tau.ramp_tau(self.model, self.state.growth_events, self.state.step)
                 loss, grad_norm, items = self._train_step()
                 self.state.step += 1
                 self.state.total_flops += items * self.world_size * self.flops_per_item
@@ -194,9 +194,10 @@ class Trainer:
             self.ema.update(self.model, step=self.state.step)
         return loss, grad_norm, items
 
-    def grow(self, factor: float = 1.0, kinds: Sequence[str] = KINDS, depth: int = 1) -> dict:
+    def grow(self, factor: float = 1.0, kinds: Sequence[str] = KINDS, depth: int = 1,
+             tau_ramp: int = 0) -> dict:  # fmt: skip
         """Grow the live model, its optimizer state and EMA: ``depth`` times the blocks, then
-        ``factor`` times the parameter tokens of ``kinds``; evaluate before and after.
+        ``factor`` times the tokens of ``kinds``, τ to theirs over ``tau_ramp`` steps (``tau``).
 
         Returns the record also written to ``growth.jsonl``: parameters before and after and the
         validation metrics on both sides (equal for the exact inits).
@@ -233,6 +234,7 @@ class Trainer:
         after = self._evaluate(self._eval_model(ema=False))
         record = {"step": self.state.step, "factor": factor, "depth": depth, **report.counts()}
         record.update(val_before=before, val_after=after)
+        record.update(growth_tau.ramp_record(self.model, tau_ramp))  # kept in the run's state
         self.state.growth_events.append(record)
         self.log.log_growth(self.state.growth_events)
         logger.info("step %d: %s; val before %s, after %s", self.state.step, report, before, after)
@@ -267,9 +269,8 @@ class Trainer:
         return parallel.full_replica(self.model, self._empty_model())
 
     def _warm_start(self, source: str) -> None:
-        growth = self.cfg.growth
-        weights = checkpoint.load_weights(source)
-        report = load_grown(self.model, weights, growth.init, growth.perturbation)
+        init, perturbation = self.cfg.growth.init, self.cfg.growth.perturbation
+        report = load_grown(self.model, checkpoint.load_weights(source), init, perturbation)
         logger.info("warm start from %s: %s", source, report)
         self.state.growth_events.append({"step": 0, "from": source, **report.counts()})
 

@@ -2,7 +2,7 @@
 
     python scripts/bench.py pattention    # fused vs plain vs official vs the matmul-only bound
     python scripts/bench.py vision        # tokenformer_* vs timm vit_* of equal FLOPs / params
-    python scripts/bench.py language      # vs a nanoGPT-style GPT; generation with/without cache
+    python scripts/bench.py language      # vs GPT-NeoX (matched) and nanoGPT; generation, cache
     python scripts/bench.py data          # image and text pipelines, samples/s
     python scripts/bench.py data-resume   # mid-epoch resume of the image loader, seconds
     python scripts/bench.py clip-eval     # CLIP retrieval metrics of 50,000 pairs: peak memory

@@ -211,7 +211,12 @@ def run_all(
     finished |= {source for r in runs for source in r.after} - {r.name for r in runs}
 
     def ready() -> list[Run]:
-        return [r for r in pending.values() if set(r.after) <= finished]
+        found = [r for r in pending.values() if set(r.after) <= finished]
+        if pending and not found and not active:
+            raise RuntimeError(f"runs {sorted(pending)} wait for sources that are not finished")
+        return found
+
+    active: dict[concurrent.futures.Future, Run] = {}
 
     if workers == 0:
         while pending:
@@ -223,7 +228,6 @@ def run_all(
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        active: dict[concurrent.futures.Future, Run] = {}
         while pending or active:
             for run in ready():
                 if len(active) >= workers:

@@ -183,6 +183,9 @@ def test_a_new_head_trains_beside_the_tokens_and_travels_with_them(tmp_path):
         add_adapter(other, "a", AdapterConfig(num_tokens=4, modules_to_save=("blocks",)))
     with pytest.raises(ValueError, match="must be a list of module names"):
         AdapterConfig(num_tokens=4, modules_to_save="head")
+    pair = torch.nn.ModuleDict({"vit": other, "extra": torch.nn.Sequential(torch.nn.LayerNorm(4))})
+    with pytest.raises(ValueError, match=r"module 'extra\.0' is inside 'extra', which is saved"):
+        add_adapter(pair, "a", AdapterConfig(num_tokens=4, modules_to_save=("extra", "extra.0")))
 
 
 def test_bad_adapter_settings_are_refused():

@@ -162,6 +162,15 @@ def test_warmup_cosine_schedule():
         (["growth.schedule=[{step: 5, factor: 2, kinds: [mlp]}]"], "growth.schedule kinds"),
         (["growth.schedule=[{step: 5, factor: 2, lr_scale: 0}]"], "lr_scale .* positive"),
         (["growth.schedule=[{step: 5, factor: 2, tau_ramp: -1}]"], "tau_ramp is a number of"),
+        (
+            ["growth.schedule=[{step: 2, factor: 2, tau_ramp: 4}, {step: 4, depth: 2}]"],
+            "a depth growth inside the τ ramp of the event at step 2",
+        ),
+        (
+            ["growth.schedule=[{step: 2, factor: 2, tau_ramp: 4}]", "growth.init=official"],
+            "tau_ramp moves τ after exact growth",
+        ),
+        (["adapt.modules_to_save=[head]"], r"modules_to_save=\['head'\] trains modules beside"),
         (["growth.init=random"], "growth.init must be one of"),
     ],
 )
@@ -364,6 +373,7 @@ def test_a_tau_ramp_keeps_growth_exact_then_moves_tau_geometrically_and_resumes(
     checkpoint inside the ramp ends where the uninterrupted run does."""
     common = ["train.steps=8", "train.eval_every=8", "train.keep_checkpoints=8"]
     common += ["train.checkpoint_every=1", "growth.schedule=[{step: 2, factor: 2, tau_ramp: 4}]"]
+    common += ["train.ema_decay=0.5"]
     trainer = trainer_for(tmp_path / "ramp", common)
     layer = lambda: trainer.model.blocks[0].ffn  # noqa: E731  (growth replaces its tensors)
     start, end = math.sqrt(64), math.sqrt(128)
@@ -371,6 +381,7 @@ def test_a_tau_ramp_keeps_growth_exact_then_moves_tau_geometrically_and_resumes(
     for until in range(1, 9):
         trainer.fit(until=until)
         taus.append(layer().tau.item())
+        assert trainer.ema.module.blocks[0].ffn.tau.item() == taus[-1]  # set, not averaged
     record = trainer.growth_events[0]
     assert record["val_after"]["val/loss"] == record["val_before"]["val/loss"]  # exact
     expected = [start] * 3 + [start ** (1 - f / 4) * end ** (f / 4) for f in (1, 2, 3, 4, 4)]

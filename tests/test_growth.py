@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tokenformer_mm import GrowthReport, Pattention, grow_model, grow_optimizer_state, load_grown
-from tokenformer_mm.growth import seed_new_rows
+from tokenformer_mm.growth import ramp_tau, seed_new_rows
 from tokenformer_mm.growth.optimizer import NEW_ROWS
 
 from .conftest import assert_equal_up_to_rounding, assert_same_function, block_stack
@@ -494,3 +494,14 @@ def test_perturbed_growth_breaks_symmetry_and_moves_the_output_by_its_scale(norm
     assert 0 < bigger[0].ffn.key_tokens[64:].abs().max() < 1e-2
     with pytest.raises(ValueError, match="needs a positive perturbation, got 0"):
         grow_model(copy.deepcopy(small), factor=2, init="perturbed", perturbation=0)
+
+
+def test_a_layer_in_two_tau_ramps_follows_the_newest_that_has_begun():
+    """Progressive growth: a second ramp starting inside the first owns its layers from its
+    grow step on, and the first, still under way, does not pull them back."""
+    model = torch.nn.Sequential(Pattention(8, 8, num_tokens=64))
+    first = {"step": 10, "tau_ramp": {"steps": 100, "layers": {"0": [8.0, 16.0]}}}
+    second = {"step": 20, "tau_ramp": {"steps": 5, "layers": {"0": [9.0, 32.0]}}}
+    for step, expected in ((15, 8.0 * 2 ** (5 / 100)), (20, 9.0), (25, 32.0), (60, 32.0)):
+        ramp_tau([first, second], step, model)
+        assert model[0].tau.item() == pytest.approx(expected, rel=1e-6), step

@@ -29,10 +29,6 @@ def holders(model: nn.Module) -> Iterator[tuple[str, Holder]]:
             yield name, module
 
 
-def adapted_layers(model: nn.Module) -> Iterator[tuple[str, TokenAdapter]]:
-    return ((n, m) for n, m in holders(model) if isinstance(m, TokenAdapter))
-
-
 def _chosen_layers(model: nn.Module, config: AdapterConfig) -> list[str]:
     """The Pattention layers of ``config.kinds`` in ``config.blocks`` (wrapped or not)."""
     prefixes = [name for name, _ in block_containers(model)]
@@ -76,7 +72,18 @@ def chosen_modules(model: nn.Module, names: tuple[str, ...]) -> list[str]:
                     f"modules_to_save module {name!r} holds Pattention layers: adapt those with "
                     "tokens (kinds, blocks) and save only modules without parameter tokens"
                 )
+            if ".original." in name:
+                raise ValueError(
+                    f"modules_to_save module {name!r} is inside a module an adapter already "
+                    f"saves whole ({name.split('.original.')[0]!r}); save that one instead"
+                )
         chosen += [name for name in found if name not in chosen]
+    nested = [(a, b) for a in chosen for b in chosen if b.startswith(a + ".")]
+    if nested:
+        raise ValueError(
+            f"modules_to_save module {nested[0][1]!r} is inside {nested[0][0]!r}, which is saved "
+            "whole: name only the outer one"
+        )
     return chosen
 
 

@@ -4,7 +4,9 @@ As peft's ``modules_to_save``: each such module is wrapped in a ``SavedModule`` 
 trained module (``original``, frozen) and one trainable copy per adapter (``copies``); the active
 adapter's copy runs. Switching or removing the adapter gives back the original exactly, and the
 copy travels in the adapter file. Attributes the wrapper lacks (``head.in_features``) are read
-from the module that runs, so code that inspects the module keeps working.
+from the module that runs, so code that inspects the module keeps working; writes go to the
+wrapper, and code that replaces the module (timm's ``reset_classifier``) replaces the wrapper
+with its copies: do that before ``add_adapter``, and ``merge_adapter`` before exporting.
 """
 
 from __future__ import annotations

@@ -17,20 +17,24 @@ run's state), and a pure function of the step: a resumed run sets the same τ.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
 from ..pattention import Pattention
+from .report import GrowthReport
 
 
-def tau_ramp_ends(model: nn.Module) -> dict[str, list[float]]:
-    """Each Pattention layer whose τ is not sqrt(its token count): ``[τ now, sqrt(n)]``."""
-    return {
-        name: [layer.tau_value, math.sqrt(layer.num_tokens)]
-        for name, layer in model.named_modules()
-        if isinstance(layer, Pattention) and layer.tau_value != math.sqrt(layer.num_tokens)
-    }
+def tau_ramp_ends(model: nn.Module, names: Iterable[str]) -> dict[str, list[float]]:
+    """Of the Pattention layers ``names`` (those a growth widened), each whose τ is not
+    sqrt(its token count): ``[τ now, sqrt(n)]``."""
+    ends = {}
+    for name in names:
+        layer = model.get_submodule(name)
+        target = math.sqrt(layer.num_tokens)
+        if not math.isclose(layer.tau_value, target, rel_tol=1e-6):
+            ends[name] = [layer.tau_value, target]
+    return ends
 
 
 def set_ramped_tau(model: nn.Module, ends: Mapping[str, Sequence[float]], fraction: float) -> None:
@@ -43,15 +47,27 @@ def set_ramped_tau(model: nn.Module, ends: Mapping[str, Sequence[float]], fracti
         layer.set_tau(start ** (1 - fraction) * end**fraction)
 
 
-def ramp_record(model: nn.Module, steps: int) -> dict[str, dict]:
-    """A growth record's entry for a ramp over ``steps`` from now (``{}`` for none)."""
-    return {"tau_ramp": {"steps": steps, "layers": tau_ramp_ends(model)}} if steps else {}
+def ramp_record(model: nn.Module, steps: int, report: GrowthReport) -> dict[str, dict]:
+    """A growth record's entry for a ramp over ``steps`` from now of the layers ``report`` says
+    were widened (``{}`` for none)."""
+    if not steps:
+        return {}
+    ends = tau_ramp_ends(model, [layer.name for layer in report.layers])
+    return {"tau_ramp": {"steps": steps, "layers": ends}}
 
 
-def ramp_tau(model: nn.Module, events: Sequence[Mapping], step: int) -> None:
-    """Before the update at ``step``: τ of every ramp under way, for growth records holding
-    ``step`` and ``tau_ramp = {"steps", "layers": tau_ramp_ends(...)}`` (the engine's)."""
+def ramp_tau(events: Sequence[Mapping], step: int, *models: nn.Module) -> None:
+    """Before the update at ``step``: τ of every ramp under way in ``models`` (the model and its
+    EMA: τ is set, never averaged), for growth records holding ``step`` and ``tau_ramp =
+    ramp_record(...)["tau_ramp"]`` (the engine's). A layer in several ramps follows the newest
+    that has begun (which started from where the older one had brought it)."""
+    newest: dict[str, Mapping] = {}
     for event in events:
-        ramp = event.get("tau_ramp")
-        if ramp and event["step"] < step <= event["step"] + ramp["steps"]:
-            set_ramped_tau(model, ramp["layers"], (step - event["step"]) / ramp["steps"])
+        if event.get("tau_ramp") and event["step"] <= step:
+            newest.update(dict.fromkeys(event["tau_ramp"]["layers"], event))
+    for name, event in newest.items():
+        ramp = event["tau_ramp"]
+        if step <= event["step"] + ramp["steps"]:
+            for model in models:
+                fraction = (step - event["step"]) / ramp["steps"]
+                set_ramped_tau(model, {name: ramp["layers"][name]}, fraction)

@@ -182,6 +182,11 @@ def validate(cfg: Any) -> None:
     adapt = cfg.adapt
     if adapt.num_tokens < 0:
         raise ValueError(f"adapt.num_tokens must be >= 0 (0: no adapter), got {adapt.num_tokens}")
+    if adapt.modules_to_save and not adapt.num_tokens:
+        raise ValueError(
+            f"adapt.modules_to_save={list(adapt.modules_to_save)} trains modules beside an "
+            "adapter's tokens: set adapt.num_tokens > 0 (without it the whole model trains)"
+        )
     if adapt.num_tokens and (growth.schedule or growth.init_from):
         raise ValueError(
             "adapt trains tokens appended to a frozen model, growth changes the model itself: "
@@ -224,6 +229,17 @@ def validate(cfg: Any) -> None:
             raise ValueError(
                 f"growth.schedule at step {event.step}: tau_ramp is a number of steps (0: τ "
                 f"kept as the exact inits keep it), got {event.tau_ramp!r}"
+            )
+        if event.tau_ramp and growth.init == "official":
+            raise ValueError(
+                f"growth.schedule at step {event.step}: tau_ramp moves τ after exact growth; "
+                "growth.init=official sets τ = sqrt(n) at once: drop one of them"
+            )
+        ramping = [e.step for e in growth.schedule if e.step < event.step <= e.step + e.tau_ramp]
+        if event.depth > 1 and ramping:
+            raise ValueError(
+                f"growth.schedule at step {event.step}: a depth growth inside the τ ramp of the "
+                f"event at step {ramping[0]} would renumber its layers; end the ramp first"
             )
         unknown = [kind for kind in event.kinds if kind not in KINDS]
         if unknown or not event.kinds:

@@ -141,7 +141,8 @@ class Trainer:
                     event = growth_at[self.state.step]
                     self.grow(event.factor, event.kinds, event.depth, event.tau_ramp)
                     progress.flops_per_item = self.flops_per_item
-                growth_tau.ramp_tau(self.model, self.state.growth_events, self.state.step)
+                ema = [self.ema.module] if self.ema is not None else []  # τ set, not averaged
+                growth_tau.ramp_tau(self.state.growth_events, self.state.step, self.model, *ema)
                 loss, grad_norm, items = self._train_step()
                 self.state.step += 1
                 self.state.total_flops += items * self.world_size * self.flops_per_item
@@ -197,11 +198,9 @@ class Trainer:
     def grow(self, factor: float = 1.0, kinds: Sequence[str] = KINDS, depth: int = 1,
              tau_ramp: int = 0) -> dict:  # fmt: skip
         """Grow the live model, its optimizer state and EMA: ``depth`` times the blocks, then
-        ``factor`` times the tokens of ``kinds``, τ to theirs over ``tau_ramp`` steps (``tau``).
-
-        Returns the record also written to ``growth.jsonl``: parameters before and after and the
-        validation metrics on both sides (equal for the exact inits).
-        """
+        ``factor`` times the tokens of ``kinds``, τ to theirs over ``tau_ramp`` steps (``tau``);
+        returns the record written to ``growth.jsonl`` (parameters and validation metrics before
+        and after: equal for the exact inits)."""
         before = self._evaluate(self._eval_model(ema=False))
         growth = self.cfg.growth
         ema_state = self.ema.module.state_dict() if self.ema is not None else None
@@ -234,7 +233,7 @@ class Trainer:
         after = self._evaluate(self._eval_model(ema=False))
         record = {"step": self.state.step, "factor": factor, "depth": depth, **report.counts()}
         record.update(val_before=before, val_after=after)
-        record.update(growth_tau.ramp_record(self.model, tau_ramp))  # kept in the run's state
+        record.update(growth_tau.ramp_record(self.model, tau_ramp, report))  # in the run's state
         self.state.growth_events.append(record)
         self.log.log_growth(self.state.growth_events)
         logger.info("step %d: %s; val before %s, after %s", self.state.step, report, before, after)

@@ -68,6 +68,23 @@ def test_resume_refuses_a_change_that_makes_another_run_naming_key_and_values(tm
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == record
 
 
+def test_a_run_saved_before_a_config_field_existed_resumes_with_its_default(tmp_path):
+    """A checkpointed run from an older version, whose growth events lack a field added since
+    (``tau_ramp``), resumes: the field takes its default, nothing counts as a change."""
+    run_dir = tmp_path / "run"
+    start_and_pause(run_dir)
+    path = run_dir / ".hydra" / "config.yaml"
+    older = OmegaConf.load(path)
+    for event in older.growth.schedule:
+        del event["tau_ramp"]
+    path.write_text(OmegaConf.to_yaml(older))
+    cfg = compose_config("vision", [*FIRST_START, f"run_dir={run_dir}", "resume=true"])
+    trainer = Trainer(cfg, build_task(cfg), run_dir)
+    assert trainer.step == 3
+    trainer.fit()
+    assert not (run_dir / "config_history.jsonl").exists()  # no change recorded
+
+
 def test_a_trainer_given_another_model_to_resume_refuses_it(tmp_path):
     run_dir = tmp_path / "run"
     start_and_pause(run_dir, [*TINY_VISION, "train.steps=4", "train.checkpoint_every=2"], 2)

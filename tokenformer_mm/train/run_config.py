@@ -75,9 +75,7 @@ def resumed_config(today: DictConfig, overrides: Sequence[str]) -> DictConfig:
         return today  # nothing to continue: the Trainer says so
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    cfg = today.copy()
-    with open_dict(cfg):  # keys the run added (e.g. ++model.kwargs.embed_dim) stay its own
-        cfg.merge_with(saved)
+    cfg = with_todays_defaults(saved, today)
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key = override.key_or_group
         if key.split(".")[0] == "hydra":  # Hydra's own settings, not the run's
@@ -87,13 +85,23 @@ def resumed_config(today: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
+def with_todays_defaults(saved: DictConfig, today: DictConfig) -> DictConfig:
+    """``saved`` laid over ``today``: a field the run's config lacks (added to the library since
+    it was written, at any depth: a growth event's ``tau_ramp``) takes today's default; keys the
+    run added (e.g. ``++model.kwargs.embed_dim``) stay its own."""
+    cfg = today.copy()
+    with open_dict(cfg):
+        cfg.merge_with(saved)
+    return cfg
+
+
 def check_changes(run_dir: Path, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
     """``cfg``'s changes to the run's saved config, ``{key: (saved, now)}``; raises
     ``ValueError`` for a change a resumed run cannot take."""
     saved = saved_config(run_dir)
     if saved is None:
         return {}
-    before, now = _leaves(saved), _leaves(cfg)
+    before, now = _leaves(with_todays_defaults(saved, cfg)), _leaves(cfg)
     changes = {
         key: (before.get(key), now.get(key))
         for key in sorted(before.keys() | now.keys())

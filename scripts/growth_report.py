@@ -152,7 +152,9 @@ def arm_result(
     points = [(results[f"{prefix}/b{b}"]["flops"], results[f"{prefix}/b{b}"]["loss"])
               for b in budgets]  # fmt: skip
     given = flops_at_step(small, steps[0])  # the small model's compute up to the first growth
-    target_flops, target = big[-1]  # the big model's loss at its largest budget
+    # the big model's best (lowest) loss over its budgets, at the FLOPs of the budget that
+    # reached it: a budget past it that ends worse (here the data's late stretch) does not count
+    target_flops, target = min(big, key=lambda point: point[1])
     reach = flops_to_reach(points, target)
     final_flops, final_loss = points[-1]
     return {
@@ -319,7 +321,8 @@ def write_report(study: Any, results: dict[str, dict[str, Any]], command: str) -
         "## The study's output\n\n"
         f"- command: `{command}`\n- date: {datetime.date.today().isoformat()}\n"
         "- settings: `configs/study/growth.yaml`\n"
-        "- sp = FLOPs the big frontier needs for its largest-budget loss / FLOPs the arm needs "
+        "- sp = FLOPs the big frontier needs for its best loss (its lowest over the budgets) / "
+        "FLOPs the arm needs "
         "for it - 1 (cumulative: all the arm's FLOPs; model-family: less the small model's "
         "FLOPs up to the grow step)\n\n"
     )

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # as the scripts run
 
-from growth_report import BEGIN, END, flops_to_reach, interpolate
+from growth_report import BEGIN, END, arm_result, flops_to_reach, interpolate
 from growth_study import main
 
 pytestmark = pytest.mark.slow  # study runs: the full suite only
@@ -80,3 +80,27 @@ def test_frontier_interpolation_is_linear_in_log_flops_and_never_extrapolates():
     assert math.isclose(flops_to_reach(points, 2.5), 1e10)  # the first crossing
     assert flops_to_reach(points, 3.5) == 1e9  # already there at the first point
     assert math.isnan(flops_to_reach(points, 1.5))  # never reached
+
+
+def test_sp_counts_the_big_frontiers_best_loss_where_it_first_reached_it():
+    """A frontier whose last budget ends worse than an earlier one (a hard late stretch of the
+    data): sp's target is the best loss at the FLOPs of the budget that reached it, not the
+    last budget's loss at the last budget's FLOPs (which would credit the arm with the FLOPs
+    the big model spent getting worse)."""
+    from types import SimpleNamespace
+
+    tower = SimpleNamespace(budgets=[100, 200, 300])
+    big = {100: (2.0, 3.0), 200: (4.0, 2.0), 300: (6.0, 2.2)}  # budget: (FLOPs, loss)
+    results = {f"big-seed0/b{b}": {"flops": f, "loss": loss} for b, (f, loss) in big.items()}
+    results["small-seed0/b300"] = {"steps": [(100, 1.0), (300, 3.0)]}
+    arm = {200: (2.5, 2.3), 300: (3.5, 2.1)}  # grown at step 100 of the small run
+    for b, (flops, loss) in arm.items():
+        results[f"a@100-seed0/b{b}"] = {"flops": flops, "loss": loss}
+    results["a@100-seed0/b300"].update(curve=[], growth=[0.0])
+    result = arm_result(tower, results, "a", (100,), 0)
+    assert math.isnan(result["sp_cumulative"])  # 2.0 is never reached (its best is 2.1)
+    results["a@100-seed0/b300"].update(flops=3.5, loss=1.9)
+    result = arm_result(tower, results, "a", (100,), 0)
+    reach = flops_to_reach([(2.5, 2.3), (3.5, 1.9)], 2.0)
+    assert result["sp_cumulative"] == pytest.approx(4.0 / reach - 1)  # 4.0: the 200-step budget
+    assert result["sp_family"] == pytest.approx(4.0 / (reach - 1.0) - 1)

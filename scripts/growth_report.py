@@ -305,9 +305,10 @@ def write_report(study: Any, results: dict[str, dict[str, Any]], command: str) -
         image = report.parent / f"growth_{name}.png"
         plot(name, result["tower"], result["results"], result["screen"], image)
         seconds = [run["seconds"] for run in result["results"].values()]
+        seconds = [s for s in seconds if not math.isnan(s)]  # nan: a run recorded from disk
         best = result["best"]
         sections.append(
-            f"### {name}\n\n{len(seconds)} runs in `{Path(result['csv']).name}`: "
+            f"### {name}\n\n{len(result['results'])} runs in `{Path(result['csv']).name}`: "
             f"{sum(seconds) / 3600:.1f} h of runs, the longest {max(seconds, default=0) / 60:.1f}"
             f" min\n\n#### Scratch frontier\n\n"
             f"{frontier_table(result['tower'], result['results'], result['seeds'])}\n\n"

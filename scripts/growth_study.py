@@ -27,6 +27,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import hashlib
+import math
 import os
 import shlex
 import subprocess
@@ -269,6 +270,9 @@ def run_and_record(study: Any, tower: Any, runs: Sequence[Run], work_dir: Path, 
             )
 
     todo = needed(runs, covered, work_dir)
+    for run in todo:  # finished by a study that stopped before writing its rows: rows from disk
+        if run.name not in covered and is_done(work_dir / run.name, run.steps):
+            record(run, math.nan)  # its seconds were not kept
     run_all(tower.config, todo, work_dir, study.workers, record)
     return read_results(csv, signatures)
 

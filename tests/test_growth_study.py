@@ -71,6 +71,16 @@ def test_a_study_on_a_fresh_machine_runs_only_what_its_results_csv_lacks(tmp_pat
     main(["--quick", "towers=[language]", f"work_dir={fresh}", f"results_dir={tmp_path}"])
     assert source.stat().st_mtime_ns == untouched
     assert (fresh / "language" / lost / "metrics.csv").is_file()
+    # finished on disk by a study killed before it wrote the rows: the rows come from disk
+    csv_path.write_text("\n".join(line for line in lines if not line.startswith(lost)) + "\n")
+    finished = (fresh / "language" / lost / "metrics.csv").stat().st_mtime_ns
+    again = main(["--quick", "towers=[language]", f"work_dir={fresh}", f"results_dir={tmp_path}"])
+    assert (fresh / "language" / lost / "metrics.csv").stat().st_mtime_ns == finished
+    assert any(line.startswith(lost) for line in csv_path.read_text().splitlines())
+    points = {r["arm"]: r["points"] for r in again["language"]["screen"]}
+    assert [loss for _, loss in points["width4_exact@16"]] == pytest.approx(
+        [loss for _, loss in before], rel=1e-5
+    )
 
 
 def test_frontier_interpolation_is_linear_in_log_flops_and_never_extrapolates():

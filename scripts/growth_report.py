@@ -169,6 +169,8 @@ def arm_result(
         "frontier_loss_at_equal_flops": interpolate(big, final_flops),
         "envelope_loss_at_equal_flops": best_scratch(tower, results, seed, final_flops),
         "reach": reach,
+        "budgets": budgets,  # each point's: the arm against the big frontier at its FLOPs
+        "gaps": [loss - interpolate(big, flops) for flops, loss in points],
         "sp_cumulative": target_flops / reach - 1,
         "sp_family": target_flops / (reach - given) - 1,
     }
@@ -250,6 +252,21 @@ def arm_table(results: Sequence[Sequence[dict[str, Any]]]) -> str:
     return table(rows)
 
 
+def budget_table(results: Sequence[Sequence[dict[str, Any]]]) -> str:
+    """Per arm and budget: its annealed loss minus the big frontier's at the same FLOPs (negative:
+    growth is ahead), over the seeds given."""
+    budgets = sorted({b for per_seed in results for r in per_seed for b in r["budgets"]})
+    rows = []
+    for per_seed in results:
+        row = {"arm": per_seed[0]["arm"], "seeds": str(len(per_seed))}
+        for budget in budgets:
+            gaps = [r["gaps"][r["budgets"].index(budget)] for r in per_seed
+                    if budget in r["budgets"]]  # fmt: skip
+            row[f"{budget} steps"] = f"{fmt(gaps)}" if gaps else ""
+        rows.append(row)
+    return table(rows)
+
+
 def plot(tower_name: str, tower: Any, runs: Results, results: Sequence[dict], path: Path) -> None:
     import matplotlib
 
@@ -314,6 +331,9 @@ def write_report(study: Any, results: dict[str, dict[str, Any]], command: str) -
             f"{frontier_table(result['tower'], result['results'], result['seeds'])}\n\n"
             f"#### Every arm, seed {study.seeds[0]}\n\n"
             + (arm_table([[r] for r in result["screen"]]) or "(no arm finished yet)")
+            + "\n\nEach annealed budget: the arm's loss minus the big frontier's at equal "
+            "(cumulative) FLOPs; negative: growth is ahead.\n\n"
+            + budget_table([[r] for r in result["screen"]] + ([best] if best else []))
             + f"\n\n#### The best arm, {best[0]['arm'] if best else 'not yet known'}, "
             f"every seed finished\n\n{arm_table([best]) if best else ''}\n\n"
             f"![{name}]({image.name})\n"

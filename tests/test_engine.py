@@ -21,6 +21,7 @@ from tokenformer_mm.vision.sources import digits_samples
 
 from .conftest import assert_equal_up_to_rounding
 from .engine_utils import (
+    ROOT,
     TINY_VISION,
     compose_config,
     fit_here,
@@ -178,6 +179,14 @@ def test_bad_input_fails_before_training(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         trainer_for(tmp_path, overrides)
     assert not (tmp_path / "train_steps.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (ROOT / "configs" / "growth").glob("*.yaml"))
+)
+@pytest.mark.parametrize("job", ["language", "vision"])
+def test_every_growth_preset_is_a_valid_run_of_each_main_job(job, preset):
+    validate(compose_config(job, [f"growth={preset}"]))
 
 
 def test_config_typos_and_wrong_types_fail_at_composition():

@@ -10,7 +10,6 @@ alone and loaded inside a wrapper such as transformers' ``model.``, or back).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -18,7 +17,15 @@ from torch import nn
 
 from ..pattention import Pattention
 from .layer import AdapterConfig, TokenAdapter
-from .manage import SAVED, adapter_state_dict, check_name, holders, train_only, wrapped
+from .manage import (
+    SAVED,
+    adapter_state_dict,
+    check_name,
+    holders,
+    plain_modules,
+    train_only,
+    wrapped,
+)
 from .saved import SavedModule
 
 FORMAT = "tokenformer-mm token adapter"
@@ -61,7 +68,7 @@ def load_adapter(model: nn.Module, path: str | Path, name: str) -> list[str]:
         if metadata.get("format") != FORMAT:
             raise ValueError(f"{path} is not a token adapter file (no {FORMAT!r} metadata)")
         state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118  (safe_open's API)
-    ours = dict(_plain_modules(model))
+    ours = dict(plain_modules(model))
     patterns = {n: m for n, m in ours.items() if isinstance(m, Pattention)}
     layers = _match(path, json.loads(metadata["layers"]), patterns, _layer_shape, "layer")
     modules = _match(path, json.loads(metadata.get("modules", "{}")), ours, _module_shape, "module")
@@ -79,13 +86,6 @@ def load_adapter(model: nn.Module, path: str | Path, name: str) -> list[str]:
             wrapped(model, module_name, SavedModule).add(name).load_state_dict(tensors)
     train_only(model, name)
     return [*layers, *modules]
-
-
-def _plain_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
-    """Every module by the name it has without adapters (a holder's contents, not the holder)."""
-    for name, module in model.named_modules():
-        if not isinstance(module, (TokenAdapter, SavedModule)) and ".copies." not in name:
-            yield name.removesuffix(".base").removesuffix(".original"), module
 
 
 def _match(path, saved: dict, ours: dict[str, nn.Module], shape_of, what: str) -> dict[str, str]:

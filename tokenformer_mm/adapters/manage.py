@@ -29,14 +29,21 @@ def holders(model: nn.Module) -> Iterator[tuple[str, Holder]]:
             yield name, module
 
 
+def plain_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every module by the name it has without adapters: a holder's contents (``.base``,
+    ``.original``) under the holder's name; the holders and the adapters' copies left out."""
+    for name, module in model.named_modules():
+        if not isinstance(module, (TokenAdapter, SavedModule)) and ".copies." not in name:
+            yield name.removesuffix(".base").removesuffix(".original"), module
+
+
 def _chosen_layers(model: nn.Module, config: AdapterConfig) -> list[str]:
     """The Pattention layers of ``config.kinds`` in ``config.blocks`` (wrapped or not)."""
     prefixes = [name for name, _ in block_containers(model)]
     chosen = []
-    for name, module in model.named_modules():
+    for name, module in plain_modules(model):
         if not isinstance(module, Pattention) or module.kind not in config.kinds:
             continue
-        name = name.removesuffix(".base")
         if config.blocks is not None:
             prefix = next((p for p in prefixes if name.startswith(p + ".")), None)
             if prefix is None or int(name[len(prefix) + 1 :].split(".")[0]) not in config.blocks:
@@ -54,13 +61,7 @@ def chosen_modules(model: nn.Module, names: tuple[str, ...]) -> list[str]:
     """The modules ``modules_to_save`` names (each name once or as the end of a dotted name)."""
     chosen = []
     for wanted in names:
-        found = [
-            name.removesuffix(".original")
-            for name, module in model.named_modules()
-            if (name.removesuffix(".original") == wanted or name.endswith(f".{wanted}"))
-            and not isinstance(module, SavedModule)
-            and ".copies." not in name
-        ]
+        found = [n for n, _ in plain_modules(model) if n == wanted or n.endswith(f".{wanted}")]
         if not found:
             raise ValueError(
                 f"modules_to_save names {wanted!r}, which {type(model).__name__} has no module "

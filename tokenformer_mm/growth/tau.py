@@ -68,6 +68,6 @@ def ramp_tau(events: Sequence[Mapping], step: int, *models: nn.Module) -> None:
     for name, event in newest.items():
         ramp = event["tau_ramp"]
         if step <= event["step"] + ramp["steps"]:
+            fraction = (step - event["step"]) / ramp["steps"]
             for model in models:
-                fraction = (step - event["step"]) / ramp["steps"]
                 set_ramped_tau(model, {name: ramp["layers"][name]}, fraction)

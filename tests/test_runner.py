@@ -71,3 +71,30 @@ def test_an_unclipped_tokenformer_clip_run_under_open_clips_trainer_is_warned(ca
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "TokenformerCLIP-micro" in warnings[0]
     assert "Add --grad-clip-norm 1.0" in warnings[0]
+
+
+def test_open_clips_trainer_on_a_webdataset_outside_its_pins_is_warned(caplog, monkeypatch):
+    """open_clip_torch's own metadata (its ``training`` extra) against the installed versions:
+    webdataset 1.0 breaks open_clip_train's loader, 0.2.86 is what it pins."""
+    from importlib import metadata
+
+    from tokenformer_mm.__main__ import warn_unmet_open_clip_train_requirements
+
+    installed = metadata.version
+
+    def webdataset_at(version):
+        monkeypatch.setattr(
+            metadata, "version", lambda name: version if name == "webdataset" else installed(name)
+        )
+
+    argv = ["-m", "open_clip_train.main", "--model", "TokenformerCLIP-micro"]
+    with caplog.at_level("WARNING", logger="tokenformer_mm"):
+        webdataset_at("0.2.86")
+        warn_unmet_open_clip_train_requirements(argv)
+        assert not caplog.records
+        webdataset_at("1.0.2")
+        warn_unmet_open_clip_train_requirements(["-m", "lm_eval"])  # another module: no check
+        warn_unmet_open_clip_train_requirements(argv)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "webdataset 1.0.2 (open_clip_torch[training] needs webdataset" in warning
+    assert "pip install 'open_clip_torch[training]'" in warning

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     register_transformers()
 
     warn_unclipped_clip(argv)
+    warn_unmet_open_clip_train_requirements(argv)
 
     if argv[0] == "-m":
         sys.argv = argv[1:]  # run_module puts the module's file name in sys.argv[0]
@@ -80,6 +81,25 @@ def warn_unclipped_clip(argv: list[str]) -> None:
         )
         logging.basicConfig()
         logger.warning(message, ", ".join(models))
+
+
+def warn_unmet_open_clip_train_requirements(argv: list[str]) -> None:
+    """open_clip's trainer needs what open_clip_torch's ``training`` extra pins (webdataset
+    <= 0.2.86: newer ones end each shard with a marker its loader does not expect); a run on
+    another version fails at its first batch with an error that does not say so."""
+    if argv[:2] != ["-m", "open_clip_train.main"]:
+        return
+    from .extras import unmet_requirements
+
+    unmet = unmet_requirements("open_clip_torch", "training")
+    if unmet:
+        logging.basicConfig()
+        logger.warning(
+            "open_clip's trainer runs here with versions outside its pins: %s (on webdataset "
+            "> 0.2.86 its loader fails at the first batch with KeyError: 'fname'). Install "
+            "them: pip install 'open_clip_torch[training]'",
+            "; ".join(unmet),
+        )
 
 
 if __name__ == "__main__":

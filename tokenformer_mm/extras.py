@@ -21,3 +21,29 @@ def missing_extra(error: ModuleNotFoundError, extra: str) -> ModuleNotFoundError
         "(or [all] for everything)",
         name=error.name,
     )
+
+
+def unmet_requirements(distribution: str, extra: str) -> list[str]:
+    """The installed packages outside what ``distribution`` declares for its ``extra``, each as
+    "name VERSION (DIST[EXTRA] needs name SPEC)". Packages not installed are left to the
+    import that needs them. Upstream scripts run by ``python -m tokenformer_mm`` fail far from
+    the cause on such a version (open_clip's trainer on webdataset > 0.2.86: KeyError 'fname')."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    unmet = []
+    for line in metadata.requires(distribution) or []:
+        requirement = Requirement(line)
+        if requirement.marker is None or not requirement.marker.evaluate({"extra": extra}):
+            continue
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            unmet.append(
+                f"{requirement.name} {installed} ({distribution}[{extra}] needs "
+                f"{requirement.name}{requirement.specifier})"
+            )
+    return unmet

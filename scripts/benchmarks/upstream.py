@@ -27,6 +27,23 @@ from benchmarks.matched import (
 )
 
 
+def mean_rows(rows: list[dict], variants: list[str], columns: dict[str, str]) -> list[dict]:
+    """A "mean ± std over seeds" row per variant, of the last column starting with each key of
+    ``columns`` (the final epoch's), formatted with its value (".3f")."""
+    means = []
+    for variant in variants:
+        runs = [r for r in rows if r["model"] == variant]
+        mean = {**dict.fromkeys(rows[0], ""), "model": f"**{variant}: mean**"}
+        for prefix, spec in columns.items():
+            column = [c for c in rows[0] if c.startswith(prefix)][-1]
+            values = [float(r[column]) for r in runs]
+            mean[column] = f"**{np.mean(values):{spec}}** ± {np.std(values):{spec}}"
+        if "collapsed" in rows[0]:
+            mean["collapsed"] = f"{sum(r['collapsed'] == 'yes' for r in runs)} of {len(runs)}"
+        means.append(mean)
+    return means
+
+
 def timm_train_command(args: argparse.Namespace, variant: str, seed: int, out: Path) -> list[str]:
     """timm's train.py, unmodified, on one variant ("model key=value ..."), through
     ``python -m tokenformer_mm`` (which registers the models)."""
@@ -62,11 +79,7 @@ def bench_timm_train(args: argparse.Namespace) -> None:
             row = {"model": variant, "seed": seed}
             row.update({f"epoch {e}": f"{top1[e - 1]:.1f}" for e in epochs})
             rows.append({**row, "best": f"{max(top1):.1f}", "seconds": f"{sec:.0f}"})
-    for variant in args.variants:
-        final = [float(r[f"epoch {args.epochs}"]) for r in rows if r["model"] == variant]
-        mean, spread = np.mean(final), np.std(final)
-        rows.append({**dict.fromkeys(rows[0], ""), "model": f"**{variant}: mean**"})
-        rows[-1][f"epoch {args.epochs}"] = f"**{mean:.1f}** ± {spread:.1f}"
+    rows += mean_rows(rows, args.variants, {f"epoch {args.epochs}": ".1f"})
     record(
         "timm's own train.py: Tokenformer vs the matched ViT",
         rows,
@@ -116,7 +129,15 @@ def bench_clip_train(args: argparse.Namespace) -> None:
     import json
 
     from tokenformer_mm.clip.pairs import write_digits_pair_shards
+    from tokenformer_mm.extras import unmet_requirements
 
+    unmet = unmet_requirements("open_clip_torch", "training")
+    if unmet:  # each run would fail at its first batch
+        raise SystemExit(
+            f"open_clip's trainer needs its pinned versions, found {'; '.join(unmet)}: "
+            "pip install 'open_clip_torch[training]', or put them first on PYTHONPATH "
+            "(pip install --target DIR 'webdataset==0.2.86'; PYTHONPATH=DIR)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         args.shards = write_digits_pair_shards(Path(tmp) / "shards")
         args.variant_models = {}
@@ -149,6 +170,7 @@ def bench_clip_train(args: argparse.Namespace) -> None:
             row["image-to-text R@1 %"] = f"{100 * results[-1]['image_to_text_R@1']:.1f}"
             row["collapsed"] = "yes" if min(loss) > 0.98 * chance else "no"
             rows.append({**row, "seconds": f"{sec:.0f}"})
+    rows += mean_rows(rows, args.variants, {"val loss, epoch": ".3f", "image-to-text R@1 %": ".1f"})
     record(
         "open_clip's own trainer: Tokenformer towers vs ViT towers of the same shape",
         rows,
@@ -193,7 +215,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=["TokenformerCLIP-micro", MATCHED_VIT_CLIP_LAYERSCALE, MATCHED_VIT_CLIP],
         help='open_clip model names, or "name key=value ..." (set in the text tower config)',
     )
-    clip_train.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    clip_train.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     clip_train.add_argument("--epochs", type=int, default=8)
     clip_train.add_argument("--lr", type=float, default=2e-3)
     clip_train.add_argument("--batch-size", type=int, default=32)

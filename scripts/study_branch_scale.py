@@ -29,7 +29,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 MODELS = {
     "Tokenformer (default: LayerScale 0.1)": "tokenformer_micro_patch4_32",
     "Tokenformer (paper: no LayerScale)": "tokenformer_micro_patch4_32 init_values=0",
-    "matched ViT": MATCHED_VIT_MICRO,
+    "matched ViT, plain (no LayerScale)": MATCHED_VIT_MICRO,
 }
 
 

@@ -96,7 +96,8 @@ def test_timm_grid_summary_counts_dead_starts_and_plots_each_cell(tmp_path):
     cells = {(row["lr"], row["model"]): row for row in table}
     assert cells[("0.002", "tf")]["dead starts"] == 1
     assert cells[("0.002", "tf")]["mean top-1"] == "60.7"
-    assert cells[("0.002", "matched ViT")]["dead starts"] == 0
+    vit = bench_timm_grid.VIT_LABELS[bench_timm_grid.MATCHED_VIT_MICRO]
+    assert cells[("0.002", vit)]["dead starts"] == 0
     assert cells[("0.004", "tf")]["dead starts"] == 1  # 30.0 is not below 30
     bench_timm_grid.plot(rows, tmp_path / "grid.png", dead_below=30.0)
     assert (tmp_path / "grid.png").stat().st_size > 1000

@@ -160,7 +160,7 @@ MATCHED_VIT_MICRO = (
 # a timm user would pick.
 MATCHED_VIT_MICRO_LAYERSCALE = f"{MATCHED_VIT_MICRO} init_values=0.1"
 VIT_LABELS = {
-    MATCHED_VIT_MICRO: "matched ViT",
+    MATCHED_VIT_MICRO: "matched ViT, plain (no LayerScale)",
     MATCHED_VIT_MICRO_LAYERSCALE: "matched ViT + LayerScale 0.1",
 }
 

@@ -77,7 +77,7 @@ def bench_vision(args: argparse.Namespace) -> None:
             "train GFLOPs / image": f"{flops[name] / 1e9:.2f}",
             "train step (ms)": f"{train_s[name] * 1e3:.0f}",
             "train ms / image": f"{train_s[name] * 1e3 / args.batch_size:.1f}",
-            "time per FLOP vs matched ViT": f"{per_flop[name] / per_flop[matched]:.2f}x",
+            "time per FLOP vs plain matched ViT": f"{per_flop[name] / per_flop[matched]:.2f}x",
             "inference images/s": f"{args.batch_size / infer_s[name]:.0f}",
         }
         for name, model in models.items()

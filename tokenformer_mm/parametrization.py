@@ -18,7 +18,7 @@ import math
 # so their init sets how far an optimizer step turns them: AdamW moves each entry by ~lr, a
 # relative step of lr / std. "fan_in", N(0, 1/d_in), keeps that step moderate at every width;
 # "official", N(0, 0.02), is the paper's: at lr 2e-3 it turns the keys ~10 % a step, and vision
-# models learn far slower than a ViT (docs/benchmarks.md, "Initialisation").
+# models learn far slower than a ViT (docs/benchmarks_history.md, "Initialisation").
 KEY_INITS = ("fan_in", "official")
 OFFICIAL_KEY_INIT_STD = 0.02
 

@@ -76,7 +76,8 @@ def warn_unclipped_clip(argv: list[str]) -> None:
     if any("TokenformerCLIP" in model for model in models):
         message = (
             "training %s under open_clip's trainer without --grad-clip-norm: measured at lr 2e-3, "
-            "1 of 4 seeds collapses to one embedding, at lr 1e-3 1 of 4 stalls near chance; with "
+            "1 of 4 seeds (2 of 3 in a second run) collapse to one embedding, at lr 1e-3 1 of 4 "
+            "stalls near chance; with "
             "--grad-clip-norm 1.0 none did (docs/recipes.md, Recipes). Add --grad-clip-norm 1.0"
         )
         logging.basicConfig()

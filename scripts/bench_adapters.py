@@ -173,7 +173,7 @@ def best_lrs(rows: list[dict]) -> dict[str, float]:
 
 
 def stat(rows: list[dict], name: str, fmt: str = ".3f") -> str:
-    """Mean ± std over ``rows`` of a measure (the mean alone for one row)."""
+    """Mean ± population std (ddof 0) over ``rows`` of a measure (the mean alone for one row)."""
     values = [float(r[name]) for r in rows]
     spread = f" ± {statistics.pstdev(values):{fmt}}" if len(values) > 1 else ""
     return f"{statistics.mean(values):{fmt}}{spread}"

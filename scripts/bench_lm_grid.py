@@ -292,8 +292,9 @@ def main(argv: list[str] | None = None) -> None:
             + job_summary(cfg, args.config_name)
             + f", {t.steps} steps, {o.warmup_steps} warm-up steps then {o.schedule}, AdamW betas "
             f"{tuple(o.betas)}, weight decay {o.weight_decay}, clipping {o.grad_clip}. Final "
-            f"validation loss ({LOSS_UNIT[args.config_name]}), std over seeds; a dead start ends "
-            "above the entropy of the validation targets' own frequencies. Every run: "
+            f"validation loss ({LOSS_UNIT[args.config_name]}), population std over seeds "
+            "(ddof 0); a dead start ends above the entropy of the validation targets' own "
+            "frequencies. Every run: "
             f"`{args.csv.name}`; plot: `{args.plot.name}`."
         ),
         report=args.report,

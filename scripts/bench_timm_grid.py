@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.epochs} epochs, cosine, timm's per-epoch warm-up from lr 1e-5 (1 warm-up "
             "epoch: the first epoch at 1e-5, then the full lr at once), weight decay 2e-5, label "
             f"smoothing 0.1. Augmentation `timm`: its defaults; `light`: `{AUGS['light']}`. "
-            "Final validation top-1 %, std over seeds; a dead start ends below "
+            "Final validation top-1 %, population std over seeds (ddof 0); a dead start ends below "
             f"{args.dead_below:g} % (chance is 10 %). Every run: `{args.csv.name}`; "
             f"plot: `{args.plot.name}`"
             + (f"; extra: `{shlex.quote(args.train_args)}`" if args.train_args else "")

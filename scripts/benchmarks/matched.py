@@ -130,7 +130,7 @@ def matched_neox(config) -> CausalLMAdapter:
     (NeoX style, same base), sequential residuals and pre-LayerNorms as our blocks, tied
     embeddings, no attention biases, and a ``MATCHED_MLP_RATIO`` x width MLP, so FLOPs and
     parameters match a Tokenformer of n = d (q/k/v/proj) and 4d (FFN) tokens. What still
-    differs: its LayerNorms are affine and its MLP has biases (2·d + 5·d per block, ~1e-3 of
+    differs: its LayerNorms are affine and its MLP has biases (4·d + 7·d per block, 0.5 % of
     the parameters at d = 128), and Pattention's attention-like layers are what it is compared on.
     """
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM

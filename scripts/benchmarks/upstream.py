@@ -28,8 +28,8 @@ from benchmarks.matched import (
 
 
 def mean_rows(rows: list[dict], variants: list[str], columns: dict[str, str]) -> list[dict]:
-    """A "mean ± std over seeds" row per variant, of the last column starting with each key of
-    ``columns`` (the final epoch's), formatted with its value (".3f")."""
+    """A "mean ± population std over seeds" row per variant, of the last column starting with
+    each key of ``columns`` (the final epoch's), formatted with its value (".3f")."""
     means = []
     for variant in variants:
         runs = [r for r in rows if r["model"] == variant]
@@ -90,7 +90,7 @@ def bench_timm_train(args: argparse.Namespace) -> None:
             "(5 warmup epochs from lr 1e-5, cosine, weight decay 2e-5, label smoothing 0.1, "
             "RandomResizedCrop + flip + colour jitter)"
             f"{'; extra: ' + args.train_args if args.train_args else ''}. "
-            "Validation top-1 %; chance is 10 %; ± is the std over seeds."
+            "Validation top-1 %; chance is 10 %; ± is the population std over seeds (ddof 0)."
         ),
         report=args.report,
     )
@@ -186,7 +186,7 @@ def bench_clip_train(args: argparse.Namespace) -> None:
             "`matched-vit-layerscale` the same with LayerScale 0.1 in both towers, as the "
             "Tokenformer towers have (the comparison that isolates Pattention). Chance "
             f"validation loss is ln {args.batch_size} = {chance:.3f}; collapsed = never 2 % below "
-            "it."
+            "it; ± is the population std over seeds (ddof 0)."
         ),
         report=args.report,
     )

@@ -323,7 +323,7 @@ def write_report(study: Any, results: dict[str, dict[str, Any]], command: str) -
         plot(name, result["tower"], result["results"], result["screen"], image)
         seconds = [run["seconds"] for run in result["results"].values()]
         seconds = [s for s in seconds if not math.isnan(s)]  # nan: a run recorded from disk
-        best = result["best"]
+        confirmed = [arm for arm in result["confirmed"] if arm]
         sections.append(
             f"### {name}\n\n{len(result['results'])} runs in `{Path(result['csv']).name}`: "
             f"{sum(seconds) / 3600:.1f} h of runs, the longest {max(seconds, default=0) / 60:.1f}"
@@ -333,9 +333,9 @@ def write_report(study: Any, results: dict[str, dict[str, Any]], command: str) -
             + (arm_table([[r] for r in result["screen"]]) or "(no arm finished yet)")
             + "\n\nEach annealed budget: the arm's loss minus the big frontier's at equal "
             "(cumulative) FLOPs; negative: growth is ahead.\n\n"
-            + budget_table([[r] for r in result["screen"]] + ([best] if best else []))
-            + f"\n\n#### The best arm, {best[0]['arm'] if best else 'not yet known'}, "
-            f"every seed finished\n\n{arm_table([best]) if best else ''}\n\n"
+            + budget_table([[r] for r in result["screen"]] + confirmed)
+            + f"\n\n#### Every seed: the best arm ({result['best'] or 'not yet known'}) and "
+            f"`confirm_arms`, the seeds finished\n\n{arm_table(confirmed)}\n\n"
             f"![{name}]({image.name})\n"
         )
     header = (
@@ -345,7 +345,7 @@ def write_report(study: Any, results: dict[str, dict[str, Any]], command: str) -
         "- sp = FLOPs the big frontier needs for its best loss (its lowest over the budgets) / "
         "FLOPs the arm needs "
         "for it - 1 (cumulative: all the arm's FLOPs; model-family: less the small model's "
-        "FLOPs up to the grow step)\n\n"
+        "FLOPs up to the grow step)\n- ± is the sample std over seeds (ddof 1)\n\n"
     )
     generated = f"{BEGIN}\n{header}" + "\n".join(sections) + f"\n{END}\n"
     text = report.read_text() if report.exists() else ""

@@ -283,10 +283,35 @@ def default_work_dir() -> Path:
     return Path(cache) / "tokenformer-mm" / "growth_study"
 
 
+def named_points(tower: Any, names: Sequence[str]) -> list[tuple[str, tuple[int, ...]]]:
+    """The arms and grow points ``names`` name as the tables write them (``width4_exact@800``)."""
+    points = {arm_name(arm, steps): (arm, steps) for arm, steps in arm_points(tower)}
+    unknown = [name for name in names if name not in points]
+    if unknown:
+        raise ValueError(
+            f"confirm_arms {unknown} name no arm of this study; its arms: {sorted(points)}"
+        )
+    return [points[name] for name in names]
+
+
+def plan_confirmation(
+    tower: Any, points: Sequence[tuple[str, tuple[int, ...]]], seeds: Sequence[int],
+    work_dir: Path,
+) -> list[Run]:  # fmt: skip
+    """Both frontiers and every arm of ``points`` (each once) on each of ``seeds``."""
+    points = list(dict.fromkeys(points))
+    runs = []
+    for seed in seeds:
+        runs += [r for size in SIZES for r in plan_size(tower, size, seed, work_dir)]
+        runs += [r for arm, steps in points for r in plan_arm(tower, arm, steps, seed, work_dir)]
+    return runs
+
+
 def study_tower(study: Any, name: str, report_only: bool) -> dict[str, Any]:
-    """Screen every arm on ``seeds``, then the best arm and the frontiers on ``confirm_seeds``
-    (what the CSV holds, with ``report_only``)."""
+    """Screen every arm on ``seeds``, then the best arm, the arms ``confirm_arms`` names and the
+    frontiers on ``confirm_seeds`` (what the CSV holds, with ``report_only``)."""
     tower = study[name]
+    named = named_points(tower, study.confirm_arms)
     work_dir = Path(study.work_dir) if study.work_dir else default_work_dir()
     work_dir = (work_dir if work_dir.is_absolute() else ROOT / work_dir) / name
     csv = Path(study.results_dir) / f"growth_{name}.csv"
@@ -300,25 +325,22 @@ def study_tower(study: Any, name: str, report_only: bool) -> dict[str, Any]:
         results = run_and_record(study, tower, screen, work_dir, csv)
     screened = [arm_result(tower, results, a, s, seed) for a, s in arm_points(tower)]
     screened = [r for r in screened if r is not None]
-    confirm = []
-    if screened:
-        arm, steps = best_arm(screened)
-        for extra in study.confirm_seeds:
-            confirm += [r for size in SIZES for r in plan_size(tower, size, extra, work_dir)]
-            confirm += plan_arm(tower, arm, steps, extra, work_dir)
+    points = list(dict.fromkeys([best_arm(screened), *named])) if screened else []
+    confirm = plan_confirmation(tower, points, study.confirm_seeds, work_dir)
     runs = [*screen, *confirm]
     if report_only or not confirm:
         results = read_results(csv, {r.name: signature(tower.config, r, work_dir) for r in runs})
     else:
         results = run_and_record(study, tower, runs, work_dir, csv)
     seeds = [seed, *study.confirm_seeds]
-    confirmed = [arm_result(tower, results, arm, steps, s) for s in seeds] if screened else []
+    confirmed = [[arm_result(tower, results, a, steps, s) for s in seeds] for a, steps in points]
     return {
         "tower": tower,
         "csv": csv,
         "results": results,
         "screen": screened,
-        "best": [r for r in confirmed if r is not None],
+        "best": arm_name(*points[0]) if points else None,
+        "confirmed": [[r for r in arm if r is not None] for arm in confirmed],  # the best first
         "seeds": seeds,
     }
 

@@ -114,3 +114,22 @@ def test_sp_counts_the_big_frontiers_best_loss_where_it_first_reached_it():
     reach = flops_to_reach([(2.5, 2.3), (3.5, 1.9)], 2.0)
     assert result["sp_cumulative"] == pytest.approx(4.0 / reach - 1)  # 4.0: the 200-step budget
     assert result["sp_family"] == pytest.approx(4.0 / (reach - 1.0) - 1)
+
+
+def test_confirm_arms_plans_each_named_arm_on_every_confirm_seed_and_refuses_unknown_names():
+    from growth_study import ROOT, named_points, plan_confirmation
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        tower = compose("study/growth_quick").language
+    points = named_points(tower, ["width4_exact@16", "width2x2_exact@16+24"])
+    assert points == [("width4_exact", (16,)), ("width2x2_exact", (16, 24))]
+    runs = plan_confirmation(tower, [*points, points[0]], [1, 2], Path("work"))
+    names = [run.name for run in runs]
+    assert len(names) == len(set(names))  # an arm named twice is planned once
+    for seed in (1, 2):
+        for prefix in ("small", "big", "width4_exact@16", "width2x2_exact@16+24"):
+            assert f"{prefix}-seed{seed}/b40" in names
+    assert not any("seed0" in name or "depth2" in name for name in names)
+    with pytest.raises(ValueError, match=r"width4_exact@800.*its arms: \['depth2_exact@16'"):
+        named_points(tower, ["width4_exact@800"])

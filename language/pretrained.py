@@ -23,6 +23,7 @@ from typing import Any
 import safetensors.torch
 from torch import nn
 
+from tokenformer_mm.adapters.manage import holders
 from tokenformer_mm.checkpoint_layout import MODEL_FILE
 from tokenformer_mm.growth import load_resized
 from tokenformer_mm.weights import file_shape, save_weights
@@ -42,6 +43,12 @@ def save_pretrained(
 ) -> Path:
     """``model`` (a ``TokenformerLM``) in the layout above; refuses to replace files unless
     ``overwrite``."""
+    adapted = sorted({n for _, holder in holders(model) for n in holder.adapters})
+    if adapted:
+        raise ValueError(
+            f"the model carries token adapters {adapted}: merge_adapter or remove_adapter them "
+            "first (save_adapter writes an adapter alone)"
+        )
     directory = Path(directory)
     names = [CONFIG_FILE, WEIGHTS_FILE, GENERATION_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE]
     existing = [name for name in names if (directory / name).exists()]

@@ -196,8 +196,10 @@ def test_bad_adapter_settings_are_refused():
     model = language_model(norm="softmax")
     with pytest.raises(ValueError, match="a zero key gives a zero weight"):
         add_adapter(model, "code", AdapterConfig(num_tokens=4))
+    with pytest.raises(ValueError, match=r"blocks \[7\] are not in TokenformerLM.*\[2\] blocks"):
+        add_adapter(language_model(), "code", AdapterConfig(num_tokens=4, blocks=(0, 7)))
     with pytest.raises(ValueError, match="no Pattention layers of kinds"):
-        add_adapter(language_model(), "code", AdapterConfig(num_tokens=4, blocks=(7,)))
+        add_adapter(torch.nn.Sequential(torch.nn.Linear(2, 2)), "c", AdapterConfig(4))
 
 
 def test_timm_and_transformers_load_an_adapter_file(tmp_path, tokens):

@@ -29,7 +29,7 @@ def _create_tokenformer(variant: str, pretrained: bool = False, **kwargs: Any) -
     if adapter is not None:
         from tokenformer_mm.adapters import load_adapter
 
-        load_adapter(model, adapter, Path(adapter).stem)
+        load_adapter(model, adapter, Path(adapter).stem.replace(".", "_"))  # named by its file
     return model
 
 

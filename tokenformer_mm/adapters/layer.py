@@ -6,13 +6,15 @@ normalisation over all ``n + m`` scores, τ the layer's::
     s, s_a = x @ K.T, x @ K_a.T;  r = hypot(|s|, |s_a|)     (l2_norm_gelu)
     y = gelu(s · τ / r) @ V + gelu(s_a · τ / r) @ V_a
 
-With zero keys (``init="exact"``) ``s_a = 0``, ``gelu(0) = 0`` and ``hypot(r, 0) = r``: the layer
-computes bit for bit what it did, and the keys still get a gradient (``gelu'(0) = 1/2``).
+With zero keys (``init="exact"``) ``s_a = 0``, ``gelu(0) = 0`` and the norm is the layer's own
+``r`` (taken as is where ``s_a`` is zero, not through ``hypot``): the layer computes bit for bit
+what it did, and the keys still get a gradient (``gelu'(0) = 1/2``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +50,34 @@ class AdapterConfig:
     modules_to_save: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_tokens, int) or self.num_tokens <= 0:
+        if not isinstance(self.num_tokens, int) or isinstance(self.num_tokens, bool):
             raise ValueError(f"adapter num_tokens must be a positive int, got {self.num_tokens!r}")
-        if not self.kinds or any(kind not in KINDS for kind in self.kinds):
+        if self.num_tokens <= 0:
+            raise ValueError(f"adapter num_tokens must be a positive int, got {self.num_tokens!r}")
+        if isinstance(self.kinds, str) or not self.kinds or any(k not in KINDS for k in self.kinds):
             raise ValueError(
                 f"adapter kinds must be a non-empty subset of {KINDS}, got {self.kinds}"
             )
         if self.init not in ADAPTER_INITS:
             raise ValueError(f"adapter init must be one of {ADAPTER_INITS}, got {self.init!r}")
+        perturbation = self.perturbation
+        if (
+            not isinstance(perturbation, (int, float))
+            or not math.isfinite(perturbation)
+            or perturbation < 0
+        ):
+            raise ValueError(
+                f"adapter perturbation must be a finite number >= 0, got {perturbation!r}"
+            )
+        blocks = self.blocks
+        if blocks is not None and (
+            isinstance(blocks, (str, int))
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks)
+        ):
+            raise ValueError(
+                f"adapter blocks must be None (every block) or a list of block indices >= 0, "
+                f"got {blocks!r}"
+            )
         if isinstance(self.modules_to_save, str) or not all(
             isinstance(m, str) and m for m in self.modules_to_save
         ):
@@ -90,15 +112,23 @@ class TokenAdapter(nn.Module):
         return list(self.adapter_keys)
 
     @torch.no_grad()
-    def add(self, name: str, config: AdapterConfig) -> None:
+    def add(
+        self,
+        name: str,
+        config: AdapterConfig,
+        saved: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         """A new adapter of ``config.num_tokens`` tokens: keys as ``config.init``, values drawn as
-        the layer's value init (growth's rows)."""
+        the layer's value init (growth's rows); or the ``(keys, values)`` of a saved one."""
         base = self.base
-        keys = base.key_tokens.new_zeros(config.num_tokens, base.in_features)
-        if config.init == "perturbed":
-            keys.normal_(std=config.perturbation * base.key_init_std)
-        values = base.value_tokens.new_empty(config.num_tokens, base.out_features)
-        values.normal_(std=base.value_init_std)
+        if saved is not None:
+            keys, values = (t.to(base.key_tokens).clone() for t in saved)
+        else:
+            keys = base.key_tokens.new_zeros(config.num_tokens, base.in_features)
+            if config.init == "perturbed":
+                keys.normal_(std=config.perturbation * base.key_init_std)
+            values = base.value_tokens.new_empty(config.num_tokens, base.out_features)
+            values.normal_(std=base.value_init_std)
         self.adapter_keys[name] = nn.Parameter(keys)
         self.adapter_values[name] = nn.Parameter(values)
 
@@ -110,8 +140,13 @@ class TokenAdapter(nn.Module):
         extra = F.linear(x, self.adapter_keys[name])
         if base.norm == "gelu_l2_norm":  # GELU, then the norm of the activations
             scores, extra = F.gelu(scores), F.gelu(extra)
-        norm = torch.hypot(row_norm(scores), row_norm(extra))  # over all n + m: exact at 0
-        scale = row_scale(norm, base.tau, base.eps, x.dtype)
+        norm, extra_norm = row_norm(scores), row_norm(extra)
+        # the norm over all n + m scores, exactly the layer's own where the adapter's are zero;
+        # hypot's gradient at (0, 0) is 0/0, so rows whose adapter scores are zero skip it
+        live = extra_norm > 0
+        joint = torch.hypot(norm, torch.where(live, extra_norm, torch.ones_like(extra_norm)))
+        norm = torch.where(live, joint, norm)
+        scale = row_scale(norm, base.tau, base.eps, scores.dtype)
         weights, extra_weights = scores * scale, extra * scale
         if base.norm == "l2_norm_gelu":  # the norm of the scores, then GELU
             weights, extra_weights = F.gelu(weights), F.gelu(extra_weights)

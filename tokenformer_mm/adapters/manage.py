@@ -39,7 +39,15 @@ def plain_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def _chosen_layers(model: nn.Module, config: AdapterConfig) -> list[str]:
     """The Pattention layers of ``config.kinds`` in ``config.blocks`` (wrapped or not)."""
-    prefixes = [name for name, _ in block_containers(model)]
+    containers = block_containers(model)
+    prefixes = [name for name, _ in containers]
+    depths = [len(blocks) for _, blocks in containers]
+    missing = [b for b in config.blocks or () if b >= max(depths, default=0)]
+    if missing:
+        raise ValueError(
+            f"adapter blocks {missing} are not in {type(model).__name__}, whose block lists have "
+            f"{depths} blocks; choose indices below that"
+        )
     chosen = []
     for name, module in plain_modules(model):
         if not isinstance(module, Pattention) or module.kind not in config.kinds:
@@ -118,11 +126,24 @@ def add_adapter(model: nn.Module, name: str, config: AdapterConfig) -> list[str]
 
 
 def check_name(model: nn.Module, name: str) -> None:
-    """A new adapter's name: a module name (no dots), not one the model has."""
+    """A new adapter's name: a module name (no dots) that is no attribute of the dicts holding
+    adapters (``values``, ``training``, ...), not one the model has."""
     if not isinstance(name, str) or not name or "." in name:
         raise ValueError(f"an adapter's name must be a non-empty string without dots, got {name!r}")
+    if hasattr(nn.ParameterDict(), name) or hasattr(nn.ModuleDict(), name):
+        raise ValueError(
+            f"an adapter can't be named {name!r}: it is an attribute of the dicts that hold "
+            "adapters; choose another name"
+        )
     if any(name in holder.adapters for _, holder in holders(model)):
         raise ValueError(f"the model already has an adapter named {name!r}; remove it first")
+
+
+def require_adapter(model: nn.Module, name: object) -> None:
+    """Refuse a ``name`` that is no adapter of ``model``, naming the ones it has."""
+    known = sorted({n for _, holder in holders(model) for n in holder.adapters})
+    if not isinstance(name, str) or name not in known:
+        raise ValueError(f"no adapter named {name!r}; the model has {known}")
 
 
 def train_only(model: nn.Module, name: str) -> None:
@@ -135,11 +156,9 @@ def train_only(model: nn.Module, name: str) -> None:
 
 def set_adapter(model: nn.Module, name: str | None) -> None:
     """Make adapter ``name`` the one every holder uses (None: the base model alone)."""
-    found = list(holders(model))
-    if name is not None and not any(name in holder.adapters for _, holder in found):
-        known = sorted({n for _, holder in found for n in holder.adapters})
-        raise ValueError(f"no adapter named {name!r}; the model has {known}")
-    for _, holder in found:
+    if name is not None:
+        require_adapter(model, name)
+    for _, holder in holders(model):
         holder.active = name if name in holder.adapters else None
 
 
@@ -152,13 +171,14 @@ def using_adapter(model: nn.Module, name: str | None) -> Iterator[nn.Module]:
     try:
         yield model
     finally:
-        for holder, active in before.items():
-            holder.active = active
+        for holder, active in before.items():  # one removed inside the block stays removed
+            holder.active = active if active in holder.adapters else None
 
 
 def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """Adapter ``name``'s tensors: ``<layer>.keys`` and ``<layer>.values`` of its tokens,
     ``<module>.saved.<tensor>`` of its module copies."""
+    require_adapter(model, name)
     state = {}
     for holder_name, holder in holders(model):
         if name not in holder.adapters:
@@ -169,14 +189,14 @@ def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
         else:
             for key, tensor in holder.copies[name].state_dict().items():
                 state[f"{holder_name}.{SAVED}.{key}"] = tensor.detach()
-    if not state:
-        set_adapter(model, name)  # raises, naming the adapters there are
     return state
 
 
 def remove_adapter(model: nn.Module, name: str) -> None:
-    """Drop adapter ``name``; a holder left without adapters is the plain module again."""
-    adapter_state_dict(model, name)  # raises for an unknown name
+    """Drop adapter ``name``; a holder left without adapters is the plain module again. The
+    model's parameters stay frozen as ``add_adapter`` left them (as peft's unload does):
+    ``model.requires_grad_(True)`` to train it whole."""
+    require_adapter(model, name)
     for holder_name, holder in list(holders(model)):
         if name in holder.adapters:
             if isinstance(holder, TokenAdapter):
@@ -193,7 +213,8 @@ def remove_adapter(model: nn.Module, name: str) -> None:
 def merge_adapter(model: nn.Module, name: str) -> None:
     """Make adapter ``name`` part of the model for good and drop it: its tokens appended to their
     layers (as exact growth does: τ kept, μP's value rows rescaled to the new count), its module
-    copies in place of the originals; the model's token records follow."""
+    copies in place of the originals; the model's token records follow. Under μP the other
+    adapters' values are rescaled with the layer's, so they keep their function."""
     merged = adapter_state_dict(model, name)
     for holder_name, holder in list(holders(model)):
         if name not in holder.adapters:
@@ -208,5 +229,8 @@ def merge_adapter(model: nn.Module, name: str) -> None:
         base.key_tokens[old:] = keys
         base.value_tokens[old:] = merged[f"{holder_name}.values"]
         base.value_tokens.mul_(factor)
+        for other, values in holder.adapter_values.items():  # μP: the multiplier they share moved
+            if other != name:
+                values.mul_(factor)
     remove_adapter(model, name)
     record_token_counts(model)

@@ -503,6 +503,15 @@ def test_depth_growth_configs_are_checked_before_training():
     bad = compose_config("vision", ["growth.depth_init=copy"])
     with pytest.raises(ValueError, match=r"growth.depth_init must be one of \('exact', 'stack'\)"):
         validate(bad)
+    for override, message in [
+        ("growth.schedule=[{step: 5, factor: nan}]", "must grow something, got factor=nan"),
+        ("growth.schedule=[{step: 5, factor: inf}]", "must grow something, got factor=inf"),
+        ("growth.schedule=[{step: 5, factor: 2, lr_scale: inf}]", "finite and positive, got inf"),
+        ("growth.perturbation=inf", "finite positive number, got inf"),
+    ]:
+        extra = ["growth.init=perturbed"] if "perturbation" in override else []
+        with pytest.raises(ValueError, match=message):
+            validate(compose_config("vision", [override, *extra]))
 
 
 @pytest.mark.slow

@@ -122,6 +122,13 @@ def test_grow_only_selected_kinds():
         ({"factor": 2, "kinds": ("mlp",)}, "subset"),
         ({"factor": 2, "init": "zeros"}, "exact"),
         ({"num_tokens": {"proj": 32}, "kinds": ("ffn",)}, "not being grown"),
+        ({"factor": float("nan")}, "finite positive number, got nan"),
+        ({"factor": float("inf")}, "finite positive number, got inf"),
+        ({"factor": True}, "finite positive number, got True"),
+        ({"num_tokens": True}, "positive ints, got True"),
+        ({"factor": 2, "init": "perturbed", "perturbation": float("inf")}, "finite positive"),
+        ({"factor": 2, "depth": True}, "depth must be an int >= 1"),
+        ({"factor": 2, "seed": 1.5}, "seed must be an int or None, got 1.5"),
     ],
 )
 def test_bad_growth_arguments(kwargs, message):
@@ -237,9 +244,8 @@ def test_new_rows_first_update_is_no_larger_than_a_fresh_adamws():
     assert moved.max() <= lr * (1 + 1e-5)
     old_rows = [(m.key_tokens[:old] - keys[:old]).abs().max() for m, (keys, old) in pairs]
     assert max(old_rows) > 0.5 * lr  # the old rows keep their full AdamW steps
-    # The seeding ran once and is gone: the next steps are plain AdamW steps.
+    # The seeding ran once: the next steps are plain AdamW steps (the hook stays, a no-op).
     assert not any(NEW_ROWS in state for state in optimizer.state.values())
-    assert not optimizer._optimizer_step_pre_hooks
 
 
 def test_new_row_seeding_is_optimizer_state_that_a_checkpoint_carries():
@@ -492,7 +498,7 @@ def test_perturbed_growth_breaks_symmetry_and_moves_the_output_by_its_scale(norm
     bigger = block_stack(depth=2, tokens=32, norm=norm)
     load_grown(bigger, small.state_dict(), init="perturbed", perturbation=1e-3)
     assert 0 < bigger[0].ffn.key_tokens[64:].abs().max() < 1e-2
-    with pytest.raises(ValueError, match="needs a positive perturbation, got 0"):
+    with pytest.raises(ValueError, match="needs a finite positive perturbation, got 0"):
         grow_model(copy.deepcopy(small), factor=2, init="perturbed", perturbation=0)
 
 
@@ -505,3 +511,73 @@ def test_a_layer_in_two_tau_ramps_follows_the_newest_that_has_begun():
     for step, expected in ((15, 8.0 * 2 ** (5 / 100)), (20, 9.0), (25, 32.0), (60, 32.0)):
         ramp_tau([first, second], step, model)
         assert model[0].tau.item() == pytest.approx(expected, rel=1e-6), step
+
+
+def test_a_refused_growth_leaves_the_model_and_its_optimizer_as_they_were():
+    model = block_stack(depth=2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    before = [p.shape for p in model.parameters()]
+    with pytest.raises(ValueError, match="cannot shrink"):
+        grow_model(model, num_tokens=8, depth=2, optimizer=optimizer)  # width checked first
+    assert [p.shape for p in model.parameters()] == before
+    assert len(optimizer.param_groups[0]["params"]) == len(before)
+
+
+def test_growing_twice_between_steps_and_another_step_hook_keep_the_optimizer_working():
+    """The new-row seeding is one step pre-hook per optimizer that never removes itself while
+    torch loops over the hooks (that broke the step as soon as there were two)."""
+    x, target = regression_task(n=16)
+    model = block_stack(depth=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    adam_step(model, optimizer, x, target)
+    grow_model(model, factor=2, optimizer=optimizer)
+    grow_model(model, factor=2, optimizer=optimizer)
+    optimizer.register_step_pre_hook(lambda *args: None)
+    for _ in range(2):
+        adam_step(model, optimizer, x, target)
+    assert all(NEW_ROWS not in state for state in optimizer.state.values())
+
+
+def test_reports_given_out_of_order_are_refused():
+    model = block_stack(depth=1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    first, second = grow_model(model, factor=2), grow_model(model, factor=2)
+    with pytest.raises(ValueError, match="out of order"):
+        grow_optimizer_state(optimizer, second, first)
+    grow_optimizer_state(optimizer, first, second)
+    assert {id(p) for p in optimizer.param_groups[0]["params"]} == {
+        id(p) for p in model.parameters()
+    }
+
+
+@pytest.mark.parametrize("parametrization", ["standard", "mup"])
+def test_growing_a_model_with_adapters_is_refused_before_it_changes(parametrization):
+    import timm
+
+    from tokenformer_mm.adapters import AdapterConfig, add_adapter
+
+    model = timm.create_model("tokenformer_micro_patch4_32", parametrization=parametrization)
+    add_adapter(model, "a", AdapterConfig(num_tokens=4, kinds=("ffn",)))
+    before = {k: v.shape for k, v in model.state_dict().items()}
+    for grow in (lambda: grow_model(model, factor=2), lambda: grow_model(model, depth=2)):
+        with pytest.raises(ValueError, match=r"carries token adapters \['a'\]: merge_adapter"):
+            grow()
+    assert {k: v.shape for k, v in model.state_dict().items()} == before
+
+
+def test_a_mup_image_model_grown_in_depth_and_width_loads_through_timm(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10, "parametrization": "mup"}
+    model = timm.create_model("tokenformer_micro_patch4_32", **kwargs).eval()
+    grow_model(model, factor=2, depth=2, init="perturbed")
+    save_file(model.state_dict(), str(tmp_path / "grown.safetensors"))
+    loaded = timm.create_model(
+        "tokenformer_micro_patch4_32", pretrained=True, **kwargs,
+        pretrained_cfg_overlay={"file": str(tmp_path / "grown.safetensors"), "num_classes": 10},
+    ).eval()  # fmt: skip
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))

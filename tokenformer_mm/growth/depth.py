@@ -66,6 +66,7 @@ def deepen(
     groups = optimizer.param_groups if optimizer is not None else []
     group_of = {id(param): group for group in groups for param in group["params"]}
     grown: list[TokenformerBlock] = []
+    joining: list[tuple[dict, nn.Parameter]] = []  # into the optimizer once every block is built
     for block in list(blocks):
         grown.append(block)
         for _ in range(factor - 1):
@@ -78,7 +79,9 @@ def deepen(
             grown.append(new)
             for old, param in zip(block.parameters(), new.parameters(), strict=True):
                 if id(old) in group_of:
-                    group_of[id(old)]["params"].append(param)
+                    joining.append((group_of[id(old)], param))
+    for group, param in joining:
+        group["params"].append(param)
     grown_blocks = (
         nn.Sequential(*grown) if isinstance(blocks, nn.Sequential) else nn.ModuleList(grown)
     )

@@ -23,6 +23,7 @@ from .tokens import (
     check_width_args,
     record_token_counts,
     widen,
+    width_targets,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,10 +72,17 @@ def grow_model(
     no longer receive gradients. Hooks registered on the old Parameters do not carry over.
     """
     check_init(init, perturbation)
+    refuse_adapted(model)
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"depth must be an int >= 1 (1: no depth growth), got {depth!r}")
     widening = depth == 1 or factor is not None or num_tokens is not None
     kinds = check_width_args(factor, num_tokens, kinds) if widening else tuple(kinds)
     if depth != 1:
         check_depth_args(depth, depth_init)
+    if widening:  # every check before the model changes (depth growth copies these layers)
+        width_targets(model, factor, num_tokens, kinds)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ValueError(f"growth seed must be an int or None, got {seed!r}")
     rng = seeded_rng(seed) if seed is not None else contextlib.nullcontext()
     report = GrowthReport(init, params_before=count_params(model), params_after=0)
     with rng:
@@ -119,8 +127,22 @@ def grow_depth(
     ``feature_info`` list. With ``optimizer``, the new parameters join the parameter groups of
     the block they copy, with fresh optimizer state.
     """
+    refuse_adapted(model)
     before = count_params(model)
     depth = deepen(model, factor, init, optimizer)
     report = GrowthReport(init, before, count_params(model), depth=depth, shape=model_shape(model))
     logger.info("%s", report)
     return report
+
+
+def refuse_adapted(model: nn.Module) -> None:
+    """Growth resizes a layer's own tokens, not the adapters beside it (their μP multiplier
+    would move under them, a new block would copy them): merge or remove them first."""
+    from ..adapters.manage import holders  # the adapters build on growth
+
+    adapted = sorted({name for _, holder in holders(model) for name in holder.adapters})
+    if adapted:
+        raise ValueError(
+            f"the model carries token adapters {adapted}: merge_adapter or remove_adapter them "
+            "before growing it"
+        )

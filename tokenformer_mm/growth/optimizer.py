@@ -9,6 +9,7 @@ of the state (FSDP2), so a run checkpointed between growth and that step resumes
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any
 
 import torch
@@ -42,6 +43,11 @@ def successors(reports: tuple[GrowthReport, ...]) -> dict[nn.Parameter, nn.Param
             latest[first] = report.replaced.get(current, current)
         for old, new in report.replaced.items():
             latest.setdefault(old, new)
+    if any(new in latest for new in latest.values()):
+        raise ValueError(
+            "the growth reports are out of order: a later growth replaced a Parameter that an "
+            "earlier one made; pass them in the order the growths happened"
+        )
     return latest
 
 
@@ -126,14 +132,20 @@ def _rescale_moments(state: dict[str, Any], rows: int, factor: float) -> None:
             value[:rows] /= factor ** MOMENT_ORDER[key]
 
 
+_SEEDED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()  # optimizers with the hook
+
+
+def _seed_new_rows_hook(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    seed_new_rows(opt)
+
+
 def _seed_at_next_step(optimizer: torch.optim.Optimizer) -> None:
-    """A step pre-hook that runs ``seed_new_rows`` until no row waits, then removes itself."""
-
-    def hook(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-        if not seed_new_rows(opt):
-            handle.remove()
-
-    handle = optimizer.register_step_pre_hook(hook)
+    """One step pre-hook per optimizer that runs ``seed_new_rows`` (a no-op once no row
+    waits). It stays: a hook that removed itself would change the hooks torch is looping over,
+    which breaks the step as soon as the optimizer has a second one."""
+    if optimizer not in _SEEDED:
+        optimizer.register_step_pre_hook(_seed_new_rows_hook)
+        _SEEDED.add(optimizer)
 
 
 @torch.no_grad()

@@ -93,8 +93,23 @@ def state_shape(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Sha
     shape = {"depth": depth, "tokens": tokens}
     bases = model_shape(model).get("base_tokens", {})
     if bases:
-        shape["base_tokens"] = {name: base for name, base in bases.items() if name in tokens}
+        built = {name: len(blocks) for name, blocks in block_containers(model)}
+        sources = {name: _source_layer(name, depth, built) for name in tokens}
+        shape["base_tokens"] = {n: bases[s] for n, s in sources.items() if s in bases}
     return shape
+
+
+def _source_layer(name: str, depth: Mapping[str, int], built: Mapping[str, int]) -> str:
+    """The layer of the model as built that layer ``name`` of a deeper checkpoint copies: block
+    ``i`` of a list grown ``k`` times deeper comes from block ``i // k`` (as ``fit_to_shape``
+    deepens)."""
+    for container, saved in depth.items():
+        prefix = f"{container}."
+        factor = saved // built[container]
+        if name.startswith(prefix) and factor > 1:
+            index, rest = name[len(prefix) :].split(".", 1)
+            return f"{prefix}{int(index) // factor}.{rest}"
+    return name
 
 
 def fit_to_shape(model: nn.Module, shape: Shape) -> None:

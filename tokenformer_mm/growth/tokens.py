@@ -36,11 +36,18 @@ INITS = ("exact", "perturbed", "official")
 DEFAULT_PERTURBATION = 1e-2  # of the key init std, for init="perturbed"
 
 
+def is_number(value: object) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_init(init: str, perturbation: float = DEFAULT_PERTURBATION) -> None:
     if init not in INITS:
         raise ValueError(f"unknown growth init {init!r}; expected one of {INITS}")
-    if init == "perturbed" and not perturbation > 0:
-        raise ValueError(f"init='perturbed' needs a positive perturbation, got {perturbation!r}")
+    if init == "perturbed" and not (is_number(perturbation) and perturbation > 0):
+        raise ValueError(
+            f"init='perturbed' needs a finite positive perturbation, got {perturbation!r}"
+        )
 
 
 def pattention_layers(model: nn.Module) -> list[tuple[str, Pattention]]:
@@ -64,8 +71,8 @@ def check_width_args(
         raise ValueError(
             "give exactly one of factor= (e.g. 2.0) or num_tokens= (int or per-kind dict)"
         )
-    if factor is not None and (not isinstance(factor, (int, float)) or factor <= 0):
-        raise ValueError(f"growth factor must be a positive number, got {factor!r}")
+    if factor is not None and not (is_number(factor) and factor > 0):
+        raise ValueError(f"growth factor must be a finite positive number, got {factor!r}")
     if isinstance(num_tokens, Mapping):
         extra = [k for k in num_tokens if k not in kinds]
         if extra:
@@ -74,7 +81,7 @@ def check_width_args(
     else:
         counts = [] if num_tokens is None else [num_tokens]
     for count in counts:
-        if not isinstance(count, int) or count <= 0:
+        if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
             raise ValueError(f"token counts must be positive ints, got {count!r}")
     return kinds
 
@@ -137,6 +144,27 @@ def resize_tokens(layer: Pattention, num_tokens: int) -> dict[nn.Parameter, nn.P
     return replaced
 
 
+def width_targets(
+    model: nn.Module,
+    factor: float | None,
+    num_tokens: int | Mapping[str, int] | None,
+    kinds: tuple[str, ...],
+) -> tuple[list[tuple[str, Pattention]], dict[str, int]]:
+    """The layers of ``kinds`` and each one's new token count; refuses a shrinking one."""
+    selected = [(name, m) for name, m in pattention_layers(model) if m.kind in kinds]
+    if not selected:
+        raise ValueError(f"{type(model).__name__} has no Pattention layers of kinds {kinds}")
+    targets = {name: _target_tokens(layer, factor, num_tokens) for name, layer in selected}
+    shrinking = [
+        f"{name} ({layer.num_tokens} -> {targets[name]})"
+        for name, layer in selected
+        if targets[name] < layer.num_tokens
+    ]
+    if shrinking:
+        raise ValueError(f"growth cannot shrink layers: {', '.join(shrinking)}")
+    return selected, targets
+
+
 def widen(
     model: nn.Module,
     factor: float | None,
@@ -153,17 +181,7 @@ def widen(
     """Grow the Pattention layers of ``kinds`` in place: (layers grown, Parameters replaced,
     the softmax layers among them, which grow only approximately, and the value Parameters whose
     first rows were rescaled under μP: ``(rows, factor)``)."""
-    selected = [(name, m) for name, m in pattention_layers(model) if m.kind in kinds]
-    if not selected:
-        raise ValueError(f"{type(model).__name__} has no Pattention layers of kinds {kinds}")
-    targets = {name: _target_tokens(layer, factor, num_tokens) for name, layer in selected}
-    shrinking = [
-        f"{name} ({layer.num_tokens} -> {targets[name]})"
-        for name, layer in selected
-        if targets[name] < layer.num_tokens
-    ]
-    if shrinking:
-        raise ValueError(f"growth cannot shrink layers: {', '.join(shrinking)}")
+    selected, targets = width_targets(model, factor, num_tokens, kinds)
     layers, replaced, softmax, rescaled = [], {}, [], {}
     for name, layer in selected:
         old, new = layer.num_tokens, targets[name]

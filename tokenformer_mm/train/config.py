@@ -7,6 +7,7 @@ type cannot express (a positive batch size, a known precision) live in ``validat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,8 +202,10 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
     if growth.init not in INITS:
         raise ValueError(f"growth.init must be one of {INITS}, got {growth.init!r}")
-    if growth.init == "perturbed" and not growth.perturbation > 0:
-        raise ValueError(f"growth.perturbation must be positive, got {growth.perturbation}")
+    if growth.init == "perturbed" and not 0 < growth.perturbation < math.inf:
+        raise ValueError(
+            f"growth.perturbation must be a finite positive number, got {growth.perturbation}"
+        )
     steps = [event.step for event in growth.schedule]
     if steps != sorted(set(steps)) or any(not 0 < s < train.steps for s in steps):
         raise ValueError(
@@ -214,16 +217,20 @@ def validate(cfg: Any) -> None:
             f"growth.depth_init must be one of {DEPTH_INITS}, got {growth.depth_init!r}"
         )
     for event in growth.schedule:
-        if event.factor < 1 or event.depth < 1 or (event.factor == 1 and event.depth == 1):
+        if (
+            not 1 <= event.factor < math.inf
+            or event.depth < 1
+            or (event.factor == 1 and event.depth == 1)
+        ):
             raise ValueError(
-                f"growth.schedule at step {event.step}: factor (tokens, >= 1) and depth (blocks, "
-                f"an int >= 1) must grow something, got factor={event.factor}, "
-                f"depth={event.depth}"
+                f"growth.schedule at step {event.step}: factor (tokens, a finite number >= 1) "
+                f"and depth (blocks, an int >= 1) must grow something, got "
+                f"factor={event.factor}, depth={event.depth}"
             )
-        if not event.lr_scale > 0:
+        if not 0 < event.lr_scale < math.inf:
             raise ValueError(
                 f"growth.schedule at step {event.step}: lr_scale multiplies the learning rate "
-                f"from that step on and must be positive, got {event.lr_scale}"
+                f"from that step on and must be finite and positive, got {event.lr_scale}"
             )
         if not isinstance(event.tau_ramp, int) or event.tau_ramp < 0:
             raise ValueError(

@@ -317,6 +317,8 @@ class TokenformerLM(nn.Module):
                              f"{max_new_tokens} and {temperature}")  # fmt: skip
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
         if attention_mask is not None and attention_mask.shape != tokens.shape:
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected the tokens' "

@@ -57,11 +57,17 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: SRC's, if any)")
     parser.add_argument("--context-length", type=int, default=2048)
     args = parser.parse_args(argv)
+    if args.context_length < 1:
+        parser.error(f"--context-length must be >= 1, got {args.context_length}")
+    if args.num_heads is not None and args.num_heads < 1:
+        parser.error(f"--num-heads must be >= 1, got {args.num_heads}")
+    if args.output.exists() and not args.output.is_dir():
+        parser.error(f"{args.output} is a file; the output is a new (or empty) folder")
     if args.output.exists() and any(args.output.iterdir()):
         parser.error(f"{args.output} is not empty; choose a new folder or empty it")
     try:
         weights = checkpoint_file(args.source)
-        heads = args.num_heads or saved_heads(args.source)
+        heads = args.num_heads if args.num_heads is not None else saved_heads(args.source)
         model = load_official(weights, num_heads=heads, context_length=args.context_length)
         tokenizer_file = args.tokenizer or (
             args.source / "tokenizer.json" if args.source.is_dir() else None

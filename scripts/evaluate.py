@@ -31,16 +31,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    if args.batch_size is not None and args.batch_size <= 0:
+        parser.error(f"--batch-size must be a positive int, got {args.batch_size}")
     overrides = {}
     if args.val_shards:  # the train shards are not read, but a task needs a pattern for them
         overrides = {"data.val_shards": args.val_shards, "data.train_shards": args.val_shards}
-    if args.batch_size:
+    if args.batch_size is not None:
         overrides["data.eval_batch_size"] = args.batch_size
     try:
         _, task, model, ckpt = load_run(args.path, overrides, ema=args.ema)
-    except (ValueError, FileNotFoundError) as error:  # a wrong path or flag: one line
+        metrics = task.evaluate(model.to(args.device), task.eval_loader())
+    except (ValueError, FileNotFoundError) as error:  # a wrong path, flag or split: one line
         parser.error(str(error))
-    metrics = task.evaluate(model.to(args.device), task.eval_loader())
     print(json.dumps({"checkpoint": str(ckpt), **metrics}, indent=2))
     return metrics
 

@@ -136,8 +136,10 @@ def _graph_file(source: Path, output: Path, onnx: bool) -> Path:
     """The run's model as an ONNX file (``onnx``) or a torch.export program."""
     from tokenformer_mm.train import load_run
 
-    if output.exists():
-        raise ValueError(f"{output} exists; choose a new file name")
+    taken = [p for p in (output, output.with_name(output.name + ".data")) if p.exists()]
+    if taken:  # an ONNX file keeps large weights beside it in <name>.data
+        raise ValueError(f"{taken[0]} exists; choose a new file name")
+    output.parent.mkdir(parents=True, exist_ok=True)
     return write_graph(load_run(source)[2], output, onnx)
 
 

@@ -21,7 +21,12 @@ import sys
 import torch
 from tqdm import tqdm
 
-from tokenformer_mm.language import check_tokenizer_fits, load_official, load_tokenizer
+from tokenformer_mm.language import (
+    TokenformerLM,
+    check_tokenizer_fits,
+    load_official,
+    load_tokenizer,
+)
 from tokenformer_mm.train import load_run
 
 
@@ -68,6 +73,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.num_samples < 1:
+        parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f"--top-k must be >= 1, got {args.top_k}")
 
     if args.official:
         if not args.tokenizer:
@@ -75,6 +84,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         model, tokenizer = load_official(args.path), load_tokenizer(args.tokenizer)
     else:
         _, task, model, _ = load_run(args.path)
+        if not isinstance(model, TokenformerLM):
+            raise ValueError(
+                f"generate needs a language run; {args.path} holds a {type(model).__name__}"
+            )
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else task.tokenizer
     check_tokenizer_fits(tokenizer, model.config.vocab_size, args.tokenizer or "the run's")
     model.to(args.device).eval()
@@ -107,4 +120,7 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, IsADirectoryError) as error:  # one line, no traceback
+        sys.exit(f"generate.py: error: {error}")

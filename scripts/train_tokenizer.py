@@ -9,6 +9,7 @@ The end-of-text token ``<|endoftext|>`` is id 0; load the result with
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -36,11 +37,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output", help="where to write tokenizer.json")
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--min-frequency", type=int, default=2)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
     if args.vocab_size <= 257:
         parser.error(f"--vocab-size must exceed the 256 bytes + end-of-text, got {args.vocab_size}")
-    train_tokenizer(args.files, args.vocab_size, args.min_frequency).save(args.output)
-    print(f"wrote {args.output}")
+    if args.min_frequency < 0:
+        parser.error(f"--min-frequency must be >= 0, got {args.min_frequency}")
+    missing = [name for name in args.files if not Path(name).is_file()]
+    if missing:
+        parser.error(f"no such text file: {', '.join(missing)}")
+    output = Path(args.output)
+    if output.is_dir():
+        parser.error(
+            f"{output} is a directory; name the file to write (e.g. {output}/tokenizer.json)"
+        )
+    if output.exists() and not args.overwrite:
+        parser.error(f"{output} exists; pass --overwrite to replace it, or choose another name")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    train_tokenizer(args.files, args.vocab_size, args.min_frequency).save(str(partial))
+    partial.replace(output)  # the whole file or none
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

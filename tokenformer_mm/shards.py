@@ -38,30 +38,42 @@ def write_shards(
     so an interrupted write leaves no ``{split}-*.tar`` to read (and its leftovers are removed by
     the next write). A folder that
     already holds shards of ``split`` is refused (old shards left beside new ones would be read
-    by a ``{split}-*.tar`` pattern); ``overwrite=True`` deletes them first.
+    by a ``{split}-*.tar`` pattern); ``overwrite=True`` replaces them once the new ones are all
+    written: a write that fails, or finds no samples, leaves them as they were.
     """
     if samples_per_shard <= 0:
         raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}")
     old = existing_shards(out_dir, split, overwrite)
-    os.makedirs(out_dir, exist_ok=True)
-    for path in [*old, *Path(out_dir).glob(f"{split}-*.tar.tmp")]:  # and an interrupted write's
-        path.unlink()
     names: list[str] = []
     lengths: list[int] = []
     writer = None
-    for sample in samples:
-        if writer is None or lengths[-1] == samples_per_shard:
-            if writer is not None:
-                writer.close()
-            names.append(f"{split}-{len(names):06d}.tar")
-            lengths.append(0)
-            writer = wds.TarWriter(os.path.join(out_dir, names[-1] + ".tmp"))
-        writer.write(sample)
-        lengths[-1] += 1
-    if writer is not None:
-        writer.close()
+    try:
+        for sample in samples:
+            if writer is None:  # the folder is made, and a killed write's leftovers go, only now
+                os.makedirs(out_dir, exist_ok=True)
+                for path in Path(out_dir).glob(f"{split}-*.tar.tmp"):
+                    path.unlink()
+            if writer is None or lengths[-1] == samples_per_shard:
+                if writer is not None:
+                    writer.close()
+                names.append(f"{split}-{len(names):06d}.tar")
+                lengths.append(0)
+                writer = wds.TarWriter(os.path.join(out_dir, names[-1] + ".tmp"))
+            writer.write(sample)
+            lengths[-1] += 1
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        for name in names:
+            Path(out_dir, name + ".tmp").unlink(missing_ok=True)
+        raise
+    if not names:
+        raise ValueError(f"no samples to write as {split!r} shards to {out_dir}; check the input")
     for name in names:  # all at once, when all are written: never a partial split to read
         os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+    for path in old:  # the replaced split's shards beyond the new count
+        if path.name not in names:
+            path.unlink()
     _update_info(out_dir, split, names, lengths, dataset_name)
     return [os.path.join(out_dir, name) for name in names]
 

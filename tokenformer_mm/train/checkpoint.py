@@ -111,7 +111,13 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         path = path / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}; expected a checkpoint dir or .safetensors")
-    return safetensors.torch.load_file(str(path))
+    try:
+        return safetensors.torch.load_file(str(path))
+    except safetensors.SafetensorError as error:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({error}): it is corrupt or truncated; "
+            "load an earlier checkpoint of the run"
+        ) from error
 
 
 def read_shape(source: str | os.PathLike) -> Shape | None:

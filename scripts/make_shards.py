@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -58,6 +59,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.samples_per_shard < 1:
+        parser.error(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
+    root = getattr(args, "root", None)
+    if root is not None and not Path(root).is_dir():
+        parser.error(f"no folder at {root}")
     if args.command == "imagefolder":
         jobs = [(args.split, imagefolder_samples(args.root), "imagefolder")]
     elif args.command == "digits":
@@ -66,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         if len(args.inputs) < 2:
             parser.error("text needs at least one input file and the output folder")
         *files, args.out_dir = args.inputs
+        missing = [name for name in files if not Path(name).is_file()]
+        if missing:
+            parser.error(f"no such text file: {', '.join(missing)}")
         jobs = [(args.split, text_file_samples(files), "text")]
     elif args.command == "pydoc":
         jobs = [(split, pydoc_samples(split), "pydoc") for split in ("train", "val")]
@@ -80,9 +89,12 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(error))
     for split, samples, name in jobs:
         progress = tqdm(samples, desc=f"{split} samples", unit="doc")
-        paths = write_shards(
-            progress, args.out_dir, split, args.samples_per_shard, name, args.overwrite
-        )
+        try:
+            paths = write_shards(
+                progress, args.out_dir, split, args.samples_per_shard, name, args.overwrite
+            )
+        except ValueError as error:  # no samples in the input: one line
+            parser.error(str(error))
         logging.info("wrote %d %s shards to %s", len(paths), split, args.out_dir)
 
 

@@ -9,6 +9,7 @@ import torch
 from scripts.convert_official import main as convert_main
 from scripts.evaluate import main as evaluate_main
 from scripts.export import _graph_file
+from scripts.make_shards import main as shards_main
 from scripts.train_tokenizer import main as tokenizer_main
 from tokenformer_mm.data import INFO_FILE
 from tokenformer_mm.language.model import TokenformerLM, lm_config
@@ -67,10 +68,14 @@ def test_script_refusals_name_the_value(tmp_path, capsys):
         (evaluate_main, [str(tmp_path), "--batch-size", "0"], "--batch-size must be a positive"),
         (convert_main, ["x.bin", str(tmp_path / "o"), "--context-length", "0"], "must be >= 1"),
         (convert_main, ["x.bin", str(tmp_path / "o"), "--num-heads", "0"], "must be >= 1"),
+        (shards_main, ["text", str(tmp_path / "no.txt"), str(tmp_path / "s")], "no such text"),
+        (shards_main, ["pairs", str(tmp_path / "no"), str(tmp_path / "s")], "no folder at"),
+        (shards_main, ["digits", str(tmp_path / "s"), "--samples-per-shard", "0"], ">= 1, got 0"),
     ]:
         with pytest.raises(SystemExit):
             main(argv)
         assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
     (tmp_path / "model.onnx.data").write_text("precious")  # where ONNX keeps large weights
     with pytest.raises(ValueError, match=r"model\.onnx\.data exists"):
         _graph_file(tmp_path / "run", tmp_path / "model.onnx", onnx=True)

@@ -23,7 +23,7 @@ from typing import Any
 import safetensors.torch
 from torch import nn
 
-from tokenformer_mm.adapters.manage import holders
+from tokenformer_mm.adapters.manage import adapter_names
 from tokenformer_mm.checkpoint_layout import MODEL_FILE
 from tokenformer_mm.growth import load_resized
 from tokenformer_mm.weights import file_shape, save_weights
@@ -43,7 +43,7 @@ def save_pretrained(
 ) -> Path:
     """``model`` (a ``TokenformerLM``) in the layout above; refuses to replace files unless
     ``overwrite``."""
-    adapted = sorted({n for _, holder in holders(model) for n in holder.adapters})
+    adapted = adapter_names(model)
     if adapted:
         raise ValueError(
             f"the model carries token adapters {adapted}: merge_adapter or remove_adapter them "

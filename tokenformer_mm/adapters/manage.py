@@ -139,9 +139,14 @@ def check_name(model: nn.Module, name: str) -> None:
         raise ValueError(f"the model already has an adapter named {name!r}; remove it first")
 
 
+def adapter_names(model: nn.Module) -> list[str]:
+    """The names of the adapters ``model`` carries, sorted."""
+    return sorted({name for _, holder in holders(model) for name in holder.adapters})
+
+
 def require_adapter(model: nn.Module, name: object) -> None:
     """Refuse a ``name`` that is no adapter of ``model``, naming the ones it has."""
-    known = sorted({n for _, holder in holders(model) for n in holder.adapters})
+    known = adapter_names(model)
     if not isinstance(name, str) or name not in known:
         raise ValueError(f"no adapter named {name!r}; the model has {known}")
 

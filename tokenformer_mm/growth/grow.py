@@ -138,9 +138,9 @@ def grow_depth(
 def refuse_adapted(model: nn.Module) -> None:
     """Growth resizes a layer's own tokens, not the adapters beside it (their μP multiplier
     would move under them, a new block would copy them): merge or remove them first."""
-    from ..adapters.manage import holders  # the adapters build on growth
+    from ..adapters.manage import adapter_names  # the adapters build on growth
 
-    adapted = sorted({name for _, holder in holders(model) for name in holder.adapters})
+    adapted = adapter_names(model)
     if adapted:
         raise ValueError(
             f"the model carries token adapters {adapted}: merge_adapter or remove_adapter them "
